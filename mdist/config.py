@@ -1,0 +1,303 @@
+"""Run configuration: YAML recipes resolved into validated dataclasses.
+
+A run is composed of one small dataclass per component. `load_run_config` reads a named recipe
+(shipped in `mdist/recipes/`) or a YAML path, applies `--set key=value` overrides, and validates
+everything (unknown keys, wrong types, unknown names, missing paths) before any model is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from mdist.strategies import MAPPINGS, STRATEGIES
+
+TINY_RANDOM = "tiny-random"
+
+
+class ConfigError(ValueError):
+    """A bad run configuration; the message names the key or path."""
+
+
+@dataclass
+class TinyTeacherConfig:
+    """Shape of the random teacher built when `teacher.path: tiny-random` (tests, demo)."""
+
+    layers: int = 4
+    hidden: int = 64
+    heads: int = 4
+    ffn: int = 128
+    vocab: int = 400
+    max_positions: int = 130
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen multilingual teacher: a local Hugging Face XLM-R-family directory."""
+
+    path: str = TINY_RANDOM
+    zero3: bool = False  # ZeRO-3 partitioned inference across ranks (large teachers)
+    tiny: TinyTeacherConfig = field(default_factory=TinyTeacherConfig)
+
+
+@dataclass
+class StudentsConfig:
+    """Student group: which student owns which languages, and how students are built."""
+
+    groups: dict[str, list[str]] = field(default_factory=lambda: {"en": ["en"], "tr": ["tr"]})
+    layers: int = 6
+    hidden: Optional[int] = None  # narrower students (d' < d) get learnable projections
+    init: str = "teacher"  # teacher | random
+    init_mapping: str = "uniform"  # which teacher layers initialise the student layers
+    share_embeddings: bool = True
+    tie_head: bool = True
+
+
+@dataclass
+class LossConfig:
+    """Distillation loss: a named strategy, optional weight/mapping overrides, temperature."""
+
+    weights: Optional[dict[str, float]] = None  # None: the strategy's equal convex weights
+    mapping: Optional[str] = None  # None: the strategy's mapping
+    temperature: float = 1.0
+    kernels: str = "torch"  # torch (fused Triton kernels: issue 6)
+
+
+@dataclass
+class TrainConfig:
+    """Algorithm 1 loop and optimisation."""
+
+    steps: int = 100
+    batch_size: int = 16  # sequences per language per step (per rank)
+    seq_len: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    update: str = "sequential"  # sequential (thesis) | joint
+    seed: int = 0
+    save_every: int = 0  # 0: only the final checkpoint
+    log_every: int = 10
+    mlm_probability: float = 0.15
+
+
+@dataclass
+class DataConfig:
+    """Where training text comes from: text files per language, or the synthetic demo corpus."""
+
+    kind: str = "text"  # text | synthetic
+    text: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed engine settings that are not rendered from other sections."""
+
+    zero_stage: int = 0
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking: sqlite store in the run directory unless MLFLOW_TRACKING_URI is set."""
+
+    experiment: str = "mdist"
+    enabled: bool = True
+
+
+@dataclass
+class RunConfig:
+    strategy: str = "monoshot"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    students: StudentsConfig = field(default_factory=StudentsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def languages(self) -> list[str]:
+        """Union of all students' languages, in first-seen order (Algorithm 1's L)."""
+        seen: dict[str, None] = {}
+        for langs in self.students.groups.values():
+            seen.update(dict.fromkeys(langs))
+        return list(seen)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- building from plain data
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_type(value, inner, key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        key_type, val_type = typing.get_args(hint)
+        return {
+            _check_type(k, key_type, f"{key}"): _check_type(v, val_type, f"{key}.{k}")
+            for k, v in value.items()
+        }
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"config key '{key}' must be of type {hint.__name__}, got {value!r}"
+            )
+        return value
+    raise TypeError(f"unsupported config type {hint} at {key}")  # a bug in this module
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = f"'{prefix}'" if prefix else "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown config key '{key}' (known in {where}: {', '.join(sorted(known))})")
+    kwargs = {
+        name: _check_type(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def _validate(cfg: RunConfig) -> None:
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(
+            f"config key 'strategy': unknown strategy '{cfg.strategy}' "
+            f"(known: {', '.join(sorted(STRATEGIES))})"
+        )
+    if cfg.loss.mapping is not None and cfg.loss.mapping not in MAPPINGS:
+        raise ConfigError(f"config key 'loss.mapping': unknown mapping '{cfg.loss.mapping}' (known: {', '.join(MAPPINGS)})")
+    if cfg.students.init_mapping not in MAPPINGS:
+        raise ConfigError(f"config key 'students.init_mapping': unknown mapping '{cfg.students.init_mapping}' (known: {', '.join(MAPPINGS)})")
+    if cfg.loss.weights is not None:
+        active = STRATEGIES[cfg.strategy].terms
+        for term in cfg.loss.weights:
+            if term not in active:
+                raise ConfigError(
+                    f"config key 'loss.weights.{term}': strategy '{cfg.strategy}' has no term '{term}' "
+                    f"(its terms: {', '.join(active)})"
+                )
+    if not cfg.students.groups:
+        raise ConfigError("config key 'students.groups' must name at least one student")
+    for name, langs in cfg.students.groups.items():
+        if not langs:
+            raise ConfigError(f"config key 'students.groups.{name}': student '{name}' owns no language")
+    choices = {
+        "students.init": (cfg.students.init, ("teacher", "random")),
+        "loss.kernels": (cfg.loss.kernels, ("torch",)),
+        "train.update": (cfg.train.update, ("sequential", "joint")),
+        "data.kind": (cfg.data.kind, ("text", "synthetic")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': '{value}' is not one of {', '.join(allowed)}")
+    positive = {
+        "train.steps": cfg.train.steps,
+        "train.batch_size": cfg.train.batch_size,
+        "train.seq_len": cfg.train.seq_len,
+        "students.layers": cfg.students.layers,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    if cfg.train.save_every < 0:
+        raise ConfigError(f"config key 'train.save_every' must be >= 0, got {cfg.train.save_every}")
+    if cfg.deepspeed.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"config key 'deepspeed.zero_stage' must be 0, 1, 2 or 3, got {cfg.deepspeed.zero_stage}")
+    if not 0.0 < cfg.train.mlm_probability < 1.0:
+        raise ConfigError(f"config key 'train.mlm_probability' must be in (0, 1), got {cfg.train.mlm_probability}")
+    if cfg.teacher.path != TINY_RANDOM:
+        teacher_dir = Path(cfg.teacher.path)
+        if not teacher_dir.is_dir():
+            raise ConfigError(f"config key 'teacher.path': teacher directory '{teacher_dir}' does not exist")
+    if cfg.data.kind == "text":
+        missing = [lang for lang in cfg.languages if lang not in cfg.data.text]
+        if missing:
+            raise ConfigError(f"config key 'data.text' has no files for language(s) {', '.join(missing)}")
+        for lang, paths in cfg.data.text.items():
+            for path in paths:
+                if not Path(path).is_file():
+                    raise ConfigError(f"config key 'data.text.{lang}': file '{path}' does not exist")
+
+
+# ---------------------------------------------------------------- recipes and overrides
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("mdist.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_recipe(recipe: str) -> tuple[dict[str, Any], str]:
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file '{path}' does not exist")
+        text, origin = path.read_text(encoding="utf-8"), str(path)
+    else:
+        candidate = resources.files("mdist.recipes") / f"{recipe}.yaml"
+        if not candidate.is_file():
+            raise ConfigError(f"unknown recipe '{recipe}' (shipped: {', '.join(recipe_names())}; or give a YAML path)")
+        text, origin = candidate.read_text(encoding="utf-8"), f"recipe '{recipe}'"
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{origin} is not valid YAML: {err}") from None
+    return data, origin
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `key.sub=value` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"override '{assignment}' must look like key=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{assignment}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def resolve_config(data: dict[str, Any]) -> RunConfig:
+    cfg = _build(RunConfig, data, "")
+    _validate(cfg)
+    return cfg
+
+
+def load_run_config(recipe: str, overrides: list[str] = ()) -> RunConfig:
+    data, origin = _read_recipe(recipe)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must be a YAML mapping at the top level")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return resolve_config(data)
