@@ -1,14 +1,14 @@
 """mdist: distil a multilingual encoder into monolingual student encoders."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="mdist",
     version="0.1.0",
     description="Distilling multilingual encoders (XLM-R) into language-specific students with DeepSpeed",
     python_requires=">=3.10",
-    packages=["mdist", "mdist.kernels"],
-    package_dir={"mdist": "mdist", "mdist.kernels": "kernels"},
-    package_data={"mdist": ["recipes/*.yaml"], "": ["../ds_configs/*.json"]},
+    packages=find_packages(include=["mdist", "mdist.*"]) + ["mdist.kernels", "mdist.ds_configs"],
+    package_dir={"mdist": "mdist", "mdist.kernels": "kernels", "mdist.ds_configs": "ds_configs"},
+    package_data={"mdist.recipes": ["*.yaml"], "mdist.ds_configs": ["*.json"]},
     install_requires=[
         "torch>=2.4",
         "deepspeed>=0.15",

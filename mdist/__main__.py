@@ -1,0 +1,5 @@
+import sys
+
+from mdist.cli import main
+
+sys.exit(main())

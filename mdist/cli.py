@@ -1,0 +1,24 @@
+"""Command line: `mdist <command>` (also `python -m mdist`). Each command module adds its own parser."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mdist import commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mdist", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in commands.ALL:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except commands.UserError as err:
+        print(f"mdist {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""Training data: per-language token batches for Algorithm 1."""

@@ -1,0 +1,43 @@
+"""One forward pass of an XLM-R-family masked LM, shaped for distillation (teacher and students).
+
+Runs the encoder with SDPA while capturing every layer's Q and K, keeps all hidden states, and
+runs the MLM head's transform only at masked positions; the vocabulary projection (decoder weight
+and bias) is handed to the loss, which never needs full-sequence logits.
+Legend: B batch, L sequence, D hidden, H heads, Dh head width, N masked positions, V vocabulary.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+
+@dataclass
+class EncoderOutput:
+    hidden_states: tuple[torch.Tensor, ...]  # (B, L, D) each; [0] embedding output, [k] layer k
+    qk: list[tuple[torch.Tensor, torch.Tensor]]  # per layer k-1: (B, H, L, Dh) query and key
+    head_hidden_ND: torch.Tensor  # MLM-head transform at masked positions
+    decoder_weight_VD: torch.Tensor
+    decoder_bias_V: torch.Tensor
+
+
+def head_transform(model: PreTrainedModel, hidden_ND: torch.Tensor) -> torch.Tensor:
+    """The MLM head up to (not including) the decoder: dense -> gelu -> LayerNorm."""
+    head = model.lm_head
+    return head.layer_norm(torch.nn.functional.gelu(head.dense(hidden_ND)))
+
+
+def encode(model: PreTrainedModel, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor) -> EncoderOutput:
+    qk_sink: list = []
+    out = model.base_model(input_ids=input_ids_BL, attention_mask=attention_mask_BL, output_hidden_states=True, qk_sink=qk_sink)
+    masked_N = labels_BL.reshape(-1) != -100
+    last_BLD = out.last_hidden_state  # for pre-LN models (XL) this includes the final LayerNorm
+    hidden_last_ND = last_BLD.reshape(-1, last_BLD.shape[-1])[masked_N]
+    return EncoderOutput(
+        hidden_states=out.hidden_states,
+        qk=qk_sink,
+        head_hidden_ND=head_transform(model, hidden_last_ND),
+        decoder_weight_VD=model.lm_head.decoder.weight,
+        decoder_bias_V=model.lm_head.decoder.bias,
+    )

@@ -1,0 +1,80 @@
+"""Distillation loss of one (language, student) pair: the strategy's weighted terms (METHOD §3).
+
+Averaging, stated once:
+- mlm / kl: mean over masked positions (kl = T² · KL(p_T ‖ p_S) summed over the vocabulary);
+- hid (MSE): per mapped pair, mean over valid (non-padding) tokens and hidden units, summed over pairs;
+  hid (COS): per pair, mean over valid tokens of 1 − cos, summed over pairs;
+- att: per mapped pair, mean over batch, heads and valid query × valid key pairs of the squared
+  difference of pre-softmax scores QKᵀ/√d, summed over pairs (padding never enters the mean);
+- emb: MSE of the embedding outputs over valid tokens and hidden units.
+Legend: B batch, L sequence, D hidden, N masked positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mdist.encode import EncoderOutput
+from mdist.kernels import attention_score_mse_reference, fused_linear_distill_loss_reference
+from mdist.strategies import STRATEGIES, Strategy, layer_mapping
+
+
+@dataclass(frozen=True)
+class DistillLoss:
+    """A resolved loss: strategy, weights, mapping pairs and temperature."""
+
+    strategy: Strategy
+    weights: dict[str, float]
+    pairs: tuple[tuple[int, int], ...]  # (student layer m, teacher layer g(m))
+    temperature: float
+
+    @classmethod
+    def build(cls, strategy: str, weights: dict[str, float] | None, mapping: str | None, temperature: float, student_layers: int, teacher_layers: int) -> "DistillLoss":
+        spec = STRATEGIES[strategy]
+        resolved = spec.default_weights()
+        resolved.update(weights or {})
+        pairs = layer_mapping(mapping or spec.mapping, student_layers, teacher_layers)
+        return cls(spec, resolved, tuple(pairs), temperature)
+
+    def __call__(self, student: EncoderOutput, teacher: EncoderOutput, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor, project=lambda layer, h: h) -> tuple[torch.Tensor, dict[str, float]]:
+        """Returns (weighted total, unweighted per-term values for logging)."""
+        w = self.weights
+        valid_BL = attention_mask_BL.bool()
+        terms: dict[str, torch.Tensor] = {}
+        total = student.hidden_states[0].new_zeros((), dtype=torch.float32)
+        if "mlm" in w or "kl" in w:
+            labels_N = labels_BL.reshape(-1)[labels_BL.reshape(-1) != -100]
+            vocab_loss, terms["mlm"], terms["kl"] = fused_linear_distill_loss_reference(
+                student.head_hidden_ND, student.decoder_weight_VD, student.decoder_bias_V,
+                teacher.head_hidden_ND, teacher.decoder_weight_VD, teacher.decoder_bias_V,
+                labels_N, self.temperature, w.get("mlm", 0.0), w.get("kl", 0.0), return_components=True,
+            )
+            total = total + vocab_loss
+            terms = {k: v for k, v in terms.items() if k in w}
+        if "hid" in w:
+            hidden_fn = hidden_mse if self.strategy.hidden_loss == "mse" else hidden_cos
+            terms["hid"] = sum(
+                hidden_fn(project(m, student.hidden_states[m]), teacher.hidden_states[g], valid_BL) for m, g in self.pairs
+            )
+        if "att" in w:
+            terms["att"] = sum(
+                attention_score_mse_reference(*student.qk[m - 1], *teacher.qk[g - 1], key_padding_mask=valid_BL)
+                for m, g in self.pairs
+            )
+        if "emb" in w:
+            terms["emb"] = hidden_mse(project(0, student.hidden_states[0]), teacher.hidden_states[0], valid_BL)
+        for name in ("hid", "att", "emb"):
+            if name in terms:
+                total = total + w[name] * terms[name]
+        return total, {name: float(value) for name, value in terms.items()}
+
+
+def hidden_mse(student_BLD: torch.Tensor, teacher_BLD: torch.Tensor, valid_BL: torch.Tensor) -> torch.Tensor:
+    sq_BL = ((student_BLD.float() - teacher_BLD.float()) ** 2).mean(-1)
+    return (sq_BL * valid_BL).sum() / valid_BL.sum().clamp(min=1)
+
+
+def hidden_cos(student_BLD: torch.Tensor, teacher_BLD: torch.Tensor, valid_BL: torch.Tensor) -> torch.Tensor:
+    cos_BL = torch.nn.functional.cosine_similarity(student_BLD.float(), teacher_BLD.float(), dim=-1)
+    return ((1 - cos_BL) * valid_BL).sum() / valid_BL.sum().clamp(min=1)

@@ -1,0 +1,80 @@
+"""MLflow tracking. Only rank 0 logs; an unreachable tracking server never kills a run.
+
+Store: `MLFLOW_TRACKING_URI` when set (a server), else a sqlite store at `<run dir>/mlflow.db`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri(run_dir: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1e-4}} -> {'train.lr': 1e-4}."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class Tracker:
+    """A thin, failure-tolerant wrapper over one MLflow run. Disabled trackers do nothing."""
+
+    def __init__(self, run_dir: Path, experiment: str, enabled: bool = True, run_id: str | None = None, run_name: str | None = None):
+        self.run_id: str | None = None
+        self._client = None
+        if not enabled:
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=tracking_uri(run_dir))
+            if run_id is None:
+                exp = self._client.get_experiment_by_name(experiment)
+                exp_id = exp.experiment_id if exp else self._client.create_experiment(experiment)
+                run_id = self._client.create_run(exp_id, run_name=run_name).info.run_id
+            self.run_id = run_id
+        except Exception as err:  # server down, bad URI: warn, train on
+            log.warning("MLflow tracking disabled: %s: %s", type(err).__name__, err)
+            self._client = None
+
+    def _safe(self, method: str, *args, **kwargs) -> None:
+        if self._client is None:
+            return
+        try:
+            getattr(self._client, method)(self.run_id, *args, **kwargs)
+        except Exception as err:
+            log.warning("MLflow %s failed (run continues): %s: %s", method, type(err).__name__, err)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten(params)
+        items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+        for start in range(0, len(items), 100):
+            self._safe("log_batch", params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._safe("log_batch", metrics=items)
+
+    def log_artifact(self, path: Path) -> None:
+        self._safe("log_artifact", str(path))
+
+    def close(self, status: str = "FINISHED") -> None:
+        self._safe("set_terminated", status)
