@@ -1,0 +1,188 @@
+"""Kernel benchmark: eager reference, `torch.compile`d reference and fused Triton ops, side by side in one process.
+
+Anchors from issue 6 (forward + backward, bf16): attention-score MSE over 6 layer pairs at B=16, H=12,
+L=512, D=64 with padding; vocabulary KL+CE at V=250 002, D=768, N=4 915. Prints a table and appends one
+row per variant to benchmarks/RESULTS.md. Without CUDA it runs a tiny interpreter smoke test (no timings).
+
+    python benchmarks/kernels.py [--only attention|vocab] [--iters 20] [--no-record]
+
+Legend: P layer pairs, B batch, H heads, L sequence, D width, N masked rows, V vocabulary.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = (
+    "| date (UTC) | device | commit | kernel | variant | fwd+bwd ms | extra peak GiB | loss |\n"
+    "|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def attention_case(device, P=6, B=16, H=12, L=512, D=64, seed=0):
+    """Student Q/K (leaves, per pair and pre-stacked), teacher Q/K, and a ragged padding mask (lengths L/2..L)."""
+    gen = torch.Generator(device).manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=torch.bfloat16)
+
+    stacked = [rand(P, B, H, L, D) for _ in range(4)]
+    lengths_B = torch.randint(L // 2, L + 1, (B,), generator=gen, device=device)
+    mask_BL = torch.arange(L, device=device)[None, :] < lengths_B[:, None]
+    return stacked, mask_BL
+
+
+def vocab_case(device, N=4915, V=250002, D=768, seed=0):
+    gen = torch.Generator(device).manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=gen, device=device)).to(torch.bfloat16)
+
+    student = [rand(N, D), rand(V, D, scale=0.02), rand(V, scale=0.02)]
+    teacher = [rand(N, D), rand(V, D, scale=0.02), rand(V, scale=0.02)]
+    labels = torch.randint(0, V, (N,), generator=gen, device=device)
+    return student, teacher, labels
+
+
+def attention_variants(kernels, stacked, mask_BL):
+    """name -> (fn(leaves) -> loss, leaves): student tensors are leaves so backward has real work to do."""
+    q_s, k_s, q_t, k_t = stacked
+    leaves = [q_s.clone().requires_grad_(), k_s.clone().requires_grad_()]
+
+    def per_pair(fn):
+        return lambda qs, ks: sum(fn(qs[p], ks[p], q_t[p], k_t[p], mask_BL) for p in range(qs.shape[0]))
+
+    eager = per_pair(kernels.attention_score_mse_reference)
+    gram = per_pair(kernels.attention_score_mse_gram)
+    return {
+        "eager reference": (eager, leaves),
+        "compiled reference": (torch.compile(eager), leaves),
+        "gram identity, compiled": (torch.compile(gram), leaves),
+        "fused multi (stacks pairs)": (
+            lambda qs, ks: kernels.attention_score_mse_multi(
+                [(qs[p], ks[p], q_t[p], k_t[p]) for p in range(qs.shape[0])], mask_BL
+            ),
+            leaves,
+        ),
+        "fused stacked (no copy)": (
+            lambda qs, ks: kernels.attention_score_mse_stacked(qs, ks, q_t, k_t, mask_BL),
+            leaves,
+        ),
+    }
+
+
+def vocab_variants(kernels, student, teacher, labels, T=2.0):
+    leaves = [x.clone().requires_grad_() for x in student]
+
+    def with_ref(fn, **kw):
+        return lambda h, w, b: fn(h, w, b, *teacher, labels, T, 1.0, 1.0, **kw)
+
+    return {
+        "eager reference": (with_ref(kernels.fused_linear_distill_loss_reference), leaves),
+        "compiled reference": (torch.compile(with_ref(kernels.fused_linear_distill_loss_reference)), leaves),
+        "fused, whole-vocab chunks": (with_ref(kernels.fused_linear_distill_loss), leaves),
+        "fused, vocab_chunk=32768": (with_ref(kernels.fused_linear_distill_loss, vocab_chunk=32768), leaves),
+    }
+
+
+def measure(fn, leaves, iters):
+    """Mean fwd+bwd milliseconds over `iters` after warm-up, and peak memory above what was allocated before."""
+
+    def step():
+        for x in leaves:
+            x.grad = None
+        loss = fn(*leaves)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    for x in leaves:
+        x.grad = None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    loss = step()
+    torch.cuda.synchronize()
+    extra_gib = (torch.cuda.max_memory_allocated() - base) / 2**30
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters, extra_gib, loss.item()
+
+
+def commit():
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def smoke():
+    """CPU interpreter check that the fused ops run and agree with the references at toy sizes."""
+    from mdist import kernels
+
+    stacked, mask_BL = attention_case("cpu", P=2, B=2, H=2, L=24, D=16)
+    q_s, k_s, q_t, k_t = (x.float() for x in stacked)
+    fused = kernels.attention_score_mse_stacked(q_s, k_s, q_t, k_t, mask_BL).item()
+    ref = sum(kernels.attention_score_mse_reference(q_s[p], k_s[p], q_t[p], k_t[p], mask_BL) for p in range(2)).item()
+    print(f"attention smoke: fused {fused:.6f} reference {ref:.6f}")
+    student, teacher, labels = vocab_case("cpu", N=7, V=300, D=16)
+    args = [x.float() for x in student + teacher]
+    fused = kernels.fused_linear_distill_loss(*args, labels, 2.0, 1.0, 1.0).item()
+    ref = kernels.fused_linear_distill_loss_reference(*args, labels, 2.0, 1.0, 1.0).item()
+    print(f"vocab smoke:     fused {fused:.6f} reference {ref:.6f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["attention", "vocab"])
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before mdist.kernels binds its kernels
+        smoke()
+        print("kernel timings need a CUDA GPU; ran the CPU interpreter smoke test only, nothing recorded")
+        return
+    from mdist import kernels
+
+    device = torch.cuda.get_device_name()
+    cases = []
+    if args.only in (None, "attention"):
+        cases.append(("attention MSE, 6 pairs B16 H12 L512 D64 pad", attention_variants(kernels, *attention_case("cuda"))))
+    if args.only in (None, "vocab"):
+        cases.append(("vocab KL+CE, N4915 V250002 D768", vocab_variants(kernels, *vocab_case("cuda"))))
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    print(HEADER, end="")
+    rows = []
+    for kernel, variants in cases:
+        for name, (fn, leaves) in variants.items():
+            try:
+                ms, gib, loss = measure(fn, leaves, args.iters)
+                row = f"| {stamp} | {device} | {commit()} | {kernel} | {name} | {ms:.2f} | {gib:.2f} | {loss:.6g} |"
+            except torch.OutOfMemoryError:
+                row = f"| {stamp} | {device} | {commit()} | {kernel} | {name} | OOM | OOM | |"
+                torch.cuda.empty_cache()
+            print(row, flush=True)
+            rows.append(row)
+    if not args.no_record:  # one self-contained table per run, so other benchmarks' tables stay intact
+        with RESULTS.open("a") as f:
+            f.write(f"\n### Kernels (benchmarks/kernels.py), {stamp}\n\n{HEADER}" + "\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()

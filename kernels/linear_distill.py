@@ -1,0 +1,217 @@
+"""Fused linear Hinton-KL + MLM cross-entropy over a large vocabulary, never holding N×V logits.
+
+    loss = ce_weight · mean CE(h_s w_sᵀ + b_s, labels) + kl_weight · T² · mean KL(softmax(z_t/T) ‖ softmax(z_s/T))
+
+over rows with label ≠ −100 (`fused_linear_distill_loss_reference` is the contract).
+
+How: logits are made chunk by chunk (row chunk × vocabulary chunk) by cuBLAS; two Triton kernels do
+the rest in one read each. `_stats_kernel` folds a chunk into per-row online log-sum-exp statistics
+(student at T=1 and at T, teacher at T, the teacher-weighted logit gap for KL, the label's logit);
+`_grad_kernel` overwrites the student chunk with d loss / d logits, which two matmuls turn into
+d h_s and d w_s. Gradients are made in the forward pass (the loss is a scalar), so backward is one
+multiply per gradient.
+
+Why rows are chunked before the vocabulary: with the whole vocabulary in one chunk each row chunk's
+logits are computed once (4 matmuls in all: z_s, z_t, d h_s, d w_s). Splitting the vocabulary too
+(`vocab_chunk`) bounds memory further but recomputes both models' logits in a second pass (6 matmuls).
+The default row chunk keeps each logits buffer near `CHUNK_BYTES`.
+
+Legend: N rows (masked positions), V vocabulary, D_s/D_t hidden widths, R rows in a chunk,
+C vocabulary columns in a chunk, T temperature.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+CHUNK_BYTES = 256 * 2**20  # per logits buffer (student and teacher each hold one)
+BLOCK_V = 1024  # vocabulary columns per kernel step
+
+# Rows of the (8, N) fp32 statistics buffer.
+M_S1, L_S1, M_ST, L_ST, M_TT, L_TT, X_TT, Z_Y = range(8)
+
+
+@triton.jit
+def _stats_kernel(
+    zs_ptr, zt_ptr, s_zs, s_zt, n_cols, col0, row0, N, labels_ptr, stats_ptr, inv_T,
+    BLOCK: tl.constexpr,
+):
+    """Fold one (R, C) logits chunk into row (row0 + program) 's running statistics (online log-sum-exp)."""
+    r = tl.program_id(0)
+    n = row0 + r
+    label = tl.load(labels_ptr + n)
+    m_s1 = tl.load(stats_ptr + 0 * N + n)
+    l_s1 = tl.load(stats_ptr + 1 * N + n)
+    m_sT = tl.load(stats_ptr + 2 * N + n)
+    l_sT = tl.load(stats_ptr + 3 * N + n)
+    m_tT = tl.load(stats_ptr + 4 * N + n)
+    l_tT = tl.load(stats_ptr + 5 * N + n)
+    x_tT = tl.load(stats_ptr + 6 * N + n)
+    z_y = tl.load(stats_ptr + 7 * N + n)
+    for v0 in range(0, n_cols, BLOCK):
+        offs = v0 + tl.arange(0, BLOCK)
+        ok = offs < n_cols
+        zs = tl.load(zs_ptr + r * s_zs + offs, mask=ok, other=0.0).to(tl.float32)
+        zt = tl.load(zt_ptr + r * s_zt + offs, mask=ok, other=0.0).to(tl.float32)
+        z_y += tl.sum(tl.where(ok & (offs == label - col0), zs, 0.0))
+        gap = (zt - zs) * inv_T
+        zs = tl.where(ok, zs, float("-inf"))  # padding lanes vanish from max and exp
+        zt = tl.where(ok, zt, float("-inf"))
+        m_new = tl.maximum(m_s1, tl.max(zs))
+        l_s1 = l_s1 * tl.exp(m_s1 - m_new) + tl.sum(tl.exp(zs - m_new))
+        m_s1 = m_new
+        zsT = zs * inv_T
+        m_new = tl.maximum(m_sT, tl.max(zsT))
+        l_sT = l_sT * tl.exp(m_sT - m_new) + tl.sum(tl.exp(zsT - m_new))
+        m_sT = m_new
+        ztT = zt * inv_T
+        m_new = tl.maximum(m_tT, tl.max(ztT))
+        alpha = tl.exp(m_tT - m_new)
+        pt = tl.exp(ztT - m_new)
+        l_tT = l_tT * alpha + tl.sum(pt)
+        x_tT = x_tT * alpha + tl.sum(pt * gap)
+        m_tT = m_new
+    tl.store(stats_ptr + 0 * N + n, m_s1)
+    tl.store(stats_ptr + 1 * N + n, l_s1)
+    tl.store(stats_ptr + 2 * N + n, m_sT)
+    tl.store(stats_ptr + 3 * N + n, l_sT)
+    tl.store(stats_ptr + 4 * N + n, m_tT)
+    tl.store(stats_ptr + 5 * N + n, l_tT)
+    tl.store(stats_ptr + 6 * N + n, x_tT)
+    tl.store(stats_ptr + 7 * N + n, z_y)
+
+
+@triton.jit
+def _grad_kernel(
+    zs_ptr, zt_ptr, s_zs, s_zt, n_cols, col0, row0, N, labels_ptr, lse_ptr, count_ptr,
+    ce_weight, kl_scale, inv_T,
+    BLOCK: tl.constexpr,
+):
+    """Overwrite student logits with d loss / d logits = ce_w·(p_s − onehot)/n + kl_w·T·(p_s^T − p_t^T)/n."""
+    r = tl.program_id(0)
+    n = row0 + r
+    label = tl.load(labels_ptr + n)
+    inv_count = 1.0 / tl.load(count_ptr)
+    keep = label != -100
+    a = tl.where(keep, ce_weight * inv_count, 0.0)
+    c = tl.where(keep, kl_scale * inv_count, 0.0)
+    lse_s1 = tl.load(lse_ptr + 0 * N + n)
+    lse_sT = tl.load(lse_ptr + 1 * N + n)
+    lse_tT = tl.load(lse_ptr + 2 * N + n)
+    for v0 in range(0, n_cols, BLOCK):
+        offs = v0 + tl.arange(0, BLOCK)
+        ok = offs < n_cols
+        zs = tl.load(zs_ptr + r * s_zs + offs, mask=ok, other=0.0).to(tl.float32)
+        zt = tl.load(zt_ptr + r * s_zt + offs, mask=ok, other=0.0).to(tl.float32)
+        p_s1 = tl.exp(zs - lse_s1)
+        p_sT = tl.exp(zs * inv_T - lse_sT)
+        p_tT = tl.exp(zt * inv_T - lse_tT)
+        g = a * (p_s1 - tl.where(offs == label - col0, 1.0, 0.0)) + c * (p_sT - p_tT)
+        tl.store(zs_ptr + r * s_zs + offs, g.to(zs_ptr.dtype.element_ty), mask=ok)
+
+
+def _logits(h_RD, w_VD, b_V, v0, v1):
+    """One (R, C) logits chunk in the inputs' dtype."""
+    if b_V is None:
+        return h_RD @ w_VD[v0:v1].T
+    return torch.addmm(b_V[v0:v1], h_RD, w_VD[v0:v1].T)
+
+
+def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_grad, row_chunk, vocab_chunk, block_v):
+    """Loss, unweighted CE and T²·KL means, and (d h_s, d w_s, d b_s) when `need_grad` (else Nones)."""
+    N, V = h_s.shape[0], w_s.shape[0]
+    C = V if vocab_chunk is None else max(1, min(vocab_chunk, V))
+    R = row_chunk or max(16, CHUNK_BYTES // (C * max(h_s.element_size(), h_t.element_size())) // 16 * 16)
+    block = min(block_v, triton.next_power_of_2(C))
+    labels = labels.contiguous()
+    keep_N = labels != -100
+    count = keep_N.sum().clamp(min=1).float()
+    stats = torch.zeros(8, N, device=h_s.device, dtype=torch.float32)
+    stats[[M_S1, M_ST, M_TT]] = float("-inf")
+    lse = torch.empty(3, N, device=h_s.device, dtype=torch.float32)
+    dh_s = torch.empty_like(h_s) if need_grad else None
+    dw_s = (torch.empty_like(w_s) if N else torch.zeros_like(w_s)) if need_grad else None
+    db_s = torch.zeros(V, device=h_s.device, dtype=torch.float32) if need_grad and b_s is not None else None
+    for r0 in range(0, N, R):
+        r1 = min(r0 + R, N)
+        hs_RD, ht_RD = h_s[r0:r1], h_t[r0:r1]
+        for v0 in range(0, V, C):  # pass 1: statistics over the whole vocabulary
+            zs_RC, zt_RC = _logits(hs_RD, w_s, b_s, v0, v0 + C), _logits(ht_RD, w_t, b_t, v0, v0 + C)
+            _stats_kernel[(r1 - r0,)](
+                zs_RC, zt_RC, zs_RC.stride(0), zt_RC.stride(0), zs_RC.shape[1], v0, r0, N, labels, stats, 1.0 / T,
+                BLOCK=block,
+            )
+        s = stats[:, r0:r1]
+        lse[:, r0:r1] = s[[M_S1, M_ST, M_TT]] + s[[L_S1, L_ST, L_TT]].log()
+        if not need_grad:
+            continue
+        dh_acc_RD = None if C == V else torch.zeros(r1 - r0, h_s.shape[1], device=h_s.device, dtype=torch.float32)
+        for v0 in range(0, V, C):  # pass 2: d logits chunk by chunk (one chunk: reuse pass 1's logits)
+            if C != V:
+                zs_RC, zt_RC = _logits(hs_RD, w_s, b_s, v0, v0 + C), _logits(ht_RD, w_t, b_t, v0, v0 + C)
+            _grad_kernel[(r1 - r0,)](
+                zs_RC, zt_RC, zs_RC.stride(0), zt_RC.stride(0), zs_RC.shape[1], v0, r0, N, labels, lse, count,
+                float(ce_weight), float(kl_weight) * T, 1.0 / T,
+                BLOCK=block,
+            )
+            g_RC, v1 = zs_RC, v0 + zs_RC.shape[1]
+            if dh_acc_RD is None:
+                torch.mm(g_RC, w_s, out=dh_s[r0:r1])
+            else:
+                dh_acc_RD += (g_RC @ w_s[v0:v1]).float()
+            dw_s[v0:v1].addmm_(g_RC.T, hs_RD, beta=0.0 if r0 == 0 else 1.0)
+            if db_s is not None:
+                db_s[v0:v1] += g_RC.sum(0, dtype=torch.float32)
+        if dh_acc_RD is not None:
+            dh_s[r0:r1] = dh_acc_RD
+    ce_N = lse[0] - stats[Z_Y]
+    kl_N = T * T * (stats[X_TT] / stats[L_TT] - lse[2] + lse[1])
+    ce = (ce_N * keep_N).sum() / count
+    kl = (kl_N * keep_N).sum() / count
+    loss = ce_weight * ce + kl_weight * kl
+    if db_s is not None:
+        db_s = db_s.to(b_s.dtype)
+    return loss, ce, kl, (dh_s, dw_s, db_s)
+
+
+class _FusedLinearDistill(torch.autograd.Function):
+    """Loss and its components in forward (gradients computed there too); backward scales them."""
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, row_chunk, vocab_chunk, block_v):
+        need_grad = any(ctx.needs_input_grad[:3])
+        loss, ce, kl, grads = _run(
+            h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_grad, row_chunk, vocab_chunk, block_v
+        )
+        ctx.save_for_backward(*grads)
+        ctx.mark_non_differentiable(ce, kl)
+        return loss, ce, kl
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_ce, _grad_kl):
+        grads = [
+            g.mul_(grad_loss.to(g.dtype)) if g is not None and need else None
+            for g, need in zip(ctx.saved_tensors, ctx.needs_input_grad[:3])
+        ]
+        return (*grads,) + (None,) * 10
+
+
+def fused_linear_distill_loss(
+    h_s, w_s, b_s, h_t, w_t, b_t, labels, temperature, ce_weight, kl_weight, return_components=False,
+    *, row_chunk=None, vocab_chunk=None, block_v=BLOCK_V,
+):
+    """Fused `fused_linear_distill_loss_reference`: h (N, D), w (V, D), b (V) or None, labels (N) with −100 = ignore.
+
+    Gradients reach h_s, w_s, b_s; the teacher's tensors are treated as constants. With
+    `return_components`, also returns the detached unweighted CE and T²·KL means. `row_chunk` /
+    `vocab_chunk` bound the logits chunk (default: whole vocabulary, rows sized by CHUNK_BYTES).
+    Backward may be called once (the saved gradients are scaled in place).
+    """
+    loss, ce, kl = _FusedLinearDistill.apply(
+        h_s, w_s, b_s, h_t.detach(), w_t.detach(), None if b_t is None else b_t.detach(), labels,
+        float(temperature), float(ce_weight), float(kl_weight), row_chunk, vocab_chunk, block_v,
+    )
+    if return_components:
+        return loss, ce, kl
+    return loss
