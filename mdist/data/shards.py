@@ -1,0 +1,231 @@
+"""Per-language batches streamed from `mdist prep` shards: split by rank and worker, exactly resumable.
+
+Splitting (the node and worker splitters): the stream of (language, rank, worker) owns
+shards[rank::world_size][worker::num_workers], so no two ranks or workers ever read the same shard.
+Order: every epoch a stream reads its shards in a fresh seeded order (infinite; shards are resampled
+each epoch) and shuffles documents within blocks of `shuffle_block` consecutive samples. Then, in the
+worker: token ids (the pre-tokenised `ids.npy` when the manifest names the teacher's tokenizer, else
+the text tokenised), packing with `Packer`, dynamic masking. Each item a worker yields is one step's
+batch for every language (Algorithm 1) together with the worker's position after it.
+
+Why a block shuffle instead of webdataset's reservoir `shuffle` and `resampled=True` stages: the
+position of this stream is a few integers plus the packer's leftovers, so the checkpoint holds it and
+a resumed run re-reads one block and continues exactly; a reservoir's contents and a resampler's RNG
+live inside the worker process. DataLoader serves workers round-robin, so the main process knows which
+worker made each item it hands out; on resume worker ids are rotated so the cycle goes on with the
+worker whose turn it was.
+"""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mdist.data.batch import TokenBatch
+from mdist.data.encoding import DocumentEncoder
+from mdist.data.masking import MaskingSpec, mask_tokens
+from mdist.data.packing import Packer
+from mdist.data.prep import manifest_path
+from mdist.errors import DataError
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Everything a loader worker needs (pickled into each worker)."""
+
+    shards: dict[str, tuple[str, ...]]
+    pretokenised: dict[str, bool]
+    encoder: DocumentEncoder
+    masking: MaskingSpec
+    seq_len: int
+    batch_size: int
+    seed: int
+    rank: int
+    world_size: int
+    shuffle_block: int
+
+    def own_shards(self, lang: str, worker: int, workers: int) -> tuple[str, ...]:
+        return self.shards[lang][self.rank :: self.world_size][worker::workers]
+
+
+class ShardBatchSource:
+    """`next_batches() -> {lang: TokenBatch}` like TextBatchSource, from shards, with DataLoader workers.
+
+    `state_dict()` is this rank's position (save it per rank); `load_state_dict` resumes it exactly.
+    """
+
+    def __init__(self, shards: dict[str, list[str | Path]], tokenizer, seq_len: int, batch_size: int, masking: MaskingSpec, seed: int,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 2, shuffle_block: int = 1024,
+                 pretokenised: dict[str, bool] | None = None, pin_memory: bool = False):
+        if seq_len < 3 or batch_size < 1 or shuffle_block < 1 or num_workers < 0 or not 0 <= rank < world_size:
+            raise DataError(f"bad loader settings: seq_len={seq_len} batch_size={batch_size} shuffle_block={shuffle_block} num_workers={num_workers} rank={rank}/{world_size}")
+        streams = world_size * max(num_workers, 1)
+        for lang, paths in shards.items():
+            if len(paths) < streams:
+                raise DataError(f"language '{lang}': {len(paths)} shard(s) cannot feed {world_size} rank(s) × {max(num_workers, 1)} worker(s); "
+                                f"re-run `mdist prep` with a smaller --shard-size-mb or use fewer data workers")
+        self.config = StreamConfig(
+            {lang: tuple(str(p) for p in paths) for lang, paths in shards.items()},
+            pretokenised or {lang: False for lang in shards}, DocumentEncoder(tokenizer), masking,
+            seq_len, batch_size, seed, rank, world_size, shuffle_block)
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.step = 0
+        self.worker_states: dict[int, dict] = {}
+        self._items: Iterator | None = None
+
+    @classmethod
+    def from_dir(cls, shard_dir: str | Path, langs: list[str], tokenizer, **kwargs) -> "ShardBatchSource":
+        """Shards listed by each language's manifest in `shard_dir`; pre-tokenised ids used when their tokenizer is ours."""
+        fingerprint = DocumentEncoder(tokenizer).fingerprint
+        shards, pretokenised = {}, {}
+        for lang in langs:
+            path = manifest_path(Path(shard_dir), lang)
+            if not path.is_file():
+                raise DataError(f"{path}: no manifest for language '{lang}'; run `mdist prep --lang {lang} --out {shard_dir} ...` first")
+            manifest = json.loads(path.read_text())
+            shards[lang] = [path.parent / shard["name"] for shard in manifest["shards"]]
+            pretokenised[lang] = manifest["tokenizer"] == fingerprint
+            if manifest["tokenizer"] and not pretokenised[lang]:
+                warnings.warn(f"{path}: pre-tokenised ids come from another tokenizer; tokenising the text instead")
+        return cls(shards, tokenizer, pretokenised=pretokenised, **kwargs)
+
+    def next_batches(self) -> dict[str, TokenBatch]:
+        if self._items is None:
+            rotation = self.step % max(self.num_workers, 1)
+            dataset = _WorkerStreams(self.config, self.worker_states, rotation)
+            loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                prefetch_factor=4 if self.num_workers else None)
+            self._items = iter(loader)
+        worker, state, batches = next(self._items)
+        self.worker_states[worker] = state
+        self.step += 1
+        return batches
+
+    def state_dict(self) -> dict:
+        c = self.config
+        return {"step": self.step, "seed": c.seed, "rank": c.rank, "world_size": c.world_size, "num_workers": self.num_workers,
+                "workers": {str(w): state for w, state in self.worker_states.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        c = self.config
+        saved = (state["seed"], state["rank"], state["world_size"], state["num_workers"])
+        if saved != (c.seed, c.rank, c.world_size, self.num_workers):
+            raise DataError(f"data position was saved with seed, rank, world size, workers = {saved}; "
+                            f"this run has {(c.seed, c.rank, c.world_size, self.num_workers)} — resume with the same ones")
+        self.close()
+        self.step = state["step"]
+        self.worker_states = {int(w): s for w, s in state["workers"].items()}
+
+    def close(self) -> None:
+        """Stop the worker processes (they restart on the next `next_batches`)."""
+        self._items = None
+
+
+class _WorkerStreams(IterableDataset):
+    """One worker's items: (logical worker id, its state after the item, {lang: TokenBatch})."""
+
+    def __init__(self, config: StreamConfig, states: dict[int, dict], rotation: int):
+        self.config, self.states, self.rotation = config, states, rotation
+
+    def __iter__(self):
+        info = get_worker_info()
+        workers, physical = (info.num_workers, info.id) if info else (1, 0)
+        worker = (physical + self.rotation) % workers
+        state = self.states.get(worker, {"item": 0, "langs": {}})
+        c = self.config
+        streams = {lang: _LanguageStream(c, lang, index, worker, workers, state["langs"].get(lang)) for index, lang in enumerate(c.shards)}
+        item = state["item"]
+        while True:
+            batches = {}
+            for index, (lang, stream) in enumerate(streams.items()):
+                ids_BL = torch.tensor(stream.rows(c.batch_size), dtype=torch.long)
+                masked_BL, labels_BL = mask_tokens(ids_BL, c.masking, _torch_generator(c.seed, c.rank, worker, item, index))
+                batches[lang] = TokenBatch(lang, masked_BL, (ids_BL != c.encoder.tokenizer.pad_token_id).long(), labels_BL)
+            item += 1
+            yield worker, {"item": item, "langs": {lang: stream.state() for lang, stream in streams.items()}}, batches
+
+
+class _LanguageStream:
+    """Packed rows of one language for one (rank, worker); `state()` is its exact position.
+
+    Position: the current block starts at sample `sample` of shard `shard` in epoch `epoch`'s order;
+    `used` of its documents are packed; `buffer` and `pending` are the packer's leftovers.
+    """
+
+    def __init__(self, config: StreamConfig, lang: str, lang_index: int, worker: int, workers: int, state: dict | None):
+        tok = config.encoder.tokenizer
+        self.config, self.lang = config, lang
+        self.shards = config.own_shards(lang, worker, workers)
+        self.keys = (config.seed, lang_index, config.rank, worker)
+        state = state or {"epoch": 0, "shard": 0, "sample": 0, "block": 0, "used": 0, "buffer": [], "pending": []}
+        self.epoch, self.shard, self.sample = state["epoch"], state["shard"], state["sample"]
+        self.block, self.used, self.pending = state["block"], state["used"], state["pending"]
+        self.packer = Packer(config.seq_len, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, list(state["buffer"]))
+        self._samples = self._read(self.epoch, self.shard, self.sample)
+        self._docs, self._end = self._read_block()
+
+    def rows(self, n: int) -> list[list[int]]:
+        while len(self.pending) < n:
+            self.pending.extend(self.packer.add(self._next_document()))
+        rows, self.pending = self.pending[:n], self.pending[n:]
+        return rows
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "shard": self.shard, "sample": self.sample, "block": self.block, "used": self.used,
+                "buffer": list(self.packer.buffer), "pending": list(self.pending)}
+
+    def _next_document(self) -> list[int]:
+        if self.used == len(self._docs):
+            (self.epoch, self.shard, self.sample), self.block, self.used = self._end, self.block + 1, 0
+            self._docs, self._end = self._read_block()
+        self.used += 1
+        return self._docs[self.used - 1]
+
+    def _read_block(self) -> tuple[list[list[int]], tuple[int, int, int]]:
+        """The current block's documents in shuffled order, and the position after the block.
+
+        A block ends early at the end of an epoch, so every epoch yields each document exactly once.
+        """
+        samples = []
+        for sample, end in self._samples:
+            samples.append(sample)
+            if len(samples) == self.config.shuffle_block or end[1:] == (0, 0):
+                break
+        if self.config.pretokenised[self.lang]:
+            docs = [np.load(io.BytesIO(sample["ids.npy"])).tolist() for sample in samples]
+        else:
+            docs = self.config.encoder([sample["txt"].decode("utf-8") for sample in samples])
+        order = np.random.default_rng([*self.keys, 1, self.block]).permutation(len(docs))
+        return [docs[i] for i in order], end
+
+    def _read(self, epoch: int, shard: int, sample: int) -> Iterator[tuple[dict, tuple[int, int, int]]]:
+        """Samples from a position on, forever, each with the position after it; after an epoch's last one
+        that is the start of the next epoch."""
+        while True:
+            order = np.random.default_rng([*self.keys, 0, epoch]).permutation(len(self.shards))
+            previous = None
+            for index in range(shard, len(order)):
+                samples = wds.tarfile_to_samples()([{"url": self.shards[order[index]]}])
+                for sample_no, found in enumerate(islice(samples, sample, None), sample + 1):
+                    if previous is not None:
+                        yield previous
+                    previous = found, (epoch, index, sample_no)
+                sample = 0
+            epoch, shard = epoch + 1, 0
+            if previous is not None:
+                yield previous[0], (epoch, 0, 0)
+
+
+def _torch_generator(*keys: int) -> torch.Generator:
+    """A torch generator seeded from integer keys, the same in every process."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(keys).generate_state(1, np.uint64)[0] >> 1))

@@ -1,0 +1,116 @@
+"""ShardBatchSource: round trip through shards, exact resume, disjoint ranks."""
+import copy
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from mdist.data.masking import MaskingSpec
+from mdist.data.prep import ShardLimits, prepare
+from mdist.data.shards import ShardBatchSource
+from mdist.data.synthetic import SyntheticCorpus
+from mdist.errors import DataError
+from mdist.tokenizer import train_xlmr_tokenizer
+
+LANGS = ("en", "tr")
+SEQ_LEN, BATCH = 24, 3
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Per language 48 numbered documents in 4 pre-tokenised shards (12 each), plus the same text without ids."""
+    root = tmp_path_factory.mktemp("corpus")
+    synthetic = SyntheticCorpus()
+    docs = {lang: [f"{lang} {i} {text}" for i, text in enumerate(synthetic.monolingual(lang, 48, sentences_per_doc=2))] for lang in LANGS}
+    tokenizer = train_xlmr_tokenizer([d for lang in LANGS for d in docs[lang]], 300, root / "tok")
+    for lang in LANGS:
+        (root / f"{lang}.txt").write_text("".join(d + "\n\n" for d in docs[lang]))
+        prepare(lang, [root / f"{lang}.txt"], root / "ids", ShardLimits(max_documents=12), tokenizer, progress=False)
+        prepare(lang, [root / f"{lang}.txt"], root / "text", ShardLimits(max_documents=12), progress=False)
+    return root, docs, tokenizer
+
+
+def source(corpus, kind="ids", **kwargs):
+    root, _, tokenizer = corpus
+    settings = dict(seq_len=SEQ_LEN, batch_size=BATCH, masking=MaskingSpec.from_tokenizer(tokenizer, len(tokenizer)), seed=7, num_workers=0, shuffle_block=5)
+    return ShardBatchSource.from_dir(root / kind, list(LANGS), tokenizer, **{**settings, **kwargs})
+
+
+def unmasked(batch) -> torch.Tensor:
+    return torch.where(batch.labels_BL != -100, batch.labels_BL, batch.input_ids_BL)
+
+
+def documents_seen(src, lang: str, want: Counter, sep_id: int) -> list[tuple[int, ...]]:
+    """One language's documents in stream order until `want`'s count is reached.
+
+    Rows are <s> chunk </s>; documents are joined by </s> inside chunks, and one that ends exactly at
+    a chunk's end is followed by none, so a row end closes a document when it completes one of `want`.
+    """
+    docs, current = [], []
+    while len(docs) < sum(want.values()):
+        for row in unmasked(src.next_batches()[lang]).tolist():
+            for token in row[1:-1]:
+                if token == sep_id:
+                    docs.append(tuple(current))
+                    current = []
+                else:
+                    current.append(token)
+            if tuple(current) in want:
+                docs.append(tuple(current))
+                current = []
+    return docs[: sum(want.values())]
+
+
+def tokenised(tokenizer, docs: list[str]) -> Counter:
+    return Counter(tuple(ids) for ids in tokenizer(docs, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("kind", ["ids", "text"])
+def test_round_trip_every_document_appears(corpus, kind):
+    _, docs, tokenizer = corpus
+    src = source(corpus, kind)
+    assert src.config.pretokenised == {lang: kind == "ids" for lang in LANGS}
+    batches = src.next_batches()
+    for lang, batch in batches.items():
+        assert batch.lang == lang and batch.input_ids_BL.shape == (BATCH, SEQ_LEN) == batch.labels_BL.shape
+        assert batch.attention_mask_BL.all() and (batch.labels_BL != -100).any()
+    # One epoch of one language = its documents, each once, in a shuffled order.
+    want = tokenised(tokenizer, docs["tr"])
+    seen = documents_seen(source(corpus, kind), "tr", want, tokenizer.sep_token_id)
+    assert Counter(seen) == want
+    assert seen != [tuple(ids) for ids in tokenizer(docs["tr"], add_special_tokens=False)["input_ids"]]
+
+
+def test_resume_continues_exactly(corpus):
+    """Stop after 5 steps (odd: mid worker cycle), resume in a fresh source: the next steps are the uninterrupted ones."""
+    def take(src, n):
+        return [{lang: (b.input_ids_BL, b.labels_BL) for lang, b in src.next_batches().items()} for _ in range(n)]
+
+    first = source(corpus, num_workers=2)
+    before = take(first, 5)
+    state = json.loads(json.dumps(first.state_dict()))  # plain data: any checkpoint format holds it
+    after = take(first, 24)  # over an epoch of each worker's shards: crosses blocks, shards and epochs
+    resumed = source(corpus, num_workers=2)
+    resumed.load_state_dict(copy.deepcopy(state))
+    again = take(resumed, 24)
+    fresh = take(source(corpus, num_workers=2), 5)
+    for want, got in zip(before + after, fresh + again):
+        for lang in LANGS:
+            assert torch.equal(want[lang][0], got[lang][0]) and torch.equal(want[lang][1], got[lang][1])
+    assert state["workers"]["0"]["langs"]["en"]["epoch"] == 0 and first.state_dict()["workers"]["0"]["langs"]["en"]["epoch"] >= 1
+    with pytest.raises(DataError, match="workers"):
+        source(corpus, num_workers=1).load_state_dict(state)
+
+
+def test_two_ranks_read_disjoint_shards(corpus):
+    _, docs, tokenizer = corpus
+    ranks = [source(corpus, rank=rank, world_size=2) for rank in (0, 1)]
+    shards = [set(src.config.own_shards("en", 0, 1)) for src in ranks]
+    assert len(shards[0]) == len(shards[1]) == 2 and not shards[0] & shards[1]
+    want = tokenised(tokenizer, docs["en"])
+    seen = [Counter(documents_seen(src, "en", want, tokenizer.sep_token_id)) for src in ranks]  # two epochs of each rank
+    assert not seen[0].keys() & seen[1].keys() and seen[0].keys() | seen[1].keys() == want.keys()
+    assert set(seen[0].values()) == set(seen[1].values()) == {2}
+    with pytest.raises(DataError, match="cannot feed"):
+        source(corpus, world_size=2, num_workers=3)
