@@ -163,7 +163,8 @@ def main():
     device = torch.cuda.get_device_name()
     cases = []
     if args.only in (None, "attention"):
-        cases.append(("attention MSE, 6 pairs B16 H12 L512 D64 pad", attention_variants(kernels, *attention_case("cuda"))))
+        variants = attention_variants(kernels, *attention_case("cuda"))
+        cases.append(("attention MSE, 6 pairs B16 H12 L512 D64 pad", variants))
     if args.only in (None, "vocab"):
         cases.append(("vocab KL+CE, N4915 V250002 D768", vocab_variants(kernels, *vocab_case("cuda"))))
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")

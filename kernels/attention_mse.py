@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .runtime import check_device, interpreted
+
 # GPU tile defaults (D ≤ 128); small sequences shrink them to the next power of two (≥ 16, tl.dot's minimum).
 BLOCK_ROWS = 128
 BLOCK_COLS = 64
@@ -45,7 +47,7 @@ def _score_mse_rows_kernel(
     PREC_S: tl.constexpr, PREC_T: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_DS: tl.constexpr, BLOCK_DT: tl.constexpr,
 ):
-    """One (row block, g, h): sum over valid columns of E² and of E·col_s; invalid rows/cols load as 0 so E is 0 there."""
+    """One (row block, g, h): sum E² and E·col_s over valid columns; invalid rows/cols load as 0, so E is 0 there."""
     pid_r = tl.program_id(0)
     pid_gh = tl.program_id(1)
     g = pid_gh // H
@@ -136,6 +138,11 @@ class _AttentionScoreMSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q_s, k_s, q_t, k_t, key_padding_mask, n_pairs, block_r, block_c):
         G, H, L, _ = q_s.shape
+        check_device(_score_mse_rows_kernel, q_s, "attention_score_mse")
+        grad_dtype = q_s.dtype
+        # The interpreter's tl.dot multiplies bf16 bit patterns (triton-lang/triton#11584): upcast there.
+        if interpreted(_score_mse_rows_kernel) and torch.bfloat16 in (q_s.dtype, q_t.dtype):
+            q_s, k_s, q_t, k_t = (x.float() for x in (q_s, k_s, q_t, k_t))
         if key_padding_mask is None:
             mask_BL = end_B = None
             count = torch.full((), float(G // n_pairs * H * L * L), device=q_s.device, dtype=torch.float32)
@@ -151,7 +158,7 @@ class _AttentionScoreMSE(torch.autograd.Function):
         bc = min(block_c, max(16, triton.next_power_of_2(L)))
         partial, dq_s = _launch(q_s, k_s, q_t, k_t, mask_BL, end_B, count, True, grad_q, br, bc)
         dk_s = _launch(k_s, q_s, k_t, q_t, mask_BL, end_B, count, False, True, br, bc)[1] if grad_k else None
-        ctx.save_for_backward(dq_s, dk_s)
+        ctx.save_for_backward(*(None if d is None else d.to(grad_dtype) for d in (dq_s, dk_s)))
         return partial.sum() / count
 
     @staticmethod
@@ -171,7 +178,9 @@ def attention_score_mse(q_s, k_s, q_t, k_t, key_padding_mask=None, *, block_rows
     return _AttentionScoreMSE.apply(q_s, k_s, q_t, k_t, key_padding_mask, 1, block_rows, block_cols)
 
 
-def attention_score_mse_stacked(q_s, k_s, q_t, k_t, key_padding_mask=None, *, block_rows=BLOCK_ROWS, block_cols=BLOCK_COLS):
+def attention_score_mse_stacked(
+    q_s, k_s, q_t, k_t, key_padding_mask=None, *, block_rows=BLOCK_ROWS, block_cols=BLOCK_COLS
+):
     """Layer pairs already stacked as (P, B, H, L, D): the sum over P of each pair's mean, in two launches, no copy."""
     P, B = q_s.shape[:2]
     flat = [x.reshape(P * B, *x.shape[2:]) for x in (q_s, k_s, q_t.detach(), k_t.detach())]
@@ -196,7 +205,9 @@ def attention_score_mse_multi(pairs, key_padding_mask=None, *, block_rows=BLOCK_
 
 
 def attention_score_mse_gram(q_s, k_s, q_t, k_t, key_padding_mask=None):
-    """Same loss through the Gram identity Σ_ij (a·q_i·k_j − c·q'_i·k'_j)² = a²⟨QᵀQ, KᵀK⟩ − 2ac⟨QᵀQ', KᵀK'⟩ + c²⟨Q'ᵀQ', K'ᵀK'⟩.
+    """Same loss through the Gram identity, per (b, h) with padded rows zeroed:
+
+        Σ_ij (a·q_i·k_j − c·q'_i·k'_j)² = a²⟨QᵀQ, KᵀK⟩ − 2ac⟨QᵀQ', KᵀK'⟩ + c²⟨Q'ᵀQ', K'ᵀK'⟩
 
     O(L·D²) instead of O(L²·D) and plain PyTorch, but it cancels catastrophically when student ≈ teacher;
     kept to measure that trade-off, not used by default.
@@ -208,11 +219,12 @@ def attention_score_mse_gram(q_s, k_s, q_t, k_t, key_padding_mask=None):
     else:
         keep_B1L1 = key_padding_mask[:, None, :, None].to(q_s.dtype)
         q_s, k_s, q_t, k_t = (x * keep_B1L1 for x in (q_s, k_s, q_t, k_t))
-        n_B = key_padding_mask.sum(1).to(q_s.dtype)
-        count = (q_s.shape[1] * (n_B * n_B).sum()).clamp(min=1)
+        n_B = key_padding_mask.sum(1).double()
+        count = (q_s.shape[1] * (n_B * n_B).sum()).clamp(min=1).float()
 
     def inner(q1, k1, q2, k2):
         return ((q1.transpose(-1, -2) @ q2) * (k1.transpose(-1, -2) @ k2)).sum()
 
-    total = a * a * inner(q_s, k_s, q_s, k_s) - 2 * a * c * inner(q_s, k_s, q_t, k_t) + c * c * inner(q_t, k_t, q_t, k_t)
-    return total / count
+    total = a * a * inner(q_s, k_s, q_s, k_s) - 2 * a * c * inner(q_s, k_s, q_t, k_t)
+    total = total + c * c * inner(q_t, k_t, q_t, k_t)
+    return total.float() / count

@@ -1,6 +1,7 @@
 """Fused linear Hinton-KL + MLM cross-entropy over a large vocabulary, never holding N×V logits.
 
-    loss = ce_weight · mean CE(h_s w_sᵀ + b_s, labels) + kl_weight · T² · mean KL(softmax(z_t/T) ‖ softmax(z_s/T))
+    loss = ce_weight · mean CE(h_s w_sᵀ + b_s, labels)
+         + kl_weight · T² · mean KL(softmax(z_t/T) ‖ softmax(z_s/T))
 
 over rows with label ≠ −100 (`fused_linear_distill_loss_reference` is the contract).
 
@@ -25,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .runtime import check_device
+
 CHUNK_BYTES = 256 * 2**20  # per logits buffer (student and teacher each hold one)
 BLOCK_V = 1024  # vocabulary columns per kernel step
 
@@ -38,7 +41,7 @@ def _stats_kernel(
     BLOCK: tl.constexpr,
 ):
     """Fold one (R, C) logits chunk into row (row0 + program) 's running statistics (online log-sum-exp)."""
-    r = tl.program_id(0)
+    r = tl.program_id(0).to(tl.int64)  # r · row stride passes 2³¹ for large chunks
     n = row0 + r
     label = tl.load(labels_ptr + n)
     m_s1 = tl.load(stats_ptr + 0 * N + n)
@@ -89,7 +92,7 @@ def _grad_kernel(
     BLOCK: tl.constexpr,
 ):
     """Overwrite student logits with d loss / d logits = ce_w·(p_s − onehot)/n + kl_w·T·(p_s^T − p_t^T)/n."""
-    r = tl.program_id(0)
+    r = tl.program_id(0).to(tl.int64)  # r · row stride passes 2³¹ for large chunks
     n = row0 + r
     label = tl.load(labels_ptr + n)
     inv_count = 1.0 / tl.load(count_ptr)
@@ -111,15 +114,18 @@ def _grad_kernel(
         tl.store(zs_ptr + r * s_zs + offs, g.to(zs_ptr.dtype.element_ty), mask=ok)
 
 
-def _logits(h_RD, w_VD, b_V, v0, v1):
-    """One (R, C) logits chunk in the inputs' dtype."""
+def _logits(h_RD, w_VD, b_V, v0, v1, buf):
+    """One (R, C) logits chunk written into the reused flat buffer `buf` (no allocation per chunk)."""
+    w_CD = w_VD[v0:v1]
+    out_RC = buf[: h_RD.shape[0] * w_CD.shape[0]].view(h_RD.shape[0], w_CD.shape[0])
     if b_V is None:
-        return h_RD @ w_VD[v0:v1].T
-    return torch.addmm(b_V[v0:v1], h_RD, w_VD[v0:v1].T)
+        return torch.mm(h_RD, w_CD.T, out=out_RC)
+    return torch.addmm(b_V[v0:v1], h_RD, w_CD.T, out=out_RC)
 
 
 def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_grad, row_chunk, vocab_chunk, block_v):
     """Loss, unweighted CE and T²·KL means, and (d h_s, d w_s, d b_s) when `need_grad` (else Nones)."""
+    check_device(_stats_kernel, h_s, "fused_linear_distill_loss")
     N, V = h_s.shape[0], w_s.shape[0]
     C = V if vocab_chunk is None else max(1, min(vocab_chunk, V))
     R = row_chunk or max(16, CHUNK_BYTES // (C * max(h_s.element_size(), h_t.element_size())) // 16 * 16)
@@ -130,14 +136,20 @@ def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_gra
     stats = torch.zeros(8, N, device=h_s.device, dtype=torch.float32)
     stats[[M_S1, M_ST, M_TT]] = float("-inf")
     lse = torch.empty(3, N, device=h_s.device, dtype=torch.float32)
-    dh_s = torch.empty_like(h_s) if need_grad else None
-    dw_s = (torch.empty_like(w_s) if N else torch.zeros_like(w_s)) if need_grad else None
+    buf_s = torch.empty(min(R, N) * C, device=h_s.device, dtype=h_s.dtype)
+    buf_t = torch.empty(min(R, N) * C, device=h_t.device, dtype=h_t.dtype)
+    dh_s = torch.empty(h_s.shape, device=h_s.device, dtype=h_s.dtype) if need_grad else None
+    dw_s = (torch.empty if N else torch.zeros)(w_s.shape, device=w_s.device, dtype=w_s.dtype) if need_grad else None
     db_s = torch.zeros(V, device=h_s.device, dtype=torch.float32) if need_grad and b_s is not None else None
     for r0 in range(0, N, R):
         r1 = min(r0 + R, N)
         hs_RD, ht_RD = h_s[r0:r1], h_t[r0:r1]
+
+        def chunk(v0):
+            return _logits(hs_RD, w_s, b_s, v0, v0 + C, buf_s), _logits(ht_RD, w_t, b_t, v0, v0 + C, buf_t)
+
         for v0 in range(0, V, C):  # pass 1: statistics over the whole vocabulary
-            zs_RC, zt_RC = _logits(hs_RD, w_s, b_s, v0, v0 + C), _logits(ht_RD, w_t, b_t, v0, v0 + C)
+            zs_RC, zt_RC = chunk(v0)
             _stats_kernel[(r1 - r0,)](
                 zs_RC, zt_RC, zs_RC.stride(0), zt_RC.stride(0), zs_RC.shape[1], v0, r0, N, labels, stats, 1.0 / T,
                 BLOCK=block,
@@ -149,7 +161,7 @@ def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_gra
         dh_acc_RD = None if C == V else torch.zeros(r1 - r0, h_s.shape[1], device=h_s.device, dtype=torch.float32)
         for v0 in range(0, V, C):  # pass 2: d logits chunk by chunk (one chunk: reuse pass 1's logits)
             if C != V:
-                zs_RC, zt_RC = _logits(hs_RD, w_s, b_s, v0, v0 + C), _logits(ht_RD, w_t, b_t, v0, v0 + C)
+                zs_RC, zt_RC = chunk(v0)
             _grad_kernel[(r1 - r0,)](
                 zs_RC, zt_RC, zs_RC.stride(0), zt_RC.stride(0), zs_RC.shape[1], v0, r0, N, labels, lse, count,
                 float(ce_weight), float(kl_weight) * T, 1.0 / T,

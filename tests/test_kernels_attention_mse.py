@@ -136,3 +136,15 @@ def test_near_equal_scores_tiles_stay_accurate_gram_cancels():
     assert tiled_err < 1e-4
     assert abs(gram64 - want) / want < 1e-6  # the identity itself is exact
     assert gram_err > 100 * tiled_err  # measured ~6e-3 vs ~3e-6 in float32
+
+
+def test_bfloat16_inputs_give_bfloat16_grads():
+    """bf16 as in training (under the interpreter the kernel sees fp32: triton-lang/triton#11584)."""
+    q_s, k_s, q_t, k_t = (x.bfloat16() for x in _qk(2, 2, 40, 32, 32))
+    mask = _mask("ragged", 2, 40)
+    leaves = [x.clone().requires_grad_() for x in (q_s, k_s)]
+    attention_score_mse(*leaves, q_t, k_t, mask, **BLOCKS).backward()
+    want = _grads_reference(*(x.double() for x in (q_s, k_s, q_t, k_t)), mask)[1]
+    for leaf, w in zip(leaves, want):
+        assert leaf.grad.dtype == torch.bfloat16
+        assert (leaf.grad.double() - w).norm() / w.norm() < 1e-2

@@ -81,7 +81,8 @@ def test_all_ignored_gives_zero_loss_and_grads(chunking):
 def test_incoming_gradient_scales_and_only_needed_grads():
     (h_s, w_s, b_s), teacher, labels = _inputs(7, 90, 16, 16)
     h_leaf = h_s.float().requires_grad_()
-    loss = fused_linear_distill_loss(h_leaf, w_s.float(), b_s.float(), *(x.float() for x in teacher), labels, 2.0, 0.5, 1.0)
+    teacher32 = [x.float() for x in teacher]
+    loss = fused_linear_distill_loss(h_leaf, w_s.float(), b_s.float(), *teacher32, labels, 2.0, 0.5, 1.0)
     (-2.0 * loss).backward()
     h64 = h_s.clone().requires_grad_()
     (-2.0 * fused_linear_distill_loss_reference(h64, w_s, b_s, *teacher, labels, 2.0, 0.5, 1.0)).backward()
@@ -94,3 +95,19 @@ def test_plain_return_is_the_loss():
     loss, ce, kl = fused_linear_distill_loss(*args, labels, 1.0, 1.0, 0.5, return_components=True)
     torch.testing.assert_close(fused_linear_distill_loss(*args, labels, 1.0, 1.0, 0.5), loss)
     torch.testing.assert_close(loss, ce + 0.5 * kl)
+
+
+@pytest.mark.parametrize("chunking", CHUNKINGS[::2], ids=["one_chunk", "vocab_chunks"])
+def test_bfloat16_inputs_give_bfloat16_grads(chunking):
+    """bf16 logits chunks and bf16 d logits, as on the GPU; compared with float64 on the same rounded inputs."""
+    student, teacher, labels = _inputs(9, 300, 32, 32)
+    student, teacher = ([x.bfloat16() for x in xs] for xs in (student, teacher))
+    leaves = [x.clone().requires_grad_() for x in student]
+    loss = fused_linear_distill_loss(*leaves, *teacher, labels, 2.0, 0.7, 1.3, **chunking)  # weights as in _run
+    loss.backward()
+    rounded = ([x.double() for x in xs] for xs in (student, teacher))
+    want, want_grads = _run(fused_linear_distill_loss_reference, *rounded, labels, 2.0)
+    assert abs(loss.item() - want[0].item()) < 2e-2 * want[0].item()
+    for leaf, w in zip(leaves, want_grads):
+        assert leaf.grad.dtype == torch.bfloat16
+        assert (leaf.grad.double() - w).norm() / w.norm() < 2e-2
