@@ -1,7 +1,7 @@
 """Subcommands. Each module has `add_parser(subparsers)` that sets `run=` on its parser."""
-from mdist.commands import demo, distill
+from mdist.commands import demo, distill, evaluate, prep
 from mdist.errors import UserError
 
-ALL = [distill, demo]
+ALL = [distill, demo, evaluate, prep]
 
 __all__ = ["ALL", "UserError"]
