@@ -65,7 +65,7 @@ class ShardBatchSource:
 
     def __init__(self, shards: dict[str, list[str | Path]], tokenizer, seq_len: int, batch_size: int, masking: MaskingSpec, seed: int,
                  rank: int = 0, world_size: int = 1, num_workers: int = 2, shuffle_block: int = 1024,
-                 pretokenised: dict[str, bool] | None = None, pin_memory: bool = False):
+                 pretokenised: dict[str, bool] | None = None):
         if seq_len < 3 or batch_size < 1 or shuffle_block < 1 or num_workers < 0 or not 0 <= rank < world_size:
             raise DataError(f"bad loader settings: seq_len={seq_len} batch_size={batch_size} shuffle_block={shuffle_block} num_workers={num_workers} rank={rank}/{world_size}")
         streams = world_size * max(num_workers, 1)
@@ -78,7 +78,6 @@ class ShardBatchSource:
             pretokenised or {lang: False for lang in shards}, DocumentEncoder(tokenizer), masking,
             seq_len, batch_size, seed, rank, world_size, shuffle_block)
         self.num_workers = num_workers
-        self.pin_memory = pin_memory
         self.step = 0
         self.worker_states: dict[int, dict] = {}
         self._items: Iterator | None = None
@@ -103,8 +102,7 @@ class ShardBatchSource:
         if self._items is None:
             rotation = self.step % max(self.num_workers, 1)
             dataset = _WorkerStreams(self.config, self.worker_states, rotation)
-            loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                prefetch_factor=4 if self.num_workers else None)
+            loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None)
             self._items = iter(loader)
         worker, state, batches = next(self._items)
         self.worker_states[worker] = state
@@ -169,7 +167,7 @@ class _LanguageStream:
         self.keys = (config.seed, lang_index, config.rank, worker)
         state = state or {"epoch": 0, "shard": 0, "sample": 0, "block": 0, "used": 0, "buffer": [], "pending": []}
         self.epoch, self.shard, self.sample = state["epoch"], state["shard"], state["sample"]
-        self.block, self.used, self.pending = state["block"], state["used"], state["pending"]
+        self.block, self.used, self.pending = state["block"], state["used"], list(state["pending"])
         self.packer = Packer(config.seq_len, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, list(state["buffer"]))
         self._samples = self._read(self.epoch, self.shard, self.sample)
         self._docs, self._end = self._read_block()
@@ -202,7 +200,7 @@ class _LanguageStream:
             if len(samples) == self.config.shuffle_block or end[1:] == (0, 0):
                 break
         if self.config.pretokenised[self.lang]:
-            docs = [np.load(io.BytesIO(sample["ids.npy"])).tolist() for sample in samples]
+            docs = [_npy_ids(sample["ids.npy"]) for sample in samples]
         else:
             docs = self.config.encoder([sample["txt"].decode("utf-8") for sample in samples])
         order = np.random.default_rng([*self.keys, 1, self.block]).permutation(len(docs))
@@ -224,6 +222,13 @@ class _LanguageStream:
             epoch, shard = epoch + 1, 0
             if previous is not None:
                 yield previous[0], (epoch, 0, 0)
+
+
+def _npy_ids(data: bytes) -> list[int]:
+    """The ids of an `ids.npy` member as written by prep (npy 1.0, 1-D little-endian int32); np.load's header parsing costs more than the read."""
+    if data[:8] != b"\x93NUMPY\x01\x00":
+        return np.load(io.BytesIO(data)).tolist()
+    return np.frombuffer(data, "<i4", offset=10 + int.from_bytes(data[8:10], "little")).tolist()
 
 
 def _torch_generator(*keys: int) -> torch.Generator:
