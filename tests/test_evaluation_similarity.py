@@ -1,11 +1,11 @@
-"""Batched all-pairs cosine / BERTScore against a slow float64 loop and the bert-score package."""
+"""Batched all-pairs cosine / BERTScore against a slow float64 loop and against bert_score.score."""
 from __future__ import annotations
 
 import random
 
 import pytest
 import torch
-from bert_score.utils import greedy_cos_idf
+from bert_score import score as bert_score
 from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
 
 from mdist.evaluation.encode import encode, load_encoder
@@ -26,6 +26,8 @@ def sentences(n: int, seed: int) -> list[str]:
 def tiny_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     tokenizer = train_xlmr_tokenizer(sentences(300, 0), vocab_size=60, out_dir=out)
+    tokenizer.model_max_length = 38  # bert_score.score truncates to it
+    tokenizer.save_pretrained(out)
     torch.manual_seed(0)
     config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=5, num_attention_heads=2, intermediate_size=32, max_position_embeddings=40, initializer_range=0.3)
     XLMRobertaForMaskedLM(config).save_pretrained(out)
@@ -102,22 +104,12 @@ def test_bertscore_masks_padding_when_all_cosines_are_negative():
         torch.testing.assert_close(bertscore_f1(side, side, max_elements).double(), expected, atol=1e-6, rtol=0)
 
 
-def test_bertscore_matches_package_greedy_matching(scored, tiny_dir):
-    """Pairs scored alone by bert_score.utils.greedy_cos_idf, idf weights as the package sets them without idf."""
-    _, tokenizer = load_encoder(tiny_dir, "cpu")
-    for name in ("layer_0", "layer_3", "top4"):
-        s = scored[name]
-        for qi, ci in [(0, 0), (1, 4), (6, 8), (3, 2)]:
-            (a, a_ids), (b, b_ids) = s["q_ref"][qi], s["c_ref"][ci]
-
-            def weights(ids):
-                return torch.tensor([[0.0 if t in (tokenizer.cls_token_id, tokenizer.sep_token_id) else 1.0 for t in ids]], dtype=torch.float64)
-
-            _, _, f = greedy_cos_idf(
-                b[s["layers"]].mean(0)[None].clone(), torch.ones(1, len(b_ids)), weights(b_ids),
-                a[s["layers"]].mean(0)[None].clone(), torch.ones(1, len(a_ids)), weights(a_ids),
-            )
-            assert f.item() == pytest.approx(s["bs_ref"][qi, ci].item(), abs=1e-9)
+def test_bertscore_matches_package_score_of_pairs_scored_alone(scored, tiny_dir):
+    """bert_score.score end to end (its tokenisation, layer cut, weights); batch_size=1 so no pair is padded."""
+    queries, candidates = sentences(7, 1)[:3], sentences(9, 2)[:4]
+    for layer in (0, 2, 5):
+        _, _, f1 = bert_score([q for q in queries for _ in candidates], candidates * len(queries), model_type=str(tiny_dir), num_layers=layer, batch_size=1)
+        torch.testing.assert_close(f1.view(3, 4).double(), scored[f"layer_{layer}"]["bs_ref"][:3, :4], atol=2e-5, rtol=0)
 
 
 def test_retrieval_accuracies_match_reference(tiny_dir):
