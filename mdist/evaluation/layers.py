@@ -5,8 +5,8 @@ k = 1..N the outputs of the N transformer layers. The layer sets take transforme
 (never the embedding output), over layers 1..N:
 
 - `all`:          1, 2, ..., N
-- `every_second`: 2, 4, ..., (the even layers, so the top layer is in it when N is even)
-- `top4`:         the top min(4, N) layers, N-3 .. N
+- `every_second`: 2, 4, ... (the even layers, so the top layer is in it when N is even; N = 1: layer 1)
+- `top4`:         the top min(4, N) layers, N-3 .. N (all layers when N <= 4, likewise below)
 - `middle4`:      min(4, N) consecutive layers centred in 1..N, starting at (N - 4) // 2 + 1
                   (N = 12: 5..8; N = 6: 2..5)
 - `bottom4`:      the bottom min(4, N) layers, 1 .. 4

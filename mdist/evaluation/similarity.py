@@ -6,7 +6,8 @@ token, <s> and </s> included); each side averages those best similarities with w
 </s> and equal weight for every other token (P and R); F1 = 2PR / (P + R), and 0 where that is
 undefined. One difference, on purpose: the package multiplies padded similarities by 0 before the
 max, so for a token whose cosines are all negative its score depends on how its batch was padded;
-here the max runs over real tokens only, which is the package's answer for a pair scored alone.
+here the max runs over real tokens only, which is the package's answer for a pair scored alone
+(`bert_score.score(..., batch_size=1)`; tests check this per layer).
 
 All pairs are scored with one matmul per pair of blocks: each side is sorted by length and cut into
 blocks of at most BLOCK_SENTENCES sentences (so a block is padded to about its own length, not the
