@@ -67,7 +67,7 @@ class DistillLoss:
         for name in ("hid", "att", "emb"):
             if name in terms:
                 total = total + w[name] * terms[name]
-        return total, {name: float(value) for name, value in terms.items()}
+        return total, {name: float(value.detach()) for name, value in terms.items()}
 
 
 def hidden_mse(student_BLD: torch.Tensor, teacher_BLD: torch.Tensor, valid_BL: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, XLMRobertaConfig, XLMRobertaForMaskedLM
 
 from mdist.capture import ATTENTION_IMPLEMENTATION
-from mdist.config import TINY_RANDOM, TeacherConfig
+from mdist.config import TeacherConfig
 from mdist.tokenizer import train_xlmr_tokenizer
 
 SUPPORTED_MODEL_TYPES = ("xlm-roberta", "xlm-roberta-xl")
@@ -100,9 +100,3 @@ def build_tiny_teacher(cfg: TeacherConfig, sentences: Iterable[str], out_dir: Pa
     )
     XLMRobertaForMaskedLM(model_config).save_pretrained(str(out_dir))
     return out_dir
-
-
-def resolve_teacher_path(cfg: TeacherConfig, sentences: Iterable[str], run_dir: Path, seed: int) -> Path:
-    if cfg.path == TINY_RANDOM:
-        return build_tiny_teacher(cfg, sentences, run_dir / "teacher", seed)
-    return Path(cfg.path)

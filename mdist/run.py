@@ -1,0 +1,136 @@
+"""`mdist distill`: build teacher, students, data, loss and engine from a RunConfig, run Algorithm 1,
+checkpoint, export, summarise. Thin on purpose: each piece lives in its own module.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mdist.config import TINY_RANDOM, RunConfig
+from mdist.data.masking import MaskingSpec
+from mdist.data.synthetic import SyntheticCorpus
+from mdist.data.text import TextBatchSource, read_documents
+from mdist.engine import device_for_rank, init_distributed, student_engine
+from mdist.errors import DataError, NonFiniteLossError
+from mdist.export import export_students
+from mdist.losses import DistillLoss
+from mdist.optim import GroupMaskedAdamW, student_param_groups, warmup_linear_decay
+from mdist.students import StudentGroup
+from mdist.teacher import build_tiny_teacher, check_vocabulary, load_teacher
+from mdist.tracking import Tracker
+from mdist.train import distill_step
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def training_documents(cfg: RunConfig) -> dict[str, list[str]]:
+    if cfg.data.kind == "synthetic":
+        corpus = SyntheticCorpus(seed=cfg.train.seed)
+        missing = [lang for lang in cfg.languages if lang not in corpus.languages]
+        if missing:
+            raise DataError(f"the synthetic corpus has no language(s) {', '.join(missing)} (it has {', '.join(corpus.languages)})")
+        return {lang: corpus.monolingual(lang, documents=400) for lang in cfg.languages}
+    docs = {}
+    for lang in cfg.languages:
+        docs[lang] = []
+        for path in cfg.data.text[lang]:
+            found = list(read_documents(Path(path)))
+            if not found:
+                raise DataError(f"{path}: empty text file (language '{lang}')")
+            docs[lang].extend(found)
+    return docs
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def run_distillation(cfg: RunConfig, out_dir: Path) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = init_distributed()
+    device = device_for_rank()
+    seed_everything(cfg.train.seed)
+
+    docs = training_documents(cfg)
+    teacher_path = out_dir / "teacher" if cfg.teacher.path == TINY_RANDOM else Path(cfg.teacher.path)
+    if rank == 0 and cfg.teacher.path == TINY_RANDOM:
+        build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), teacher_path, cfg.train.seed)
+    _barrier()
+    teacher, tokenizer = load_teacher(teacher_path)
+    seed_everything(cfg.train.seed)
+    group = StudentGroup(teacher, cfg.students, teacher.config.hidden_size)
+    check_vocabulary(tokenizer, group.students[next(iter(group.students))].config.vocab_size, "students")
+    teacher.to(device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+    source = TextBatchSource.from_documents(
+        docs, tokenizer, cfg.train.seq_len,
+        batch_size=cfg.train.batch_size,
+        masking=MaskingSpec.from_tokenizer(tokenizer, teacher.config.vocab_size, cfg.train.mlm_probability),
+        seed=cfg.train.seed, rank=rank, world_size=world,
+    )
+    loss_fn = DistillLoss.build(cfg.strategy, cfg.loss.weights, cfg.loss.mapping, cfg.loss.temperature, cfg.students.layers, teacher.config.num_hidden_layers)
+    optimizer = GroupMaskedAdamW(student_param_groups(dict(group.students), group.projections, cfg.train.weight_decay), lr=cfg.train.lr)
+    scheduler = warmup_linear_decay(optimizer, cfg.train.warmup_steps, cfg.train.steps)
+    engine = student_engine(group, optimizer, cfg, world)
+
+    tracker = Tracker(out_dir, cfg.tracking.experiment, enabled=cfg.tracking.enabled and rank == 0, run_name=out_dir.name)
+    tracker.log_params(cfg.to_dict())
+    checkpoints = out_dir / "checkpoints"
+    last_terms: dict = {}
+    tokens_total = 0
+    started = time.perf_counter()
+    bar = tqdm(range(cfg.train.steps), desc="distill", disable=rank != 0, dynamic_ncols=True)
+    try:
+        for step in bar:
+            step_start = time.perf_counter()
+            batches = {lang: b.to(device) for lang, b in source.next_batches().items()}
+            result = distill_step(engine, optimizer, teacher, loss_fn, batches, cfg.train.update, step)
+            scheduler.step()
+            tokens_total += result.tokens * world
+            last_terms = result.terms
+            tokens_per_s = result.tokens * world / (time.perf_counter() - step_start)
+            mean_loss = sum(t["loss"] for t in result.terms.values()) / len(result.terms)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
+                metrics = {f"{pair}/{term}": value for pair, terms in result.terms.items() for term, value in terms.items()}
+                metrics.update(lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_per_s, tokens=tokens_total)
+                tracker.log_metrics(metrics, step)
+            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
+                engine.save_checkpoint(str(checkpoints), tag=f"step{step + 1}", client_state={"data": source.state_dict(), "mlflow_run_id": tracker.run_id})
+    except NonFiniteLossError as err:
+        tracker.close("FAILED")
+        latest = checkpoints / "latest"
+        kept = f"last good checkpoint: {checkpoints / latest.read_text().strip()}" if latest.is_file() else "no checkpoint was written before it"
+        raise NonFiniteLossError(f"{err}; {kept}") from None
+    engine.save_checkpoint(str(checkpoints), tag=f"step{cfg.train.steps}", client_state={"data": source.state_dict(), "mlflow_run_id": tracker.run_id})
+
+    summary = {
+        "steps": cfg.train.steps,
+        "tokens": tokens_total,
+        "seconds": time.perf_counter() - started,
+        "world_size": world,
+        "strategy": cfg.strategy,
+        "update": cfg.train.update,
+        "students": {name: {"languages": langs} for name, langs in group.languages.items()},
+        "final_losses": last_terms,
+        "mlflow_run_id": tracker.run_id,
+    }
+    if rank == 0:
+        paths = export_students(group, tokenizer, out_dir)
+        for name, path in paths.items():
+            summary["students"][name]["path"] = str(path)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    tracker.close()
+    _barrier()
+    return summary
