@@ -92,6 +92,7 @@ def main():
                 print(f"prep {lang} ({kind}): {manifest['documents']} documents, {len(manifest['shards'])} shards, "
                       f"{args.mb / (time.perf_counter() - started):.1f} MB/s")
         device = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        revision = commit()  # once: other work may commit while the rows run
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
         rows = []
         print(HEADER, end="")
@@ -99,7 +100,7 @@ def main():
             for workers in args.workers:
                 rate = measure(tmp / kind, tokenizer, workers, args.seconds)
                 per = rate / max(workers, 1)
-                row = f"| {stamp} | {device} | {commit()} | {kind} | {workers} | {rate:,.0f} | {per:,.0f} | {'met' if per >= 150_000 else 'short'} |"
+                row = f"| {stamp} | {device} | {revision} | {kind} | {workers} | {rate:,.0f} | {per:,.0f} | {'met' if per >= 150_000 else 'short'} |"
                 print(row, flush=True)
                 rows.append(row)
     if not args.no_record:  # one self-contained table per run, so other benchmarks' tables stay intact
