@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION_IMPLEMENTATION = "mdist_sdpa_qk"
 
@@ -20,3 +21,6 @@ def _sdpa_capturing_qk(module, query, key, value, attention_mask, qk_sink=None, 
 
 
 AttentionInterface.register(ATTENTION_IMPLEMENTATION, _sdpa_capturing_qk)
+# Without a registered mask builder, transformers passes the raw (B, L) padding mask through
+# unchanged for an unknown implementation, and SDPA would broadcast it wrongly: build SDPA's mask.
+AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)

@@ -66,7 +66,7 @@ class LossConfig:
     weights: Optional[dict[str, float]] = None  # None: the strategy's equal convex weights
     mapping: Optional[str] = None  # None: the strategy's mapping
     temperature: float = 1.0
-    kernels: str = "torch"  # torch (fused Triton kernels: issue 6)
+    kernels: str = "torch"  # torch (PyTorch references) | triton (fused kernels; CUDA, or CPU under TRITON_INTERPRET=1)
 
 
 @dataclass
@@ -217,7 +217,7 @@ def _validate(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'students.groups.{name}': student '{name}' owns no language")
     choices = {
         "students.init": (cfg.students.init, ("teacher", "random")),
-        "loss.kernels": (cfg.loss.kernels, ("torch",)),
+        "loss.kernels": (cfg.loss.kernels, ("torch", "triton")),
         "train.update": (cfg.train.update, ("sequential", "joint")),
         "data.kind": (cfg.data.kind, ("text", "synthetic")),
     }

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from mdist.encode import EncoderOutput
-from mdist.kernels import attention_score_mse_reference, fused_linear_distill_loss_reference
+import mdist.kernels as loss_ops
+from mdist.config import ConfigError
 from mdist.strategies import STRATEGIES, Strategy, layer_mapping
 
 
@@ -28,14 +29,17 @@ class DistillLoss:
     weights: dict[str, float]
     pairs: tuple[tuple[int, int], ...]  # (student layer m, teacher layer g(m))
     temperature: float
+    kernels: str = "torch"  # torch: PyTorch references; triton: fused kernels (mdist.kernels)
 
     @classmethod
-    def build(cls, strategy: str, weights: dict[str, float] | None, mapping: str | None, temperature: float, student_layers: int, teacher_layers: int) -> "DistillLoss":
+    def build(cls, strategy: str, weights: dict[str, float] | None, mapping: str | None, temperature: float, student_layers: int, teacher_layers: int, kernels: str = "torch") -> "DistillLoss":
         spec = STRATEGIES[strategy]
+        if kernels == "triton" and not loss_ops.TRITON_AVAILABLE:
+            raise ConfigError("config key 'loss.kernels': 'triton' needs the triton package; use 'torch'")
         resolved = spec.default_weights()
         resolved.update(weights or {})
         pairs = layer_mapping(mapping or spec.mapping, student_layers, teacher_layers)
-        return cls(spec, resolved, tuple(pairs), temperature)
+        return cls(spec, resolved, tuple(pairs), temperature, kernels)
 
     def __call__(self, student: EncoderOutput, teacher: EncoderOutput, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor, project=lambda layer, h: h) -> tuple[torch.Tensor, dict[str, float]]:
         """Returns (weighted total, unweighted per-term values for logging)."""
@@ -45,7 +49,8 @@ class DistillLoss:
         total = student.hidden_states[0].new_zeros((), dtype=torch.float32)
         if "mlm" in w or "kl" in w:
             labels_N = labels_BL.reshape(-1)[labels_BL.reshape(-1) != -100]
-            vocab_loss, terms["mlm"], terms["kl"] = fused_linear_distill_loss_reference(
+            vocab_op = loss_ops.fused_linear_distill_loss if self.kernels == "triton" else loss_ops.fused_linear_distill_loss_reference
+            vocab_loss, terms["mlm"], terms["kl"] = vocab_op(
                 student.head_hidden_ND, student.decoder_weight_VD, student.decoder_bias_V,
                 teacher.head_hidden_ND, teacher.decoder_weight_VD, teacher.decoder_bias_V,
                 labels_N, self.temperature, w.get("mlm", 0.0), w.get("kl", 0.0), return_components=True,
@@ -58,10 +63,11 @@ class DistillLoss:
                 hidden_fn(project(m, student.hidden_states[m]), teacher.hidden_states[g], valid_BL) for m, g in self.pairs
             )
         if "att" in w:
-            terms["att"] = sum(
-                attention_score_mse_reference(*student.qk[m - 1], *teacher.qk[g - 1], key_padding_mask=valid_BL)
-                for m, g in self.pairs
-            )
+            qk_pairs = [(*student.qk[m - 1], *teacher.qk[g - 1]) for m, g in self.pairs]
+            if self.kernels == "triton":  # all mapped layer pairs in as few launches as possible
+                terms["att"] = loss_ops.attention_score_mse_multi(qk_pairs, key_padding_mask=valid_BL)
+            else:
+                terms["att"] = sum(loss_ops.attention_score_mse_reference(*qk, key_padding_mask=valid_BL) for qk in qk_pairs)
         if "emb" in w:
             terms["emb"] = hidden_mse(project(0, student.hidden_states[0]), teacher.hidden_states[0], valid_BL)
         for name in ("hid", "att", "emb"):

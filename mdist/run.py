@@ -79,7 +79,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path) -> dict:
         masking=MaskingSpec.from_tokenizer(tokenizer, teacher.config.vocab_size, cfg.train.mlm_probability),
         seed=cfg.train.seed, rank=rank, world_size=world,
     )
-    loss_fn = DistillLoss.build(cfg.strategy, cfg.loss.weights, cfg.loss.mapping, cfg.loss.temperature, cfg.students.layers, teacher.config.num_hidden_layers)
+    loss_fn = DistillLoss.build(cfg.strategy, cfg.loss.weights, cfg.loss.mapping, cfg.loss.temperature, cfg.students.layers, teacher.config.num_hidden_layers, cfg.loss.kernels)
     optimizer = GroupMaskedAdamW(student_param_groups(dict(group.students), group.projections, cfg.train.weight_decay), lr=cfg.train.lr)
     scheduler = warmup_linear_decay(optimizer, cfg.train.warmup_steps, cfg.train.steps)
     engine = student_engine(group, optimizer, cfg, world)

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny teachers and tokenizers built in-process; real data from ../shared/data when present.
+
+Triton kernels run on the CPU only under the interpreter, which must be chosen before `mdist.kernels`
+is first imported (by any test module), hence here.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".torch_extensions"))
+if "MASTER_PORT" not in os.environ:  # in-process single-rank runs: a free port, so parallel suites don't collide
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def synthetic_docs():
+    from mdist.data.synthetic import SyntheticCorpus
+
+    corpus = SyntheticCorpus(seed=0)
+    return {lang: corpus.monolingual(lang, documents=120) for lang in ("en", "tr")}
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory, synthetic_docs) -> Path:
+    """A tiny random XLM-R teacher directory (model + sentencepiece tokenizer)."""
+    from mdist.config import TeacherConfig, TinyTeacherConfig
+    from mdist.teacher import build_tiny_teacher
+
+    cfg = TeacherConfig(tiny=TinyTeacherConfig(layers=4, hidden=32, heads=4, ffn=64, vocab=300, max_positions=66))
+    out = tmp_path_factory.mktemp("teacher")
+    return build_tiny_teacher(cfg, (d for docs in synthetic_docs.values() for d in docs), out, seed=0)

@@ -1,0 +1,63 @@
+"""Run configuration: recipes, overrides and clear errors before any model is built."""
+from __future__ import annotations
+
+import pytest
+
+from mdist.config import ConfigError, load_run_config, recipe_names
+
+
+def test_shipped_recipes_exist():
+    assert {"tiny", "xlmr-base-monoshot", "xlmr-base-monoalignment"} <= set(recipe_names())
+
+
+def test_tiny_recipe_and_overrides():
+    cfg = load_run_config("tiny", ["train.steps=7", "train.lr=1e-3", "strategy=tinybert", "students.groups={en_tr: [en, tr]}"])
+    assert cfg.train.steps == 7 and cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.strategy == "tinybert"
+    assert cfg.languages == ["en", "tr"]
+
+
+@pytest.mark.parametrize("recipe, strategy", [("xlmr-base-monoshot", "monoshot"), ("xlmr-base-monoalignment", "monoalignment")])
+def test_thesis_recipes_carry_table_4_2(tmp_path, recipe, strategy):
+    (tmp_path / "en.txt").write_text("hello\n")
+    (tmp_path / "tr.txt").write_text("merhaba\n")
+    cfg = load_run_config(recipe, [f"teacher.path={tmp_path}", f"data.text={{en: [{tmp_path}/en.txt], tr: [{tmp_path}/tr.txt]}}"])
+    assert cfg.strategy == strategy
+    assert (cfg.train.batch_size, cfg.train.steps, cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_steps) == (16, 500_000, 2e-4, 0.01, 50_000)
+    assert (cfg.students.layers, cfg.students.init, cfg.students.share_embeddings, cfg.students.tie_head) == (6, "teacher", True, True)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.stpes=3", "unknown config key 'train.stpes'"),
+        ("train.steps=many", "config key 'train.steps' must be of type int"),
+        ("train.save_every=1.5", "config key 'train.save_every' must be of type int"),
+        ("strategy=monoshoot", "config key 'strategy': unknown strategy 'monoshoot'"),
+        ("students.groups={en: [en], tr: []}", "student 'tr' owns no language"),
+        ("teacher.path=/nonexistent/teacher", "teacher directory '/nonexistent/teacher' does not exist"),
+        ("deepspeed.zero_stage=4", "config key 'deepspeed.zero_stage'"),
+        ("loss.weights={mlm: 0.5, att: 0.5}", "strategy 'monoshot' has no term" if False else "config key 'loss.weights"),
+        ("strategy=hinton", None),
+        ("data.kind=text", "config key 'data.text' has no files for language(s) en, tr"),
+        ("loss.mapping=sideways", "config key 'loss.mapping': unknown mapping 'sideways'"),
+    ],
+)
+def test_bad_config_names_the_key(override, message):
+    if message is None:
+        load_run_config("tiny", [override])
+        return
+    with pytest.raises(ConfigError, match=None) as err:
+        load_run_config("tiny", [override] + (["strategy=hinton"] if "loss.weights" in override else []))
+    assert message in str(err.value)
+
+
+def test_unknown_recipe_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        load_run_config("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_run_config(str(bad))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config(str(tmp_path / "missing.yaml"))

@@ -1,0 +1,168 @@
+"""Every loss term against an independent float64 computation; Q/K capture against eager scores;
+the masked-only MLM head against the full-logits computation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForMaskedLM
+
+from mdist.capture import ATTENTION_IMPLEMENTATION
+from mdist.encode import encode
+from mdist.losses import DistillLoss
+from mdist.strategies import STRATEGIES, layer_mapping
+
+
+def test_mappings_match_the_thesis():
+    assert layer_mapping("uniform", 6, 12) == [(1, 2), (2, 4), (3, 6), (4, 8), (5, 10), (6, 12)]
+    assert layer_mapping("top", 6, 12) == [(m, m + 6) for m in range(1, 7)]
+    assert layer_mapping("bottom", 6, 12) == [(m, m) for m in range(1, 7)]
+    assert layer_mapping("last", 6, 12) == [(6, 12)]
+    with pytest.raises(ValueError):
+        layer_mapping("uniform", 13, 12)
+
+
+def test_strategy_table():
+    assert set(STRATEGIES["monoshot"].terms) == {"mlm", "kl", "hid", "att", "emb"}
+    assert STRATEGIES["monoshot"].mapping == "uniform" and STRATEGIES["monoalignment"].mapping == "last"
+    assert set(STRATEGIES["tinybert"].terms) == {"hid", "att", "emb"}
+    assert STRATEGIES["hinton_hidcos_att_emb"].hidden_loss == "cos"
+    assert sum(STRATEGIES["monoshot"].default_weights().values()) == pytest.approx(1.0)
+
+
+def _models(teacher_dir, student_layers=2):
+    teacher = AutoModelForMaskedLM.from_pretrained(str(teacher_dir), attn_implementation=ATTENTION_IMPLEMENTATION).eval()
+    torch.manual_seed(1)
+    cfg = teacher.config.__class__.from_dict(teacher.config.to_dict())
+    cfg.num_hidden_layers = student_layers
+    cfg._attn_implementation = ATTENTION_IMPLEMENTATION
+    student = type(teacher)(cfg).eval()
+    return teacher, student
+
+
+def _batch(vocab, B=3, L=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab - 1, (B, L), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 2
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[1, 8:] = 0  # padded row
+    ids[1, 8:] = 1
+    ids[1, 7] = 2
+    labels = torch.full((B, L), -100)
+    pick = (torch.rand(B, L, generator=g) < 0.3) & mask.bool()
+    pick[:, 0] = False
+    pick[0, 3] = True
+    labels[pick] = ids[pick]
+    return ids, mask, labels
+
+
+def test_captured_qk_give_eager_pre_softmax_scores(tiny_teacher_dir):
+    teacher, _ = _models(tiny_teacher_dir)
+    ids, mask, labels = _batch(teacher.config.vocab_size)
+    out = encode(teacher, ids, mask, labels)
+    assert len(out.qk) == teacher.config.num_hidden_layers
+    heads = teacher.config.num_attention_heads
+    for layer_index, layer in enumerate(teacher.roberta.encoder.layer):
+        attn = layer.attention.self
+        hidden = out.hidden_states[layer_index].double()
+        split = lambda x: x.view(*x.shape[:2], heads, -1).transpose(1, 2)  # noqa: E731
+        q = split(F.linear(hidden, attn.query.weight.double(), attn.query.bias.double()))
+        k = split(F.linear(hidden, attn.key.weight.double(), attn.key.bias.double()))
+        eager_scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        q_c, k_c = out.qk[layer_index]
+        captured = q_c.double() @ k_c.double().transpose(-1, -2) / math.sqrt(q_c.shape[-1])
+        torch.testing.assert_close(captured, eager_scores, atol=1e-5, rtol=1e-5)
+    # and the SDPA forward gives the eager model's hidden states
+    teacher.config._attn_implementation = "eager"
+    eager = teacher.roberta(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    valid = mask.bool()
+    torch.testing.assert_close(eager.last_hidden_state[valid], out.hidden_states[-1][valid], atol=1e-5, rtol=1e-5)
+
+
+def test_masked_only_head_equals_full_logits_mlm(tiny_teacher_dir):
+    teacher, _ = _models(tiny_teacher_dir)
+    ids, mask, labels = _batch(teacher.config.vocab_size)
+    out = encode(teacher, ids, mask, labels)
+    logits_N = F.linear(out.head_hidden_ND, out.decoder_weight_VD, out.decoder_bias_V)
+    ours = F.cross_entropy(logits_N, labels[labels != -100])
+    full = teacher(input_ids=ids, attention_mask=mask, labels=labels).loss
+    torch.testing.assert_close(ours, full, atol=1e-6, rtol=1e-6)
+    assert out.head_hidden_ND.shape[0] == int((labels != -100).sum())
+
+
+def _reference_terms(s, t, mask, labels, pairs, T):
+    """Independent float64 implementation of METHOD §3, written from the definitions."""
+    valid = mask.bool()
+    d = lambda x: x.double()  # noqa: E731
+    sel = labels != -100
+    zs = d(s.head_hidden_ND) @ d(s.decoder_weight_VD).T + d(s.decoder_bias_V)
+    zt = d(t.head_hidden_ND) @ d(t.decoder_weight_VD).T + d(t.decoder_bias_V)
+    mlm = -torch.log_softmax(zs, -1).gather(1, labels[sel][:, None]).mean()
+    pt = torch.softmax(zt / T, -1)
+    kl = (T**2) * (pt * (torch.log(pt) - torch.log_softmax(zs / T, -1))).sum(-1).mean()
+    hid = 0.0
+    att = 0.0
+    for m, g in pairs:
+        diffs = [(d(s.hidden_states[m])[b, i] - d(t.hidden_states[g])[b, i]) for b in range(mask.shape[0]) for i in range(mask.shape[1]) if valid[b, i]]
+        hid = hid + torch.stack([x.pow(2).mean() for x in diffs]).mean()
+        qs, ks = map(d, s.qk[m - 1])
+        qt, kt = map(d, t.qk[g - 1])
+        sq = []
+        for b in range(mask.shape[0]):
+            n = int(valid[b].sum())
+            for h in range(qs.shape[1]):
+                a_s = qs[b, h, :n] @ ks[b, h, :n].T / math.sqrt(qs.shape[-1])
+                a_t = qt[b, h, :n] @ kt[b, h, :n].T / math.sqrt(qt.shape[-1])
+                sq.append(((a_s - a_t) ** 2).flatten())
+        att = att + torch.cat(sq).mean()
+    emb = torch.stack([(d(s.hidden_states[0])[b, i] - d(t.hidden_states[0])[b, i]).pow(2).mean() for b in range(mask.shape[0]) for i in range(mask.shape[1]) if valid[b, i]]).mean()
+    return {"mlm": mlm, "kl": kl, "hid": hid, "att": att, "emb": emb}
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+@pytest.mark.parametrize("mapping", ["uniform", "last"])
+def test_every_term_matches_float64(tiny_teacher_dir, mapping, kernels):
+    teacher, student = _models(tiny_teacher_dir)
+    ids, mask, labels = _batch(teacher.config.vocab_size)
+    with torch.no_grad():
+        t = encode(teacher, ids, mask, labels)
+    s = encode(student, ids, mask, labels)
+    weights = {"mlm": 0.1, "kl": 0.2, "hid": 0.3, "att": 0.25, "emb": 0.15}
+    loss_fn = DistillLoss.build("monoshot", weights, mapping, 2.0, 2, 4, kernels)
+    total, terms = loss_fn(s, t, mask, labels)
+    with torch.no_grad():
+        ref = _reference_terms(s, t, mask, labels, loss_fn.pairs, 2.0)
+    rel = 2e-5 if kernels == "torch" else 1e-4  # fused kernels: float32 online softmax over vocabulary chunks
+    for name, value in ref.items():
+        assert terms[name] == pytest.approx(float(value), rel=rel, abs=1e-7), name
+    assert float(total) == pytest.approx(sum(weights[k] * float(v) for k, v in ref.items()), rel=rel)
+    total.backward()  # gradients reach the student
+    assert student.roberta.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_cosine_hidden_loss_matches_float64(tiny_teacher_dir):
+    teacher, student = _models(tiny_teacher_dir)
+    ids, mask, labels = _batch(teacher.config.vocab_size)
+    with torch.no_grad():
+        t = encode(teacher, ids, mask, labels)
+        s = encode(student, ids, mask, labels)
+    loss_fn = DistillLoss.build("hinton_hidcos_att_emb", None, None, 1.0, 2, 4)
+    _, terms = loss_fn(s, t, mask, labels)
+    valid = mask.bool()
+    expected = sum(
+        (1 - F.cosine_similarity(s.hidden_states[m].double()[valid], t.hidden_states[g].double()[valid], dim=-1)).mean()
+        for m, g in loss_fn.pairs
+    )
+    assert terms["hid"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_hinton_strategy_has_only_vocabulary_terms(tiny_teacher_dir):
+    teacher, student = _models(tiny_teacher_dir)
+    ids, mask, labels = _batch(teacher.config.vocab_size)
+    with torch.no_grad():
+        t = encode(teacher, ids, mask, labels)
+        s = encode(student, ids, mask, labels)
+    _, terms = DistillLoss.build("hinton", None, None, 1.0, 2, 4)(s, t, mask, labels)
+    assert set(terms) == {"mlm", "kl"}
