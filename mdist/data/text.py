@@ -8,33 +8,36 @@ Large corpora go through `mdist prep` shards instead.
 """
 from __future__ import annotations
 
+import logging
+
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 
 from mdist.data.batch import TokenBatch
+from mdist.data.documents import SkipLog, read_documents
 from mdist.data.masking import MaskingSpec, mask_tokens
 from mdist.data.packing import pack
 from mdist.errors import DataError
 
+log = logging.getLogger(__name__)
 
-def read_documents(path: Path) -> Iterator[str]:
-    """Yield blank-line separated documents of a UTF-8 text file; errors name file and line."""
-    lines: list[str] = []
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, 1):
-            try:
-                text = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{line_no}: not valid UTF-8 ({err.reason})") from None
-            if text:
-                lines.append(text)
-            elif lines:
-                yield "\n".join(lines)
-                lines = []
-    if lines:
-        yield "\n".join(lines)
+
+def read_text_corpus(files_by_lang: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Documents per language from CC-100-style text files; skipped documents are reported, empty files are errors."""
+    docs_by_lang: dict[str, list[str]] = {}
+    for lang, paths in files_by_lang.items():
+        docs_by_lang[lang] = []
+        for path in paths:
+            skips = SkipLog()
+            found = [doc.text for doc in read_documents(Path(path), skips)]
+            if skips.total:
+                log.warning("%s: skipped %d document(s): %s", path, skips.total, skips.to_dict())
+            if not found:
+                raise DataError(f"{path}: empty text file (language '{lang}'), no document to train on")
+            docs_by_lang[lang].extend(found)
+    return docs_by_lang
 
 
 class TextBatchSource:
@@ -60,19 +63,6 @@ class TextBatchSource:
                 raise DataError(f"language '{lang}': no text to train on")
             sequences[lang] = torch.tensor(packed, dtype=torch.long)
         return cls(sequences, pad_id=tokenizer.pad_token_id, **kwargs)
-
-    @classmethod
-    def from_files(cls, files_by_lang: dict[str, list[str]], tokenizer, seq_len: int, **kwargs) -> "TextBatchSource":
-        docs_by_lang = {}
-        for lang, paths in files_by_lang.items():
-            docs = []
-            for path in paths:
-                found = list(read_documents(Path(path)))
-                if not found:
-                    raise DataError(f"{path}: empty text file (language '{lang}')")
-                docs.extend(found)
-            docs_by_lang[lang] = docs
-        return cls.from_documents(docs_by_lang, tokenizer, seq_len, **kwargs)
 
     def _global_indices(self, lang: str, lang_index: int) -> torch.Tensor:
         """The step's global batch: consecutive slices of per-epoch permutations (wrapping epochs)."""
@@ -100,6 +90,9 @@ class TextBatchSource:
 
     def state_dict(self) -> dict:
         return {"step": self.step}
+
+    def close(self) -> None:
+        """Nothing to release (the shard source stops its workers here)."""
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
