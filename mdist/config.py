@@ -74,7 +74,7 @@ class TrainConfig:
     """Algorithm 1 loop and optimisation."""
 
     steps: int = 100
-    batch_size: int = 16  # sequences per language per step (per rank)
+    batch_size: int = 16  # sequences per language per micro-batch, per rank
     seq_len: int = 128
     lr: float = 2e-4
     weight_decay: float = 0.01
@@ -83,6 +83,8 @@ class TrainConfig:
     update: str = "sequential"  # sequential (thesis) | joint
     seed: int = 0
     save_every: int = 0  # 0: only the final checkpoint
+    grad_accum: int = 1  # micro-batches per optimiser step; global batch = batch_size × grad_accum × world
+    optimizer: str = "adamw"  # adamw (thesis) | lamb (large batches; ZeRO stage 0 only)
     log_every: int = 10
     mlm_probability: float = 0.15
 
@@ -100,6 +102,8 @@ class DeepSpeedConfig:
     """DeepSpeed engine settings that are not rendered from other sections."""
 
     zero_stage: int = 0
+    offload_optimizer: bool = False  # ZeRO-Offload: fp32 master weights + optimiser states in CPU memory (stage >= 1)
+    offload_params: bool = False  # ZeRO-Infinity parameter offload to CPU (stage 3 only)
 
 
 @dataclass
@@ -219,6 +223,7 @@ def _validate(cfg: RunConfig) -> None:
         "students.init": (cfg.students.init, ("teacher", "random")),
         "loss.kernels": (cfg.loss.kernels, ("torch", "triton")),
         "train.update": (cfg.train.update, ("sequential", "joint")),
+        "train.optimizer": (cfg.train.optimizer, ("adamw", "lamb")),
         "data.kind": (cfg.data.kind, ("text", "synthetic")),
     }
     for key, (value, allowed) in choices.items():
@@ -228,6 +233,7 @@ def _validate(cfg: RunConfig) -> None:
         "train.steps": cfg.train.steps,
         "train.batch_size": cfg.train.batch_size,
         "train.seq_len": cfg.train.seq_len,
+        "train.grad_accum": cfg.train.grad_accum,
         "students.layers": cfg.students.layers,
     }
     for key, value in positive.items():
@@ -237,6 +243,15 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'train.save_every' must be >= 0, got {cfg.train.save_every}")
     if cfg.deepspeed.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"config key 'deepspeed.zero_stage' must be 0, 1, 2 or 3, got {cfg.deepspeed.zero_stage}")
+    if cfg.deepspeed.offload_optimizer and cfg.deepspeed.zero_stage == 0:
+        raise ConfigError("config key 'deepspeed.offload_optimizer' needs deepspeed.zero_stage 1, 2 or 3")
+    if cfg.deepspeed.offload_params and cfg.deepspeed.zero_stage != 3:
+        raise ConfigError("config key 'deepspeed.offload_params' needs deepspeed.zero_stage 3")
+    if cfg.train.optimizer == "lamb" and cfg.deepspeed.zero_stage != 0:
+        raise ConfigError(
+            "config key 'train.optimizer': lamb needs deepspeed.zero_stage 0 (ZeRO flattens each parameter group "
+            "into one partition, so LAMB's per-tensor trust ratio would become a per-partition one)"
+        )
     if not 0.0 < cfg.train.mlm_probability < 1.0:
         raise ConfigError(f"config key 'train.mlm_probability' must be in (0, 1), got {cfg.train.mlm_probability}")
     if cfg.teacher.path != TINY_RANDOM:

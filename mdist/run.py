@@ -16,11 +16,12 @@ from mdist.config import TINY_RANDOM, RunConfig
 from mdist.data.masking import MaskingSpec
 from mdist.data.synthetic import SyntheticCorpus
 from mdist.data.text import TextBatchSource, read_documents
-from mdist.engine import device_for_rank, init_distributed, student_engine
+from mdist.checkpoint import Checkpointer, StopFlag, latest_tag
+from mdist.engine import batch_geometry, device_for_rank, gathered, init_distributed, partitioned_init, shutdown_distributed, student_engine, teacher_engine
 from mdist.errors import DataError, NonFiniteLossError
 from mdist.export import export_students
 from mdist.losses import DistillLoss
-from mdist.optim import GroupMaskedAdamW, student_param_groups, warmup_linear_decay
+from mdist.optim import build_optimizer, student_param_groups, warmup_linear_decay
 from mdist.students import StudentGroup
 from mdist.teacher import build_tiny_teacher, check_vocabulary, load_teacher
 from mdist.tracking import Tracker
@@ -56,7 +57,10 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def run_distillation(cfg: RunConfig, out_dir: Path) -> dict:
+def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
+    """Train, checkpoint and export. `resume`: continue from the latest complete checkpoint in
+    `out_dir/checkpoints` (a fresh start when there is none). SIGTERM / SIGUSR1 save a checkpoint at
+    the next step boundary and return early (summary['preempted'] = True, no export)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world = init_distributed()
     device = device_for_rank()
@@ -67,35 +71,62 @@ def run_distillation(cfg: RunConfig, out_dir: Path) -> dict:
     if rank == 0 and cfg.teacher.path == TINY_RANDOM:
         build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), teacher_path, cfg.train.seed)
     _barrier()
-    teacher, tokenizer = load_teacher(teacher_path)
+    with partitioned_init(cfg.teacher.zero3, world):  # ZeRO-3 teacher: no rank ever holds all of it
+        teacher, tokenizer = load_teacher(teacher_path)
     seed_everything(cfg.train.seed)
-    group = StudentGroup(teacher, cfg.students, teacher.config.hidden_size)
+    with gathered(teacher):  # students copy full teacher tensors (a no-op for a replicated teacher)
+        group = StudentGroup(teacher, cfg.students, teacher.config.hidden_size)
     check_vocabulary(tokenizer, group.students[next(iter(group.students))].config.vocab_size, "students")
-    teacher.to(device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if cfg.teacher.zero3:
+        teacher_ds = teacher_engine(teacher, world)  # keeps the partitioned teacher's hooks alive
+        teacher = teacher_ds.module
+    else:
+        teacher.to(device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
 
     source = TextBatchSource.from_documents(
         docs, tokenizer, cfg.train.seq_len,
-        batch_size=cfg.train.batch_size,
+        batch_size=batch_geometry(cfg, world).per_rank,  # micro × accumulation sequences per language and rank
         masking=MaskingSpec.from_tokenizer(tokenizer, teacher.config.vocab_size, cfg.train.mlm_probability),
         seed=cfg.train.seed, rank=rank, world_size=world,
     )
     loss_fn = DistillLoss.build(cfg.strategy, cfg.loss.weights, cfg.loss.mapping, cfg.loss.temperature, cfg.students.layers, teacher.config.num_hidden_layers, cfg.loss.kernels)
-    optimizer = GroupMaskedAdamW(student_param_groups(dict(group.students), group.projections, cfg.train.weight_decay), lr=cfg.train.lr)
+    groups = student_param_groups(dict(group.students), group.projections, cfg.train.weight_decay)
+    optimizer = build_optimizer(cfg.train.optimizer, groups, cfg.train.lr, offload=cfg.deepspeed.offload_optimizer)
     scheduler = warmup_linear_decay(optimizer, cfg.train.warmup_steps, cfg.train.steps)
     engine = student_engine(group, optimizer, cfg, world)
 
-    tracker = Tracker(out_dir, cfg.tracking.experiment, enabled=cfg.tracking.enabled and rank == 0, run_name=out_dir.name)
-    tracker.log_params(cfg.to_dict())
     checkpoints = out_dir / "checkpoints"
+    checkpointer = Checkpointer(checkpoints, rank)
+    start_step, tokens_total, run_id = 0, 0, None
+    restored = checkpointer.load(engine) if resume else None
+    if restored is not None:
+        source.load_state_dict(restored["data"])
+        scheduler.load_state_dict(restored["scheduler"])
+        for param_group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            param_group["lr"] = lr
+        start_step, tokens_total, run_id = restored["step"], restored["tokens"], restored["mlflow_run_id"]
+        if rank == 0:
+            print(f"resuming from {checkpoints / restored['tag']} at step {start_step}", flush=True)
+    elif resume and rank == 0:
+        print(f"no complete checkpoint in {checkpoints}; starting from step 0", flush=True)
+    tracker = Tracker(out_dir, cfg.tracking.experiment, enabled=cfg.tracking.enabled and rank == 0, run_id=run_id, run_name=out_dir.name)
+    if run_id is None:
+        tracker.log_params(cfg.to_dict())
+
+    def save(done: int) -> None:
+        state = {"data": source.state_dict(), "scheduler": scheduler.state_dict(), "tokens": tokens_total, "mlflow_run_id": tracker.run_id}
+        checkpointer.save(engine, done, state)
+
+    stop = StopFlag().install()
+    preempted = None
     last_terms: dict = {}
-    tokens_total = 0
     started = time.perf_counter()
-    bar = tqdm(range(cfg.train.steps), desc="distill", disable=rank != 0, dynamic_ncols=True)
+    bar = tqdm(range(start_step, cfg.train.steps), desc="distill", disable=rank != 0, dynamic_ncols=True, initial=start_step, total=cfg.train.steps)
     try:
         for step in bar:
             step_start = time.perf_counter()
             batches = {lang: b.to(device) for lang, b in source.next_batches().items()}
-            result = distill_step(engine, optimizer, teacher, loss_fn, batches, cfg.train.update, step)
+            result = distill_step(engine, optimizer, teacher, loss_fn, batches, cfg.train.update, step, cfg.train.grad_accum)
             scheduler.step()
             tokens_total += result.tokens * world
             last_terms = result.terms
@@ -106,14 +137,26 @@ def run_distillation(cfg: RunConfig, out_dir: Path) -> dict:
                 metrics = {f"{pair}/{term}": value for pair, terms in result.terms.items() for term, value in terms.items()}
                 metrics.update(lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_per_s, tokens=tokens_total)
                 tracker.log_metrics(metrics, step)
-            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
-                engine.save_checkpoint(str(checkpoints), tag=f"step{step + 1}", client_state={"data": source.state_dict(), "mlflow_run_id": tracker.run_id})
+            done = step + 1
+            if stop.agreed():  # collective: every rank stops at the same step boundary
+                save(done)
+                preempted = done
+                break
+            if (cfg.train.save_every and done % cfg.train.save_every == 0) or done == cfg.train.steps:
+                save(done)
     except NonFiniteLossError as err:
         tracker.close("FAILED")
-        latest = checkpoints / "latest"
-        kept = f"last good checkpoint: {checkpoints / latest.read_text().strip()}" if latest.is_file() else "no checkpoint was written before it"
+        tag = latest_tag(checkpoints)
+        kept = f"last good checkpoint: {checkpoints / tag}" if tag else "no checkpoint was written before it"
         raise NonFiniteLossError(f"{err}; {kept}") from None
-    engine.save_checkpoint(str(checkpoints), tag=f"step{cfg.train.steps}", client_state={"data": source.state_dict(), "mlflow_run_id": tracker.run_id})
+    finally:
+        stop.restore()
+    if preempted is not None:
+        if rank == 0:
+            print(f"received signal {stop.signum or 'on another rank'}: saved {checkpoints / f'step{preempted}'}; "
+                  "continue with --resume", flush=True)
+        shutdown_distributed()  # MLflow run left RUNNING on purpose: --resume continues it
+        return {"steps": preempted, "preempted": True, "mlflow_run_id": tracker.run_id}
 
     summary = {
         "steps": cfg.train.steps,
@@ -126,11 +169,12 @@ def run_distillation(cfg: RunConfig, out_dir: Path) -> dict:
         "final_losses": last_terms,
         "mlflow_run_id": tracker.run_id,
     }
-    if rank == 0:
-        paths = export_students(group, tokenizer, out_dir)
-        for name, path in paths.items():
-            summary["students"][name]["path"] = str(path)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    with gathered(group):  # ZeRO-3: full student tensors on every rank (collective), rank 0 writes
+        if rank == 0:
+            paths = export_students(group, tokenizer, out_dir)
+            for name, path in paths.items():
+                summary["students"][name]["path"] = str(path)
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     tracker.close()
-    _barrier()
+    shutdown_distributed()  # final barrier + destroy the process group (see mdist.engine)
     return summary

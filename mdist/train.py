@@ -6,7 +6,17 @@
 `sequential` (the thesis) steps the optimiser after every (language, student) pair and updates
 only that student's parameters (plus shared ones); `joint` sums all pairs' losses into one step.
 The lr schedule advances once per Algorithm-1 step in both modes (so warm-up and decay are in the
-thesis's step units however many optimiser steps a step makes).
+thesis's step units however many optimiser steps a step makes). DeepSpeed is not given the
+scheduler: the caller steps it after `distill_step` returns.
+
+Gradient accumulation (`train.grad_accum` = A): each language's per-rank batch holds A
+micro-batches. Sequential: every (language, student) pair runs A forward/backward passes and then
+one optimiser step, so every pair still gets exactly one update per Algorithm-1 step. Joint: each
+micro-batch sums all pairs' losses into one backward; one optimiser step after A of them.
+DeepSpeed's own accounting does the rest: with `gradient_accumulation_steps = A` its
+`engine.backward` scales each loss by 1/A and `engine.step()` only applies the optimiser (and
+clipping, and the gradient all-reduce) at every A-th call; the number of `engine.step()` calls per
+pair is A in both modes, so its boundaries line up with ours.
 """
 from __future__ import annotations
 
@@ -29,6 +39,20 @@ class StepResult:
     tokens: int = 0
 
 
+def micro_batches(batch: TokenBatch, accumulation: int) -> list[TokenBatch]:
+    """Split a per-rank batch into `accumulation` equal micro-batches (in order)."""
+    if accumulation == 1:
+        return [batch]
+    rows = batch.input_ids_BL.shape[0]
+    if rows % accumulation:
+        raise ValueError(f"batch of {rows} sequences does not split into {accumulation} micro-batches")
+    size = rows // accumulation
+    return [
+        TokenBatch(batch.lang, batch.input_ids_BL[i : i + size], batch.attention_mask_BL[i : i + size], batch.labels_BL[i : i + size])
+        for i in range(0, rows, size)
+    ]
+
+
 def teacher_outputs(teacher: torch.nn.Module, batches: dict[str, TokenBatch]) -> dict[str, EncoderOutput]:
     with torch.no_grad():
         return {lang: encode(teacher, b.input_ids_BL, b.attention_mask_BL, b.labels_BL) for lang, b in batches.items()}
@@ -44,28 +68,41 @@ def _check_finite(loss: torch.Tensor, terms: dict[str, float], step: int, studen
     )
 
 
-def distill_step(engine, optimizer, teacher, loss_fn: DistillLoss, batches: dict[str, TokenBatch], update: str, step: int) -> StepResult:
+def distill_step(engine, optimizer, teacher, loss_fn: DistillLoss, batches: dict[str, TokenBatch], update: str, step: int, accumulation: int = 1) -> StepResult:
     group = engine.module
-    targets = teacher_outputs(teacher, batches)
     result = StepResult(tokens=sum(b.tokens for b in batches.values()))
-    joint_loss = None
+    micro = {lang: micro_batches(b, accumulation) for lang, b in batches.items()}
     pairs = [(lang, student) for lang in batches for student in group.student_for(lang)]
-    if update == "joint":
-        set_active_students(optimizer, group.languages)
-    for lang, student in pairs:
-        batch = batches[lang]
+    sums: dict[str, dict[str, float]] = {}
+
+    def pair_loss(lang: str, student: str, batch: TokenBatch, target: EncoderOutput) -> torch.Tensor:
         out = engine(student, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL)
-        loss, terms = loss_fn(out, targets[lang], batch.attention_mask_BL, batch.labels_BL, project=lambda m, h, s=student: group.project(s, m, h))
-        terms["loss"] = float(loss)
+        loss, terms = loss_fn(out, target, batch.attention_mask_BL, batch.labels_BL, project=lambda m, h, s=student: group.project(s, m, h))
+        terms["loss"] = float(loss.detach())
         _check_finite(loss, terms, step, student, lang)
-        result.terms[f"{student}/{lang}"] = terms
-        if update == "sequential":
+        acc = sums.setdefault(f"{student}/{lang}", {})
+        for name, value in terms.items():
+            acc[name] = acc.get(name, 0.0) + value / accumulation
+        return loss
+
+    if update == "sequential":
+        # teacher outputs of every micro-batch are computed once and kept for all students of the language
+        targets = {lang: [teacher_outputs(teacher, {lang: mb})[lang] for mb in micro[lang]] for lang in batches}
+        for lang, student in pairs:
             set_active_students(optimizer, [student])
-            engine.backward(loss)
+            for mb, target in zip(micro[lang], targets[lang]):
+                engine.backward(pair_loss(lang, student, mb, target))
+                engine.step()
+    else:
+        set_active_students(optimizer, group.languages)
+        for i in range(accumulation):
+            mbs = {lang: micro[lang][i] for lang in batches}
+            targets = teacher_outputs(teacher, mbs)
+            joint_loss = None
+            for lang, student in pairs:
+                loss = pair_loss(lang, student, mbs[lang], targets[lang])
+                joint_loss = loss if joint_loss is None else joint_loss + loss
+            engine.backward(joint_loss)
             engine.step()
-        else:
-            joint_loss = loss if joint_loss is None else joint_loss + loss
-    if joint_loss is not None:
-        engine.backward(joint_loss)
-        engine.step()
+    result.terms = sums
     return result
