@@ -44,7 +44,7 @@ HELD_OUT_PAIRS = 300
 def pretrain_teacher(cfg, out_dir: Path, steps: int) -> Path:
     """MLM pre-training of a tiny XLM-R on both languages' documents (the multilingual teacher)."""
     docs = training_documents(cfg)
-    tokenizer = train_xlmr_tokenizer((d for ds in docs.values() for d in ds), cfg.teacher.tiny.vocab, out_dir)
+    tokenizer = train_xlmr_tokenizer((d for ds in docs.values() for d in ds), cfg.teacher.tiny.vocab, out_dir, cfg.teacher.tiny.max_positions - 2)
     tiny = cfg.teacher.tiny
     torch.manual_seed(cfg.train.seed)
     model = XLMRobertaForMaskedLM(

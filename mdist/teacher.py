@@ -84,7 +84,7 @@ def freeze(model: PreTrainedModel) -> PreTrainedModel:
 
 def build_tiny_teacher(cfg: TeacherConfig, sentences: Iterable[str], out_dir: Path, seed: int) -> Path:
     """Write a tiny random XLM-R teacher (sentencepiece trained on `sentences`) to `out_dir`."""
-    tokenizer = train_xlmr_tokenizer(sentences, cfg.tiny.vocab, out_dir)
+    tokenizer = train_xlmr_tokenizer(sentences, cfg.tiny.vocab, out_dir, model_max_length=cfg.tiny.max_positions - 2)
     torch.manual_seed(seed)
     model_config = XLMRobertaConfig(
         vocab_size=len(tokenizer),

@@ -17,8 +17,12 @@ from transformers import PreTrainedTokenizerBase, XLMRobertaTokenizer
 SP_MODEL_NAME = "sentencepiece.bpe.model"
 
 
-def train_xlmr_tokenizer(sentences: Iterable[str], vocab_size: int, out_dir: str | Path) -> PreTrainedTokenizerBase:
-    """Train a unigram sentencepiece model on `sentences` and return it as an XLM-R tokenizer saved in `out_dir`."""
+def train_xlmr_tokenizer(sentences: Iterable[str], vocab_size: int, out_dir: str | Path, model_max_length: int = 512) -> PreTrainedTokenizerBase:
+    """Train a unigram sentencepiece model on `sentences` and return it as an XLM-R tokenizer saved in `out_dir`.
+
+    `model_max_length` is the longest input the model takes (max positions − 2 for XLM-R); without
+    it the tokenizer reports ~1e30 and tools that truncate by it (bert-score) fail.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     proto = io.BytesIO()
@@ -37,6 +41,6 @@ def train_xlmr_tokenizer(sentences: Iterable[str], vocab_size: int, out_dir: str
         num_threads=1,
     )
     (out_dir / SP_MODEL_NAME).write_bytes(proto.getvalue())
-    tokenizer = XLMRobertaTokenizer.from_pretrained(str(out_dir))
+    tokenizer = XLMRobertaTokenizer.from_pretrained(str(out_dir), model_max_length=model_max_length)
     tokenizer.save_pretrained(str(out_dir))
     return tokenizer
