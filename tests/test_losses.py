@@ -142,12 +142,16 @@ def test_every_term_matches_float64(tiny_teacher_dir, mapping, kernels):
     assert student.roberta.embeddings.word_embeddings.weight.grad is not None
 
 
-def test_cosine_hidden_loss_matches_float64(tiny_teacher_dir):
-    teacher, student = _models(tiny_teacher_dir)
+def _encoded_pair(teacher_dir):
+    """(student output, teacher output, mask, labels) without gradients."""
+    teacher, student = _models(teacher_dir)
     ids, mask, labels = _batch(teacher.config.vocab_size)
     with torch.no_grad():
-        t = encode(teacher, ids, mask, labels)
-        s = encode(student, ids, mask, labels)
+        return encode(student, ids, mask, labels), encode(teacher, ids, mask, labels), mask, labels
+
+
+def test_cosine_hidden_loss_matches_float64(tiny_teacher_dir):
+    s, t, mask, labels = _encoded_pair(tiny_teacher_dir)
     loss_fn = DistillLoss.build("hinton_hidcos_att_emb", None, None, 1.0, 2, 4)
     _, terms = loss_fn(s, t, mask, labels)
     valid = mask.bool()
@@ -159,10 +163,6 @@ def test_cosine_hidden_loss_matches_float64(tiny_teacher_dir):
 
 
 def test_hinton_strategy_has_only_vocabulary_terms(tiny_teacher_dir):
-    teacher, student = _models(tiny_teacher_dir)
-    ids, mask, labels = _batch(teacher.config.vocab_size)
-    with torch.no_grad():
-        t = encode(teacher, ids, mask, labels)
-        s = encode(student, ids, mask, labels)
+    s, t, mask, labels = _encoded_pair(tiny_teacher_dir)
     _, terms = DistillLoss.build("hinton", None, None, 1.0, 2, 4)(s, t, mask, labels)
     assert set(terms) == {"mlm", "kl"}
