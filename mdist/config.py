@@ -104,6 +104,7 @@ class DeepSpeedConfig:
     zero_stage: int = 0
     offload_optimizer: bool = False  # ZeRO-Offload: fp32 master weights + optimiser states in CPU memory (stage >= 1)
     offload_params: bool = False  # ZeRO-Infinity parameter offload to CPU (stage 3 only)
+    persistence_threshold: Optional[int] = None  # ZeRO-3: params with fewer elements stay gathered (None: the template's)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import deepspeed
 import torch
@@ -144,6 +145,8 @@ def render_student_config(cfg: RunConfig, world_size: int) -> dict:
         ds["zero_optimization"].update(load_template("offload_optimizer.json"))
     if stage == 3 and cfg.deepspeed.offload_params:
         ds["zero_optimization"].update(load_template("offload_params.json"))
+    if stage == 3 and cfg.deepspeed.persistence_threshold is not None:
+        ds["zero_optimization"]["stage3_param_persistence_threshold"] = cfg.deepspeed.persistence_threshold
     if torch.cuda.is_available():
         ds["bf16"] = {"enabled": True}
     if ds["train_batch_size"] != ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world_size:
@@ -151,9 +154,11 @@ def render_student_config(cfg: RunConfig, world_size: int) -> dict:
     return ds
 
 
-def render_teacher_config(world_size: int) -> dict:
+def render_teacher_config(world_size: int, persistence_threshold: int | None = None) -> dict:
     """ZeRO-3 inference config for a partitioned teacher (no optimiser; batch keys are nominal)."""
     ds = load_template("teacher_zero3.json")
+    if persistence_threshold is not None:
+        ds["zero_optimization"]["stage3_param_persistence_threshold"] = persistence_threshold
     ds.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, train_batch_size=world_size, steps_per_print=2**31 - 1)
     if torch.cuda.is_available():
         ds["bf16"] = {"enabled": True}
@@ -163,74 +168,108 @@ def render_teacher_config(world_size: int) -> dict:
 def student_engine(group: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: RunConfig, world_size: int):
     engine, *_ = deepspeed.initialize(model=group, optimizer=optimizer, config=render_student_config(cfg, world_size))
     if cfg.deepspeed.zero_stage == 3:
-        keep_gathered(engine, head_parameters(group))
+        register_head_parameters(group)
     return engine
 
 
-def head_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """MLM decoder weight/bias of every HF masked-LM model inside `module` (deduplicated)."""
-    seen: dict[int, torch.nn.Parameter] = {}
-    for sub in module.modules():
+def register_head_parameters(model: torch.nn.Module) -> None:
+    """Tell ZeRO-3 that the MLM decoder weight/bias are used outside their module's forward.
+
+    `mdist.encode` runs `model.base_model(...)` and then hands `lm_head.decoder.weight/bias` to the
+    chunked vocabulary loss as tensors, so ZeRO-3's per-module fetch hooks would never gather them
+    (the loss would see empty shards). Registering them as external parameters of each base model
+    makes DeepSpeed gather them when that forward starts and keep them until the optimiser step
+    (students: gradients then flow into the partitioned tensor as usual) or for good (the frozen
+    teacher has no step). Cost: one full V×D tensor per rank (the tied word embeddings).
+    Persistence (`ds_persist`) is not enough: DeepSpeed releases even persistent parameters
+    after a forward until its trace is complete.
+    """
+    for sub in model.modules():
         decoder = getattr(getattr(sub, "lm_head", None), "decoder", None)
-        if decoder is not None:
-            for p in (decoder.weight, decoder.bias):
-                if p is not None:
-                    seen.setdefault(id(p), p)
-    return list(seen.values())
+        base = getattr(sub, "base_model", None)
+        if decoder is None or base is None:
+            continue
+        for p in (decoder.weight, decoder.bias):
+            if p is not None and hasattr(p, "ds_id"):
+                deepspeed.zero.register_external_parameter(base, p)
+                p.is_external_param = True  # what DeepSpeed sets for parameters it finds dangling itself
 
 
-def keep_gathered(engine, params: list[torch.nn.Parameter]) -> None:
-    """Make ZeRO-3 parameters persistent (gathered on every rank, never released).
-
-    `mdist.encode` reads `lm_head.decoder.weight/bias` as tensors for the chunked vocabulary loss,
-    outside any module forward, so ZeRO-3's per-module fetch hooks never gather them. Marking them
-    persistent (what DeepSpeed does for parameters under `stage3_param_persistence_threshold`) keeps
-    a full copy per rank (V×D: 192 M values for XLM-R; the weight is tied to the word embeddings)
-    while their gradients and optimiser states stay partitioned. ZeRO-3 re-gathers persistent
-    parameters after every optimiser step, so the list is extended, not replaced.
-    """
-    holder = getattr(engine, "optimizer", None)
-    persistent = getattr(holder, "persistent_parameters", None)
-    if persistent is None:
-        persistent = getattr(getattr(holder, "parameter_offload", None), "persistent_parameters", None)
-    todo = [p for p in params if hasattr(p, "ds_id") and not p.ds_persist]
-    if not todo:
-        return
-    for p in todo:
-        p.ds_persist = True
-        if persistent is not None:
-            persistent.append(p)
-    todo[0].all_gather(todo)
-
-
-def teacher_engine(teacher: torch.nn.Module, world_size: int):
+def teacher_engine(teacher: torch.nn.Module, world_size: int, persistence_threshold: int | None = None):
     """Wrap a (zero.Init-built) teacher in a ZeRO-3 inference engine; returns the engine."""
-    engine, *_ = deepspeed.initialize(model=teacher, config=render_teacher_config(world_size))
+    engine, *_ = deepspeed.initialize(model=teacher, config=render_teacher_config(world_size, persistence_threshold))
     engine.eval()
-    keep_gathered(engine, head_parameters(teacher))
+    register_head_parameters(teacher)
     return engine
 
 
-@contextlib.contextmanager
-def partitioned_init(enabled: bool, world_size: int):
-    """Build models inside this context to partition them across ranks as they are created (ZeRO-3).
+def _checkpoint_tensors(path: Path):
+    """Yield (name, lazy loader) over a HF directory's weight files without reading all of them at once."""
+    from mdist.teacher import WEIGHT_FILES
 
-    For Hugging Face `from_pretrained`, transformers switches to `deepspeed.zero.Init` and gathers
-    each module's weights while loading when an `HfDeepSpeedConfig` with stage 3 is alive; the
-    object is dropped on exit so that students built afterwards are ordinary modules.
+    index = next((path / n for n in WEIGHT_FILES if n.endswith(".index.json") and (path / n).is_file()), None)
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index else [n for n in WEIGHT_FILES if not n.endswith(".json") and (path / n).is_file()][:1]
+    for name in files:
+        if name.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path / name), framework="pt") as handle:
+                for key in handle.keys():
+                    yield key, (lambda h=handle, k=key: h.get_tensor(k))
+        else:
+            state = torch.load(path / name, map_location="cpu", mmap=True, weights_only=True)
+            for key in state:
+                yield key, (lambda s=state, k=key: s[k])
+
+
+def load_partitioned_teacher(path: Path, world_size: int, persistence_threshold: int | None = None):
+    """Build the teacher partitioned across ranks from the start (ZeRO-3), then fill it tensor by tensor.
+
+    The model is constructed inside `deepspeed.zero.Init`, so each rank allocates only its 1/W
+    shard of every parameter; weights are then read one tensor at a time (safetensors / mmap) and
+    scattered into the shards with `GatheredParameters(modifier_rank=0)`. Peak memory per rank is
+    its shards plus one full tensor, never the whole model. (transformers' own route,
+    `HfDeepSpeedConfig` + `from_pretrained`, would need the `accelerate` package.)
     """
-    if not enabled:
-        yield
-        return
-    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+    from transformers import AutoConfig, AutoModelForMaskedLM
 
-    ds_config = render_teacher_config(world_size)
-    keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841 (transformers holds only a weak reference)
-    try:
-        yield ds_config
-    finally:
-        del keep_alive
-        unset_hf_deepspeed_config()
+    from mdist.capture import ATTENTION_IMPLEMENTATION
+    from mdist.teacher import TeacherError, check_teacher_dir, check_vocabulary, freeze, load_tokenizer
+
+    config_dict = check_teacher_dir(path)
+    tokenizer = load_tokenizer(path)
+    check_vocabulary(tokenizer, config_dict.get("vocab_size", 0), f"teacher '{path}'")
+    config = AutoConfig.from_pretrained(str(path))
+    config._attn_implementation = ATTENTION_IMPLEMENTATION
+    from transformers.initialization import no_init_weights
+
+    # no random init: every tensor is overwritten below, and init code indexes into (empty) shards
+    with deepspeed.zero.Init(config_dict_or_path=render_teacher_config(world_size, persistence_threshold)), no_init_weights():
+        model = AutoModelForMaskedLM.from_config(config, attn_implementation=ATTENTION_IMPLEMENTATION)
+    model.tie_weights()  # transformers skips tying inside zero.Init; the decoder must be the embedding tensor
+    by_name: dict[str, torch.nn.Parameter] = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers())
+    filled: set[int] = set()
+    for key, load in _checkpoint_tensors(path):
+        target = by_name.get(key)
+        if target is None:
+            if key in buffers:
+                buffers[key].copy_(load())
+            continue
+        if id(target) in filled:
+            continue  # a tied alias (decoder weight = word embeddings)
+        with deepspeed.zero.GatheredParameters([target], modifier_rank=0):
+            if torch.distributed.get_rank() == 0:
+                tensor = load()
+                if tuple(tensor.shape) != tuple(target.shape):
+                    raise TeacherError(f"teacher '{path}': tensor '{key}' has shape {tuple(tensor.shape)}, model expects {tuple(target.shape)}")
+                with torch.no_grad():
+                    target.copy_(tensor)
+        filled.add(id(target))
+    missing = sorted({name for name, p in model.named_parameters() if id(p) not in filled})
+    if missing:
+        raise TeacherError(f"teacher '{path}': no weights for {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return freeze(model), tokenizer
 
 
 @contextlib.contextmanager

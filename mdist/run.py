@@ -17,7 +17,7 @@ from mdist.data.masking import MaskingSpec
 from mdist.data.synthetic import SyntheticCorpus
 from mdist.data.text import TextBatchSource, read_documents
 from mdist.checkpoint import Checkpointer, StopFlag, latest_tag
-from mdist.engine import batch_geometry, device_for_rank, gathered, init_distributed, partitioned_init, shutdown_distributed, student_engine, teacher_engine
+from mdist.engine import batch_geometry, device_for_rank, gathered, init_distributed, load_partitioned_teacher, shutdown_distributed, student_engine, teacher_engine
 from mdist.errors import DataError, NonFiniteLossError
 from mdist.export import export_students
 from mdist.losses import DistillLoss
@@ -71,14 +71,16 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
     if rank == 0 and cfg.teacher.path == TINY_RANDOM:
         build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), teacher_path, cfg.train.seed)
     _barrier()
-    with partitioned_init(cfg.teacher.zero3, world):  # ZeRO-3 teacher: no rank ever holds all of it
+    if cfg.teacher.zero3:  # ZeRO-3 teacher: built partitioned, no rank ever holds all of it
+        teacher, tokenizer = load_partitioned_teacher(teacher_path, world, cfg.deepspeed.persistence_threshold)
+    else:
         teacher, tokenizer = load_teacher(teacher_path)
     seed_everything(cfg.train.seed)
     with gathered(teacher):  # students copy full teacher tensors (a no-op for a replicated teacher)
         group = StudentGroup(teacher, cfg.students, teacher.config.hidden_size)
     check_vocabulary(tokenizer, group.students[next(iter(group.students))].config.vocab_size, "students")
     if cfg.teacher.zero3:
-        teacher_ds = teacher_engine(teacher, world)  # keeps the partitioned teacher's hooks alive
+        teacher_ds = teacher_engine(teacher, world, cfg.deepspeed.persistence_threshold)  # keeps the partitioned teacher's hooks alive
         teacher = teacher_ds.module
     else:
         teacher.to(device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
