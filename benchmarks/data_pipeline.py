@@ -12,10 +12,6 @@ per worker. Prints a table and appends it to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,13 +21,13 @@ from mdist.data.prep import ShardLimits, prepare
 from mdist.data.shards import ShardBatchSource
 from mdist.data.synthetic import SyntheticCorpus
 from mdist.tokenizer import train_xlmr_tokenizer
+from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 REAL_TEXT = ROOT.parent / "shared" / "data" / "text"
 LANGS = ("en", "tr")
 SEQ_LEN, BATCH = 512, 32
-HEADER = "| date (UTC) | device | commit | ids from | workers | tokens/s | tokens/s per worker | target 150k/worker |\n|---|---|---|---|---|---|---|---|\n"
+HEADER = ("date (UTC)", "device", "commit", "ids from", "workers", "tokens/s", "tokens/s per worker", "target 150k/worker")
 
 
 def corpus_lines(lang: str) -> list[str]:
@@ -62,13 +58,6 @@ def measure(shard_dir: Path, tokenizer, workers: int, seconds: float) -> float:
     return rate
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=24, help="megabytes of text per language")
@@ -91,21 +80,19 @@ def main():
                 manifest = prepare(lang, [tmp / f"{lang}.txt"], tmp / kind, limits, tok, progress=False)
                 print(f"prep {lang} ({kind}): {manifest['documents']} documents, {len(manifest['shards'])} shards, "
                       f"{args.mb / (time.perf_counter() - started):.1f} MB/s")
-        device = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-        revision = commit()  # once: other work may commit while the rows run
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        device = device_name("cpu")  # the pipeline runs on the CPU even on a GPU machine
+        revision, stamp = git_commit(), utc_stamp()  # once: other work may commit while the rows run
         rows = []
-        print(HEADER, end="")
+        print(markdown_header(HEADER))
         for kind in ("ids.npy", "text"):
             for workers in args.workers:
                 rate = measure(tmp / kind, tokenizer, workers, args.seconds)
                 per = rate / max(workers, 1)
-                row = f"| {stamp} | {device} | {revision} | {kind} | {workers} | {rate:,.0f} | {per:,.0f} | {'met' if per >= 150_000 else 'short'} |"
-                print(row, flush=True)
+                row = [stamp, device, revision, kind, workers, f"{rate:,.0f}", f"{per:,.0f}", "met" if per >= 150_000 else "short"]
+                print(markdown_row(row), flush=True)
                 rows.append(row)
-    if not args.no_record:  # one self-contained table per run, so other benchmarks' tables stay intact
-        with RESULTS.open("a") as f:
-            f.write(f"\n### Data pipeline (benchmarks/data_pipeline.py), {stamp}, {len(tokenizer)}-piece tokenizer, 2 languages × {BATCH}×{SEQ_LEN} per step\n\n{HEADER}" + "\n".join(rows) + "\n")
+    if not args.no_record:
+        append_table(f"Data pipeline (benchmarks/data_pipeline.py), {stamp}, {len(tokenizer)}-piece tokenizer, 2 languages × {BATCH}×{SEQ_LEN} per step", HEADER, rows)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,13 @@ Legend: P layer pairs, B batch, H heads, L sequence, D width, N masked rows, V v
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import subprocess
-from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = (
-    "| date (UTC) | device | commit | kernel | variant | fwd+bwd ms | extra peak GiB | loss |\n"
-    "|---|---|---|---|---|---|---|---|\n"
-)
+from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
+
+HEADER = ("date (UTC)", "device", "commit", "kernel", "variant", "fwd+bwd ms", "extra peak GiB", "loss")
 
 
 def attention_case(device, P=6, B=16, H=12, L=512, D=64, seed=0):
@@ -121,16 +116,6 @@ def measure(fn, leaves, iters):
     return start.elapsed_time(end) / iters, extra_gib, loss.item()
 
 
-def commit():
-    try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def smoke():
     """CPU interpreter check that the fused ops run and agree with the references at toy sizes."""
     from mdist import kernels
@@ -160,29 +145,28 @@ def main():
         return
     from mdist import kernels
 
-    device = torch.cuda.get_device_name()
+    device = device_name()
     cases = []
     if args.only in (None, "attention"):
         variants = attention_variants(kernels, *attention_case("cuda"))
         cases.append(("attention MSE, 6 pairs B16 H12 L512 D64 pad", variants))
     if args.only in (None, "vocab"):
         cases.append(("vocab KL+CE, N4915 V250002 D768", vocab_variants(kernels, *vocab_case("cuda"))))
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    print(HEADER, end="")
+    stamp, revision = utc_stamp(), git_commit()  # once: other work may commit while the rows run
+    print(markdown_header(HEADER))
     rows = []
     for kernel, variants in cases:
         for name, (fn, leaves) in variants.items():
             try:
                 ms, gib, loss = measure(fn, leaves, args.iters)
-                row = f"| {stamp} | {device} | {commit()} | {kernel} | {name} | {ms:.2f} | {gib:.2f} | {loss:.6g} |"
+                row = [stamp, device, revision, kernel, name, f"{ms:.2f}", f"{gib:.2f}", f"{loss:.6g}"]
             except torch.OutOfMemoryError:
-                row = f"| {stamp} | {device} | {commit()} | {kernel} | {name} | OOM | OOM | |"
+                row = [stamp, device, revision, kernel, name, "OOM", "OOM", ""]
                 torch.cuda.empty_cache()
-            print(row, flush=True)
+            print(markdown_row(row), flush=True)
             rows.append(row)
-    if not args.no_record:  # one self-contained table per run, so other benchmarks' tables stay intact
-        with RESULTS.open("a") as f:
-            f.write(f"\n### Kernels (benchmarks/kernels.py), {stamp}\n\n{HEADER}" + "\n".join(rows) + "\n")
+    if not args.no_record:
+        append_table(f"Kernels (benchmarks/kernels.py), {stamp}", HEADER, rows)
 
 
 if __name__ == "__main__":

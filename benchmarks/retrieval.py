@@ -10,20 +10,14 @@ GPU: N = 1000 by default; CPU: N = 300 (the cost grows with N^2), stated in the 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
 from mdist.evaluation.similarity import Packed, bertscore_f1, default_max_elements, mean_pooled_cosine
+from recording import append_table, device_name, git_commit, utc_stamp
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = (
-    "| date (UTC) | device | commit | sentences | width | mean length | BERTScore s / representation | M pairs/s | 18 representations s |\n"
-    "|---|---|---|---|---|---|---|---|---|\n"
-)
+HEADER = ("date (UTC)", "device", "commit", "sentences", "width", "mean length", "BERTScore s / representation", "M pairs/s", "18 representations s")
 REPRESENTATIONS_XLMR_BASE = 18
 
 
@@ -53,13 +47,6 @@ def timed(fn, device: str, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-
-    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -72,7 +59,7 @@ def main() -> None:
     max_elements = default_max_elements(device)
     bert_s = timed(lambda: bertscore_f1(queries, candidates, max_elements), device, args.repeats)
     cosine_s = timed(lambda: mean_pooled_cosine(queries, candidates), device, args.repeats)
-    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     full_s = REPRESENTATIONS_XLMR_BASE * (bert_s + cosine_s)
     rows = [
         ("device", name),
@@ -86,12 +73,11 @@ def main() -> None:
         print(f"{key:<{width}}  {value}")
     if args.no_record:
         return
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    stamp = utc_stamp()
     mean_length = float(queries.lengths_N.float().mean())
-    row = f"| {stamp} | {name} | {git_commit()} | {args.n} x {args.n} | {args.width} | {mean_length:.1f} | {bert_s:.3f} | {args.n**2 / bert_s / 1e6:.2f} | {full_s:.1f} |"
-    with RESULTS.open("a", encoding="utf-8") as f:
-        f.write(f"\n### Retrieval, all-pairs BERTScore (benchmarks/retrieval.py), {stamp}\n\n{HEADER}{row}\n")
-    print(f"appended a row to {RESULTS}")
+    row = [stamp, name, git_commit(), f"{args.n} x {args.n}", args.width, f"{mean_length:.1f}", f"{bert_s:.3f}", f"{args.n**2 / bert_s / 1e6:.2f}", f"{full_s:.1f}"]
+    path = append_table(f"Retrieval, all-pairs BERTScore (benchmarks/retrieval.py), {stamp}", HEADER, [row])
+    print(f"appended a row to {path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""What every benchmark records beside its figures: commit, UTC time, device, and one table per run.
+
+Each run appends one self-contained markdown table (its own title and header) to
+benchmarks/RESULTS.md, so tables of different benchmarks and runs never interleave. Call
+`git_commit()` and `utc_stamp()` once per run: other work may commit while the rows run.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def git_commit() -> str:
+    """Short sha of HEAD, with "-dirty" when tracked files differ from it; "unknown" outside git."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=RESULTS.parent)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        sha = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except OSError:
+        return "unknown"
+    return (sha or "unknown") + ("-dirty" if sha and dirty else "")
+
+
+def utc_stamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def device_name(device: str = "cuda") -> str:
+    """The GPU's name for "cuda" (when one is present), else the CPU: architecture and core count."""
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def markdown_row(cells: Iterable) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def markdown_header(header: Sequence[str]) -> str:
+    """Header line and separator, without a trailing newline."""
+    return markdown_row(header) + "\n|" + "---|" * len(header)
+
+
+def append_table(title: str, header: Sequence[str], rows: Iterable[Iterable], path: Path = RESULTS) -> Path:
+    """Append `### title` and a markdown table of `rows` (cells in `header` order) to `path`."""
+    lines = "\n".join(markdown_row(row) for row in rows)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(f"\n### {title}\n\n{markdown_header(header)}\n{lines}\n")
+    return path

@@ -1,0 +1,316 @@
+"""Step throughput: mdist's real distillation step beside a naive Hugging Face step and the no-distillation floor.
+
+Random weights from XLMRobertaConfig with XLM-R base shapes (teacher 12 layers, students 6, hidden
+768, 12 heads, FFN 3072, vocabulary 250 002), synthetic sequences packed to 512 tokens with dynamic
+masking (`mdist.data.masking`), bf16 weights, one student per language (students share embeddings
+and the tied head, as in mdist). Three kinds of step for every (batch, students), in one process:
+- mdist: `mdist.train.distill_step` (sequential update unless --update joint; MonoShot loss via
+  `DistillLoss`, fused Triton kernels by default) with `StudentGroup` and the group-masked AdamW;
+  Q/K captured through mdist's SDPA attention, MLM head at masked positions only;
+- naive: the issue-6 baseline: HF eager attention with `output_attentions` and `output_hidden_states`,
+  full-vocabulary logits, PyTorch losses (CE + T²·KL at masked positions, hidden MSE over the mapped
+  layers, MSE of the returned attention maps, embedding MSE; the same weights), AdamW;
+- floor: teacher forward + student MLM step only (HF SDPA, head at masked positions), i.e. the
+  models' own work; "over floor" = step time / floor step time − 1, the cost of distillation.
+
+DeepSpeed stand-in: the GPU machine has no DeepSpeed, so `SingleGpuEngine` makes the calls
+`distill_step` makes on DeepSpeed's engine. On one GPU without ZeRO that is all the engine does,
+except that DeepSpeed's bf16 mode keeps fp32 master weights; here every variant steps its bf16
+weights directly. Optimiser settings (lr, weight decay, clipping) are `TrainConfig`'s defaults.
+
+Model FLOPs per token (issue 6), MFU = tokens/s · FLOPs per token / peak dense bf16 FLOP/s (--peak-flops):
+    forward(layers) = 2·P_body + 4·L·d·layers + 2·(d² + d·V)·0.15
+P_body = layers·(4d² + 2·d·F): the weight matrices of the encoder layers (Q, K, V, output, FFN in
+and out; biases and norms are not matrix work); 4·L·d per layer: QKᵀ and attention × V; the MLM head
+(dense d² + decoder d·V) at the 15 % masked tokens. Each token passes the teacher (forward) and one
+student (forward + backward ≈ 3 forwards): FLOPs per token = forward(12) + 3 · forward(6)
+= 246.5 M + 3 · 152.1 M = 703 M at L = 512 (so 68 000 tokens/s is 4.8 % of an H100 SXM's 989 TFLOP/s).
+
+    python benchmarks/throughput.py [--batches 16 64] [--students 1 2] [--steps 10] [--peak-flops 989e12] [--no-record]
+    python benchmarks/throughput.py --smoke   # CPU-sized shapes, fp32, < 60 s, records nothing
+
+Without CUDA it runs the smoke shapes, says a GPU is needed, and records nothing.
+Legend: B batch (sequences per language), L sequence, D hidden, V vocabulary, N masked positions.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
+
+from mdist.capture import ATTENTION_IMPLEMENTATION
+from mdist.config import LossConfig, StudentsConfig, TrainConfig
+from mdist.data.batch import TokenBatch
+from mdist.data.masking import MaskingSpec, mask_tokens
+from mdist.losses import DistillLoss
+from mdist.optim import build_optimizer, student_param_groups
+from mdist.students import StudentGroup
+from mdist.teacher import freeze
+from mdist.train import distill_step
+from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
+
+MASKED_FRACTION = 0.15
+BOS, PAD, EOS, UNK = 0, 1, 2, 3  # XLM-R's special ids; <mask> is the last id
+HEADER = ("date (UTC)", "device", "commit", "step", "batch × length", "students", "tokens/s", "step ms", "peak GiB", "MFU %", "over floor")
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Model and batch shapes; the defaults are XLM-R base at sequence length 512."""
+
+    teacher_layers: int = 12
+    student_layers: int = 6
+    hidden: int = 768
+    heads: int = 12
+    ffn: int = 3072
+    vocab: int = 250_002
+    seq_len: int = 512
+    batches: tuple[int, ...] = (16, 64)
+
+
+SMOKE = Shapes(teacher_layers=4, student_layers=2, hidden=32, heads=2, ffn=64, vocab=300, seq_len=24, batches=(2, 4))
+
+
+def forward_flops_per_token(layers: int, d: int, ffn: int, seq_len: int, vocab: int) -> float:
+    """2·P_body + 4·L·d·layers + 2·(d² + d·V)·0.15 (see the module docstring)."""
+    body = layers * (4 * d * d + 2 * d * ffn)
+    return 2 * body + 4 * seq_len * d * layers + 2 * (d * d + d * vocab) * MASKED_FRACTION
+
+
+def step_flops_per_token(s: Shapes) -> float:
+    """Teacher forward + student forward and backward (3 forwards) per token."""
+
+    def forward(layers: int) -> float:
+        return forward_flops_per_token(layers, s.hidden, s.ffn, s.seq_len, s.vocab)
+
+    return forward(s.teacher_layers) + 3 * forward(s.student_layers)
+
+
+class SingleGpuEngine:
+    """Stands in for DeepSpeed's engine on one device (no ZeRO): the calls `distill_step` makes.
+
+    `step()` clips the global gradient norm as DeepSpeed's `gradient_clipping` does, steps the
+    optimiser and clears the gradients.
+    """
+
+    def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float):
+        self.module, self.optimizer, self.grad_clip = module, optimizer, grad_clip
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def build_models(s: Shapes, langs: list[str], attention: str, dtype: torch.dtype, device: str) -> tuple[XLMRobertaForMaskedLM, StudentGroup]:
+    """Random frozen teacher and a student group (one student per language) running `attention`."""
+    config = XLMRobertaConfig(
+        vocab_size=s.vocab, hidden_size=s.hidden, num_hidden_layers=s.teacher_layers, num_attention_heads=s.heads,
+        intermediate_size=s.ffn, max_position_embeddings=s.seq_len + PAD + 1, type_vocab_size=1,
+        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, attn_implementation=ATTENTION_IMPLEMENTATION,
+    )
+    with torch.device(device):  # initialise on the GPU: a 250k-row embedding is slow to fill on the CPU
+        teacher = XLMRobertaForMaskedLM(config)
+        group = StudentGroup(teacher, StudentsConfig(groups={lang: [lang] for lang in langs}, layers=s.student_layers, init="random"), s.hidden)
+    for model in (teacher, *group.students.values()):
+        model.set_attn_implementation(attention)
+    return freeze(teacher).to(dtype), group.to(dtype).train()
+
+
+def synthetic_batches(s: Shapes, langs: list[str], batch: int, device: str, seed: int = 0) -> dict[str, TokenBatch]:
+    """Per language: B full-length rows of random ids between <s> and </s>, masked as in training."""
+    gen = torch.Generator().manual_seed(seed)
+    spec = MaskingSpec(mask_id=s.vocab - 1, vocab_size=s.vocab, special_ids=(BOS, PAD, EOS, UNK, s.vocab - 1), probability=MASKED_FRACTION)
+    out = {}
+    for lang in langs:
+        ids_BL = torch.randint(UNK + 1, s.vocab - 1, (batch, s.seq_len), generator=gen)
+        ids_BL[:, 0], ids_BL[:, -1] = BOS, EOS
+        input_ids_BL, labels_BL = mask_tokens(ids_BL, spec, gen)
+        out[lang] = TokenBatch(lang, input_ids_BL, torch.ones_like(ids_BL), labels_BL).to(device)
+    return out
+
+
+def mdist_step(teacher, group: StudentGroup, batches, loss_fn: DistillLoss, train: TrainConfig) -> Callable[[int], object]:
+    """mdist's own step: distill_step with the group-masked optimiser over student parameter groups."""
+    groups = student_param_groups(dict(group.students), group.projections, train.weight_decay)
+    optimizer = build_optimizer("adamw", groups, train.lr)
+    engine = SingleGpuEngine(group, optimizer, train.grad_clip)
+    return lambda step: distill_step(engine, optimizer, teacher, loss_fn, batches, train.update, step)
+
+
+def adamw_engine(group: StudentGroup, train: TrainConfig) -> SingleGpuEngine:
+    """The baselines' optimiser: one plain AdamW over the group (parameters without gradients are skipped)."""
+    optimizer = torch.optim.AdamW(group.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    return SingleGpuEngine(group, optimizer, train.grad_clip)
+
+
+def naive_loss(student_out, teacher_out, labels_BL: torch.Tensor, spec: DistillLoss) -> torch.Tensor:
+    """The MonoShot terms the straightforward way: full logits indexed at masked positions, attention maps."""
+    masked_BL = labels_BL != -100
+    logits_s_NV, logits_t_NV = student_out.logits[masked_BL].float(), teacher_out.logits[masked_BL].float()
+    T = spec.temperature
+    hs, ht, att_s, att_t = student_out.hidden_states, teacher_out.hidden_states, student_out.attentions, teacher_out.attentions
+    terms = {
+        "mlm": F.cross_entropy(logits_s_NV, labels_BL[masked_BL]),
+        "kl": T * T * F.kl_div(F.log_softmax(logits_s_NV / T, -1), F.log_softmax(logits_t_NV / T, -1), reduction="batchmean", log_target=True),
+        "hid": sum(F.mse_loss(hs[m], ht[g]) for m, g in spec.pairs),
+        "att": sum(F.mse_loss(att_s[m - 1], att_t[g - 1]) for m, g in spec.pairs),
+        "emb": F.mse_loss(hs[0], ht[0]),
+    }
+    return sum(spec.weights[name] * term for name, term in terms.items())
+
+
+def naive_step(teacher, group: StudentGroup, batches, loss_fn: DistillLoss, train: TrainConfig) -> Callable[[int], None]:
+    engine = adamw_engine(group, train)
+    outputs = dict(output_hidden_states=True, output_attentions=True)
+
+    def step(_: int) -> None:
+        for lang, batch in batches.items():
+            with torch.no_grad():
+                teacher_out = teacher(input_ids=batch.input_ids_BL, attention_mask=batch.attention_mask_BL, **outputs)
+            for name in group.student_for(lang):
+                student_out = group.students[name](input_ids=batch.input_ids_BL, attention_mask=batch.attention_mask_BL, **outputs)
+                engine.backward(naive_loss(student_out, teacher_out, batch.labels_BL, loss_fn))
+                engine.step()
+
+    return step
+
+
+def masked_logits_NV(model: XLMRobertaForMaskedLM, batch: TokenBatch) -> torch.Tensor:
+    hidden_BLD = model.base_model(input_ids=batch.input_ids_BL, attention_mask=batch.attention_mask_BL).last_hidden_state
+    return model.lm_head(hidden_BLD[batch.labels_BL != -100])
+
+
+def floor_step(teacher, group: StudentGroup, batches, loss_fn: DistillLoss, train: TrainConfig) -> Callable[[int], None]:
+    engine = adamw_engine(group, train)
+
+    def step(_: int) -> None:
+        for lang, batch in batches.items():
+            with torch.no_grad():
+                masked_logits_NV(teacher, batch)  # the teacher's share of the work; distillation would read it
+            for name in group.student_for(lang):
+                logits_NV = masked_logits_NV(group.students[name], batch).float()
+                engine.backward(F.cross_entropy(logits_NV, batch.labels_BL[batch.labels_BL != -100]))
+                engine.step()
+
+    return step
+
+
+VARIANTS = {  # name -> (attention implementation, step builder); the floor first: the others compare with it
+    "floor": ("sdpa", floor_step),
+    "mdist": (ATTENTION_IMPLEMENTATION, mdist_step),
+    "naive HF": ("eager", naive_step),
+}
+
+
+@dataclass(frozen=True)
+class Timing:
+    step_s: float
+    tokens_per_s: float
+    peak_gib: float | None  # None on the CPU
+
+
+def measure(variant: str, s: Shapes, langs: list[str], batch: int, kernels: str, args, device: str, dtype: torch.dtype) -> Timing:
+    """Build fresh models for `variant`, warm up, then time `args.steps` steps; peak memory over the timed steps."""
+    attention, build_step = VARIANTS[variant]
+    teacher, group = build_models(s, langs, attention, dtype, device)
+    batches = synthetic_batches(s, langs, batch, device)
+    loss = LossConfig()
+    loss_fn = DistillLoss.build("monoshot", loss.weights, loss.mapping, loss.temperature, s.student_layers, s.teacher_layers, kernels)
+    step = build_step(teacher, group, batches, loss_fn, replace(TrainConfig(), update=args.update))
+    cuda = device == "cuda"
+    for i in range(args.warmup):
+        step(i)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for i in range(args.steps):
+        step(args.warmup + i)
+    if cuda:
+        torch.cuda.synchronize()
+    step_s = (time.perf_counter() - start) / args.steps
+    tokens = sum(b.tokens for b in batches.values())
+    return Timing(step_s, tokens / step_s, torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
+
+
+def run(s: Shapes, args, device: str, dtype: torch.dtype, kernels: str, stamp: str) -> list[list]:
+    """Print and return the table rows: every variant for every (batch, students); OOM rows say so."""
+    revision, name = git_commit(), device_name(device)
+    flops = step_flops_per_token(s)
+    print(f"{name}: {dtype}, kernels {kernels}, update {args.update}, {flops / 1e6:,.1f} MFLOPs per token, peak {args.peak_flops:.3g} FLOP/s")
+    print(markdown_header(HEADER))
+    rows = []
+    for batch in args.batches or s.batches:
+        for students in args.students:
+            langs = [f"lang{i}" for i in range(students)]
+            floor = None
+            for variant in VARIANTS:
+                label = f"mdist ({kernels})" if variant == "mdist" else variant
+                try:
+                    timing = measure(variant, s, langs, batch, kernels, args, device, dtype)
+                except torch.OutOfMemoryError:
+                    timing = None
+                gc.collect()  # free this variant's models before the next one is built
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                cells = [stamp, name, revision, label, f"{batch} × {s.seq_len}", students]
+                if timing is None:
+                    cells += ["OOM"] * 4 + [""]
+                else:
+                    floor = timing if variant == "floor" else floor
+                    over = f"{timing.step_s / floor.step_s - 1:+.0%}" if floor and variant != "floor" else ""
+                    peak = "-" if timing.peak_gib is None else f"{timing.peak_gib:.1f}"
+                    mfu = timing.tokens_per_s * flops / args.peak_flops
+                    cells += [f"{timing.tokens_per_s:,.0f}", f"{timing.step_s * 1e3:.1f}", peak, f"{100 * mfu:.1f}", over]
+                print(markdown_row(cells), flush=True)
+                rows.append(cells)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="CPU-sized shapes in fp32; records nothing")
+    parser.add_argument("--batches", type=int, nargs="+", help="sequences per language (default 16 64; smoke 2 4)")
+    parser.add_argument("--students", type=int, nargs="+", default=[1, 2], help="students (one language each)")
+    parser.add_argument("--steps", type=int, help="timed steps per row (default 10; smoke 1)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 3; smoke 0)")
+    parser.add_argument("--kernels", choices=["triton", "torch"], help="mdist's loss path (default triton; smoke: triton under TRITON_INTERPRET=1, else torch)")
+    parser.add_argument("--update", choices=["sequential", "joint"], default=TrainConfig().update, help="mdist's update mode (the baselines step after every pair)")
+    parser.add_argument("--peak-flops", type=float, default=989e12, help="peak dense bf16 FLOP/s for MFU (H100 SXM: 989e12)")
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    smoke = args.smoke or not cuda
+    args.steps = args.steps or (1 if smoke else 10)
+    args.warmup = args.warmup if args.warmup is not None else (0 if smoke else 3)
+    if smoke:
+        # mdist.kernels binds its kernels to the interpreter at import, so the environment decides
+        kernels = args.kernels or ("triton" if os.environ.get("TRITON_INTERPRET") == "1" else "torch")
+        run(SMOKE, args, "cpu", torch.float32, kernels, utc_stamp())
+        if not cuda and not args.smoke:
+            print("throughput needs a CUDA GPU; ran the CPU smoke shapes only, nothing recorded")
+        return
+    stamp = utc_stamp()
+    rows = run(Shapes(), args, "cuda", torch.bfloat16, args.kernels or "triton", stamp)
+    if not args.no_record:
+        title = f"Step throughput (benchmarks/throughput.py), {stamp}, XLM-R base shapes, update {args.update}, MFU of {args.peak_flops:.3g} FLOP/s"
+        append_table(title, HEADER, rows)
+
+
+if __name__ == "__main__":
+    main()

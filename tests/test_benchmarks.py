@@ -1,0 +1,57 @@
+"""Benchmarks: the throughput smoke run prints its whole table, the FLOP formula, and the shared recording."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def benchmark_module(monkeypatch):
+    """Import a benchmark script by path (scripts import `recording` from their own folder)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+def test_throughput_smoke_prints_every_row():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), "--smoke"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if re.match(r"\| \d{4}-", line)]
+    got = {(cells[3].strip(), cells[4].strip(), cells[5].strip()) for cells in rows}
+    want = {(step, f"{batch} × 24", str(students)) for step in ("floor", "mdist (triton)", "naive HF") for batch in (2, 4) for students in (1, 2)}
+    assert got == want and len(rows) == len(want)
+    for cells in rows:
+        assert float(cells[6].replace(",", "")) > 0 and float(cells[7]) > 0  # tokens/s, step ms
+
+
+def test_flop_formula_on_a_hand_computed_case(benchmark_module):
+    throughput = benchmark_module("throughput")
+    # d=2, F=4, L=8, V=10, 1 layer: 2·(4·4 + 2·2·4) + 4·8·2 + 2·(4 + 20)·0.15 = 64 + 64 + 7.2
+    assert throughput.forward_flops_per_token(1, 2, 4, 8, 10) == pytest.approx(135.2)
+    shapes = throughput.Shapes(teacher_layers=2, student_layers=1, hidden=2, heads=1, ffn=4, vocab=10, seq_len=8)
+    # teacher: 2·64 + 2·64 + 7.2 = 263.2; student ×3: 3 · 135.2 = 405.6
+    assert throughput.step_flops_per_token(shapes) == pytest.approx(263.2 + 405.6)
+
+
+def test_recording_appends_one_table(benchmark_module, tmp_path):
+    recording = benchmark_module("recording")
+    assert re.fullmatch(r"([0-9a-f]{4,40}(-dirty)?|unknown)", recording.git_commit())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", recording.utc_stamp())
+    path = recording.append_table("T", ("a", "b"), [[1, "x"], [2, "y"]], path=tmp_path / "R.md")
+    assert path.read_text() == "\n### T\n\n| a | b |\n|---|---|\n| 1 | x |\n| 2 | y |\n"
