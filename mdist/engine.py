@@ -80,6 +80,26 @@ def shutdown_distributed() -> None:
         torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
+        _forget_deepspeed_groups()
+
+
+def _forget_deepspeed_groups() -> None:
+    """Drop DeepSpeed's module-level caches of the destroyed groups, so that a later
+    `init_distributed` in the same process (tests, notebooks) builds fresh ones."""
+    from deepspeed.utils import groups
+
+    def holds_group(value) -> bool:
+        if isinstance(value, torch.distributed.ProcessGroup):
+            return True
+        if isinstance(value, dict):
+            return any(holds_group(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return any(holds_group(v) for v in value)
+        return False
+
+    for name, value in list(vars(groups).items()):
+        if name.startswith("_") and name.isupper() and holds_group(value):
+            setattr(groups, name, type(value)() if isinstance(value, (dict, list)) else None)
 
 
 def barrier() -> None:
@@ -143,6 +163,8 @@ def render_student_config(cfg: RunConfig, world_size: int) -> dict:
         if stage == 0:
             raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
         ds["zero_optimization"].update(load_template("offload_optimizer.json"))
+        # Our optimiser is chosen on purpose (group-masked; DeepSpeedCPUAdam-based on GPU machines).
+        ds["zero_force_ds_cpu_optimizer"] = False
     if stage == 3 and cfg.deepspeed.offload_params:
         ds["zero_optimization"].update(load_template("offload_params.json"))
     if stage == 3 and cfg.deepspeed.persistence_threshold is not None:
