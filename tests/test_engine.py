@@ -108,3 +108,24 @@ def test_lamb_and_offload_train(overrides, teacher_dir, tmp_path):
     assert torch.isfinite(moved).all()
     # student layer 1 starts as teacher layer 2 of 4 (uniform mapping); training moved it
     assert not torch.allclose(moved, teacher.state_dict()[key.format(1)])
+
+
+def test_slurm_variables_become_torch_distributed_ones(monkeypatch):
+    from mdist.engine import _slurm_environment
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu017")
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    _slurm_environment()
+    import os
+
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("5", "8", "1")
+    assert os.environ["MASTER_ADDR"] == "gpu017" and os.environ["MASTER_PORT"] == str(20000 + 123456 % 20000)
+    monkeypatch.setenv("RANK", "0")  # a launcher's own variables win
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    _slurm_environment()
+    assert os.environ["RANK"] == "0"
