@@ -1,0 +1,275 @@
+"""Per-rank memory of an mdist run: teacher, student group, gradients, optimiser states, by ZeRO stage.
+
+    python benchmarks/memory_model.py            # model table for XLM-R base teacher / 6-layer students on
+                                                 # 80 GB GPUs + a check against measured 2-rank CPU runs
+    python benchmarks/memory_model.py --no-measure
+
+The model (bytes per rank; P = unique student parameters, counted once for the shared embeddings +
+tied MLM head; T = teacher parameters; W = ranks; V·D = the tied word-embedding / decoder matrix):
+
+  teacher      replicated: T·b_t                      ZeRO-3: T·b_t / W + V·D·b_t (MLM decoder kept gathered)
+  params       stage 0-2:  P·b_p                      stage 3: P·b_p / W + V·D·b_p (head: ZeRO-3 external param)
+  gradients    stage 0:    P·b_g                      stage 1-3: P·b_g / W   (DeepSpeed's stage 1 shares
+               stage 2's reduce-scatter path; its gradient bucket, ≤ reduce_bucket_size·b, is not modelled)
+  optimiser    stage 0:    P·k                        stage 1-3: P·(k + master) / W   (0 on the GPU with offload)
+
+GPU (bf16): b_t = b_p = b_g = 2, Adam k = 8 (fp32 m, v), master fp32 copy 4.
+CPU (fp32, the measured runs): b = 4, k = 8; ZeRO 1-3 keep their own fp32 partition (+4) even in fp32.
+Not modelled: activations (one student's forward/backward at a time in sequential mode; with
+SDPA ≈ B·L·D·34 bytes per layer in bf16, Korthikanti et al. 2022, without the attention-score term),
+the teacher's kept outputs, DeepSpeed's communication buckets, the CUDA context (~0.5-1 GB).
+
+The measured check runs the `tiny` recipe (scaled up a little) on 2 CPU ranks over gloo at each
+stage, sums the storage of every tensor in each category on each rank after two steps, and
+prints model vs measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Shape:
+    """An XLM-R-family encoder: vocabulary, width, FFN width, positions, layers."""
+
+    vocab: int
+    hidden: int
+    ffn: int
+    positions: int
+    layers: int
+    type_vocab: int = 1
+
+    @property
+    def layer_params(self) -> int:
+        d, f = self.hidden, self.ffn
+        return 4 * (d * d + d) + 2 * d + (d * f + f) + (f * d + d) + 2 * d
+
+    @property
+    def shared_params(self) -> int:
+        """Embeddings + MLM head (dense, LayerNorm, decoder bias; decoder weight tied to the embeddings)."""
+        d = self.hidden
+        return (self.vocab + self.positions + self.type_vocab) * d + 2 * d + (d * d + d) + 2 * d + self.vocab
+
+    @property
+    def params(self) -> int:
+        return self.shared_params + self.layers * self.layer_params
+
+    @property
+    def head_matrix(self) -> int:
+        return self.vocab * self.hidden
+
+
+XLMR_BASE = Shape(vocab=250_002, hidden=768, ffn=3072, positions=514, layers=12)
+XLMR_LARGE = Shape(vocab=250_002, hidden=1024, ffn=4096, positions=514, layers=24)
+
+
+def student_params(teacher: Shape, layers: int, students: int, shared: bool = True) -> int:
+    """Unique parameters of the student group: shared embeddings + head once, encoder layers per student."""
+    own = layers * teacher.layer_params
+    return (teacher.shared_params + students * own) if shared else students * (teacher.shared_params + own)
+
+
+def per_rank(teacher: Shape, layers: int, students: int, world: int, stage: int, teacher_zero3: bool, gpu: bool = True, offload: bool = False) -> dict[str, float]:
+    """Modelled bytes per rank, by category (see the module docstring)."""
+    b = 2 if gpu else 4
+    P = student_params(teacher, layers, students)
+    T = teacher.params
+    head = teacher.head_matrix
+    out = {"teacher": (T * b / world + head * b) if teacher_zero3 else T * b}
+    out["params"] = (P * b / world + head * b) if stage == 3 else P * b
+    out["grads"] = P * b / world if stage >= 1 else P * b  # DeepSpeed's stage 1 also reduces into partitions
+    master = 4 if (gpu or stage >= 1) else 0
+    opt = P * 8 if stage == 0 else P * (8 + master) / world
+    out["optimizer"] = 0.0 if offload else opt
+    out["total"] = sum(out.values())
+    return out
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+def _storage_bytes(tensors, seen: set) -> int:
+    total = 0
+    for t in tensors:
+        if t is None or not hasattr(t, "untyped_storage"):
+            continue
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key == 0 or key in seen:
+            continue
+        seen.add(key)
+        total += storage.nbytes()
+    return total
+
+
+def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
+    """Run inside torchrun: build exactly what `mdist distill` builds, take two steps, count bytes."""
+    import torch
+
+    from mdist.config import load_run_config
+    from mdist.data.masking import MaskingSpec
+    from mdist.data.text import TextBatchSource
+    from mdist.engine import gathered, init_distributed, load_partitioned_teacher, shutdown_distributed, student_engine, teacher_engine
+    from mdist.losses import DistillLoss
+    from mdist.optim import build_optimizer, student_param_groups
+    from mdist.run import training_documents
+    from mdist.students import StudentGroup
+    from mdist.teacher import build_tiny_teacher, load_teacher
+    from mdist.train import distill_step
+
+    overrides = [f"deepspeed.zero_stage={stage}", "deepspeed.persistence_threshold=0", "students.layers=2",
+                 "teacher.tiny.hidden=64", "teacher.tiny.ffn=256", "teacher.tiny.vocab=400", "train.batch_size=2"]
+    cfg = load_run_config("tiny", overrides)
+    rank, world = init_distributed()
+    docs = training_documents(cfg)
+    tdir = out_dir / "teacher"
+    if rank == 0 and not (tdir / "config.json").is_file():
+        build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), tdir, 0)
+    torch.distributed.barrier()
+    teacher, tok = load_partitioned_teacher(tdir, world, 0) if teacher_zero3 else load_teacher(tdir)
+    with gathered(teacher):
+        group = StudentGroup(teacher, cfg.students, teacher.config.hidden_size)
+    keep = teacher_engine(teacher, world, 0) if teacher_zero3 else None
+    optimizer = build_optimizer("adamw", student_param_groups(dict(group.students), group.projections, 0.01), 1e-3)
+    engine = student_engine(group, optimizer, cfg, world)
+    source = TextBatchSource.from_documents(docs, tok, cfg.train.seq_len, batch_size=2, masking=MaskingSpec.from_tokenizer(tok, teacher.config.vocab_size, 0.15), seed=0, rank=rank, world_size=world)
+    loss_fn = DistillLoss.build(cfg.strategy, None, None, 1.0, cfg.students.layers, teacher.config.num_hidden_layers)
+    for step in range(2):
+        distill_step(engine, optimizer, teacher, loss_fn, source.next_batches(), "sequential", step)
+    # Peak state inside a step: forward (ZeRO-3 gathers the students' external head params) and
+    # backward done, gradients reduced and held, optimiser step not yet taken.
+    from mdist.optim import set_active_students
+    from mdist.train import teacher_outputs
+
+    lang, batch = next(iter(source.next_batches().items()))
+    student = group.student_for(lang)[0]
+    set_active_students(optimizer, [student])
+    out = engine(student, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL)
+    loss, _ = loss_fn(out, teacher_outputs(teacher, {lang: batch})[lang], batch.attention_mask_BL, batch.labels_BL)
+    engine.backward(loss)
+
+    def held(p):  # what this rank holds of a parameter: its ZeRO-3 shard, plus the full tensor if gathered
+        parts = [p.ds_tensor] if hasattr(p, "ds_tensor") else []
+        if not hasattr(p, "ds_tensor") or p.numel() > 0:
+            parts.append(p.data)
+        return parts
+
+    seen: set = set()
+    measured = {"teacher": _storage_bytes([t for p in teacher.parameters() for t in held(p)], seen)}
+    params = list({id(p): p for p in group.parameters()}.values())
+    measured["params"] = _storage_bytes([t for p in params for t in held(p)], seen)
+    zero = engine.optimizer
+    grads = [p.grad for p in params]
+    for name in ("averaged_gradients", "fp32_partitioned_groups_flat_grad_buffer", "grad_partitions_flat_buffer"):
+        value = getattr(zero, name, None)
+        if isinstance(value, dict):
+            grads += [t for v in value.values() for t in (v if isinstance(v, list) else [v])]
+        elif isinstance(value, torch.Tensor):
+            grads.append(value)
+    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+        grads += [getattr(t, "grad", None) for t in getattr(zero, name, []) or []]
+    for name in ("ipg_buffer", "grads_in_partition", "__param_id_to_grad_partition"):
+        value = getattr(zero, name, None)
+        grads += value if isinstance(value, list) else ([value] if isinstance(value, torch.Tensor) else [])
+    measured["grads"] = _storage_bytes(grads, seen)
+    base = optimizer
+    states = [t for s in base.state.values() for t in s.values() if isinstance(t, torch.Tensor) and t.dim() > 0]
+    masters = [t for g in base.param_groups for t in g["params"]]  # stage 0: the params (already counted)
+    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):  # ZeRO's fp32 partitions
+        masters += list(getattr(zero, name, []) or [])
+    measured["optimizer"] = _storage_bytes(states + masters, seen)
+    measured["total"] = sum(measured.values())
+    modelled_shape = Shape(vocab=teacher.config.vocab_size, hidden=64, ffn=256, positions=teacher.config.max_position_embeddings, layers=teacher.config.num_hidden_layers)
+    result = {"rank": rank, "world": world, "stage": stage, "teacher_zero3": teacher_zero3, "measured": measured,
+              "model": per_rank(modelled_shape, cfg.students.layers, len(group.students), world, stage, teacher_zero3, gpu=False)}
+    del keep
+    shutdown_distributed()
+    return result
+
+
+def run_measurements(configs: list[tuple[int, bool]]) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for stage, tz3 in configs:
+            result = Path(tmp) / f"r{stage}{int(tz3)}.json"
+            cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(29700 + stage * 2 + tz3),
+                   __file__, "--rank-measure", str(stage), str(int(tz3)), tmp, str(result)]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr[-3000:])
+            rows.append(json.loads(result.read_text()))
+    return rows
+
+
+def fit_table(gpu_gib: float = 80.0, world_sizes=(1, 8), teacher: Shape = XLMR_BASE, layers: int = 6) -> list[list]:
+    """How many `layers`-layer students of `teacher`'s width fit in `gpu_gib` (states only, no activations)."""
+    rows = []
+    for world in world_sizes:
+        for stage, tz3, offload in ((0, False, False), (2, False, False), (3, True, False), (3, True, True)):
+            fixed = per_rank(teacher, layers, 0, world, stage, tz3, offload=offload)["total"]
+            one = per_rank(teacher, layers, 1, world, stage, tz3, offload=offload)["total"] - fixed
+            per_student = per_rank(teacher, layers, 2, world, stage, tz3, offload=offload)["total"] - per_rank(teacher, layers, 1, world, stage, tz3, offload=offload)["total"]
+            budget = gpu_gib * GIB * 0.8  # 20 % for activations, buffers, CUDA context
+            n = int((budget - fixed - (one - per_student)) // per_student)
+            rows.append([world, stage, "ZeRO-3" if tz3 else "replicated", "yes" if offload else "no", f"{fixed / GIB:.2f}", f"{per_student / GIB:.3f}", n])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-measure", action="store_true")
+    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--rank-measure", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rank_measure:
+        stage, tz3, tmp, result = args.rank_measure
+        res = measure_rank(int(stage), bool(int(tz3)), Path(tmp))
+        if res["rank"] == 0:
+            Path(result).write_text(json.dumps(res))
+        return
+
+    from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
+
+    commit, stamp = git_commit(), utc_stamp()
+    header = ["ranks", "student ZeRO", "teacher", "optimizer offload", "fixed GiB/rank", "GiB/student/rank", "6-layer students in 80 GB"]
+    fit = fit_table()
+    print(f"XLM-R base teacher ({XLMR_BASE.params / 1e6:.0f} M), 6-layer students ({student_params(XLMR_BASE, 6, 1) / 1e6:.0f} M for the first, "
+          f"+{6 * XLMR_BASE.layer_params / 1e6:.1f} M each more), bf16 + fp32 Adam, per rank, states only:")
+    print(markdown_header(header))
+    for row in fit:
+        print(markdown_row(row))
+    if not args.no_record:
+        append_table(f"Memory model (benchmarks/memory_model.py), {stamp}, {commit}: XLM-R base teacher, 6-layer students, 80 GB GPUs (model, not measured)", header, fit)
+    if args.no_measure:
+        return
+    rows = run_measurements([(0, False), (1, False), (2, False), (3, False), (3, True)])
+    mheader = ["date (UTC)", "device", "commit", "ranks", "student ZeRO", "teacher ZeRO-3", "category", "model bytes/rank", "measured bytes/rank", "measured/model"]
+    table = []
+    for r in rows:
+        for cat in ("teacher", "params", "grads", "optimizer", "total"):
+            model, meas = r["model"][cat], r["measured"][cat]
+            table.append([stamp, device_name("cpu"), commit, r["world"], r["stage"], "yes" if r["teacher_zero3"] else "no", cat, f"{model:,.0f}", f"{meas:,.0f}", f"{meas / model:.3f}" if model else "-"])
+    print()
+    print(markdown_header(mheader))
+    for row in table:
+        print(markdown_row(row))
+    if not args.no_record:
+        append_table(f"Memory model vs measured 2-rank CPU runs (benchmarks/memory_model.py), {stamp}", mheader, table)
+
+
+if __name__ == "__main__":
+    main()
