@@ -2,7 +2,8 @@
 
 Layout under `<run dir>/checkpoints/`:
     step6/             DeepSpeed's files (model/optimiser, ZeRO partitions) + client state
-    step6/rng_rank{r}.pt  python / numpy / torch (and CUDA) RNG states of rank r
+    step6/rank{r}.pt   rank r's own state: python / numpy / torch (and CUDA) RNG, data-loader position
+                       (shard streams differ per rank, so they cannot live in rank 0's client state)
     step6/COMPLETE     written by rank 0 after every rank has finished writing
     latest             the tag of the newest complete checkpoint (DeepSpeed's format)
 
@@ -73,7 +74,7 @@ class Checkpointer:
         self.directory = directory
         self.rank = rank
 
-    def save(self, engine, step: int, client_state: dict) -> str:
+    def save(self, engine, step: int, client_state: dict, rank_state: dict) -> str:
         tag = f"step{step}"
         target = self.directory / tag
         if self.rank == 0:
@@ -83,7 +84,7 @@ class Checkpointer:
         barrier()
         engine.save_checkpoint(str(self.directory), tag=tag, client_state={**client_state, "step": step}, save_latest=False)
         target.mkdir(parents=True, exist_ok=True)
-        torch.save(rng_state(), target / f"rng_rank{self.rank}.pt")
+        torch.save({"rng": rng_state(), **rank_state}, target / f"rank{self.rank}.pt")
         barrier()  # every rank has written everything
         if self.rank == 0:
             _atomic_write(target / COMPLETE, f"{step}\n")
@@ -94,8 +95,8 @@ class Checkpointer:
     def load(self, engine) -> dict | None:
         """Restore engine (weights, optimiser) and this rank's RNG from the latest complete checkpoint.
 
-        Returns the client state (data cursor, scheduler, MLflow run id, step), or None when there
-        is no complete checkpoint.
+        Returns the client state (scheduler, MLflow run id, step) merged with this rank's own state
+        (data cursor), or None when there is no complete checkpoint.
         """
         tag = latest_tag(self.directory)
         if tag is None:
@@ -103,9 +104,12 @@ class Checkpointer:
         _, client = engine.load_checkpoint(str(self.directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
         if client is None:
             raise RuntimeError(f"checkpoint {self.directory / tag} could not be loaded")
-        rng_file = self.directory / tag / f"rng_rank{self.rank}.pt"
-        if rng_file.is_file():  # absent when resuming on a different world size: RNG is then re-seeded
-            set_rng_state(torch.load(rng_file, weights_only=False))
+        rank_file = self.directory / tag / f"rank{self.rank}.pt"
+        if not rank_file.is_file():
+            raise RuntimeError(f"{rank_file} is missing: resume with the world size the checkpoint was written with")
+        rank_state = torch.load(rank_file, weights_only=False)
+        set_rng_state(rank_state.pop("rng"))
+        client.update(rank_state)
         client["tag"] = tag
         return client
 

@@ -16,7 +16,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The deepspeed launcher appends --local_rank=N after the subcommand's own arguments; the rank
+    # is read from LOCAL_RANK (which it also sets), so the flag is dropped here.
+    args = build_parser().parse_args([a for a in argv if not a.startswith("--local_rank=")])
     try:
         return args.run(args) or 0
     except commands.UserError as err:

@@ -91,10 +91,14 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    """Where training text comes from: text files per language, or the synthetic demo corpus."""
+    """Where training text comes from: `mdist prep` shards (CC-100 scale), text files per language
+    (small corpora, held in memory), or the synthetic demo corpus."""
 
-    kind: str = "text"  # text | synthetic
+    kind: str = "text"  # shards | text | synthetic
     text: dict[str, list[str]] = field(default_factory=dict)
+    shards: Optional[str] = None  # directory with `<lang>.manifest.json` files written by `mdist prep`
+    num_workers: int = 2  # DataLoader workers per rank (shards)
+    shuffle_block: int = 1024  # documents shuffled together (shards)
 
 
 @dataclass
@@ -225,7 +229,7 @@ def _validate(cfg: RunConfig) -> None:
         "loss.kernels": (cfg.loss.kernels, ("torch", "triton")),
         "train.update": (cfg.train.update, ("sequential", "joint")),
         "train.optimizer": (cfg.train.optimizer, ("adamw", "lamb")),
-        "data.kind": (cfg.data.kind, ("text", "synthetic")),
+        "data.kind": (cfg.data.kind, ("shards", "text", "synthetic")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -259,6 +263,18 @@ def _validate(cfg: RunConfig) -> None:
         teacher_dir = Path(cfg.teacher.path)
         if not teacher_dir.is_dir():
             raise ConfigError(f"config key 'teacher.path': teacher directory '{teacher_dir}' does not exist")
+    if cfg.data.kind == "shards":
+        if cfg.data.shards is None or not Path(cfg.data.shards).is_dir():
+            raise ConfigError(f"config key 'data.shards': shard directory '{cfg.data.shards}' does not exist")
+        from mdist.data.prep import manifest_path
+
+        missing = [lang for lang in cfg.languages if not manifest_path(Path(cfg.data.shards), lang).is_file()]
+        if missing:
+            raise ConfigError(f"config key 'data.shards': '{cfg.data.shards}' has no manifest for language(s) {', '.join(missing)} (run `mdist prep`)")
+        if cfg.teacher.path == TINY_RANDOM:
+            raise ConfigError("config key 'teacher.path': 'tiny-random' trains its tokenizer on in-memory text; use data.kind text or synthetic, or a teacher directory")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"config key 'data.num_workers' must be >= 0, got {cfg.data.num_workers}")
     if cfg.data.kind == "text":
         missing = [lang for lang in cfg.languages if lang not in cfg.data.text]
         if missing:

@@ -14,8 +14,9 @@ from tqdm import tqdm
 
 from mdist.config import TINY_RANDOM, RunConfig
 from mdist.data.masking import MaskingSpec
+from mdist.data.shards import ShardBatchSource
 from mdist.data.synthetic import SyntheticCorpus
-from mdist.data.text import TextBatchSource, read_documents
+from mdist.data.text import TextBatchSource, read_text_corpus
 from mdist.checkpoint import Checkpointer, StopFlag, latest_tag
 from mdist.engine import batch_geometry, device_for_rank, gathered, init_distributed, load_partitioned_teacher, shutdown_distributed, student_engine, teacher_engine
 from mdist.errors import DataError, NonFiniteLossError
@@ -41,15 +42,22 @@ def training_documents(cfg: RunConfig) -> dict[str, list[str]]:
         if missing:
             raise DataError(f"the synthetic corpus has no language(s) {', '.join(missing)} (it has {', '.join(corpus.languages)})")
         return {lang: corpus.monolingual(lang, documents=400) for lang in cfg.languages}
-    docs = {}
-    for lang in cfg.languages:
-        docs[lang] = []
-        for path in cfg.data.text[lang]:
-            found = list(read_documents(Path(path)))
-            if not found:
-                raise DataError(f"{path}: empty text file (language '{lang}')")
-            docs[lang].extend(found)
-    return docs
+    return read_text_corpus({lang: cfg.data.text[lang] for lang in cfg.languages})
+
+
+def batch_source(cfg: RunConfig, docs: dict[str, list[str]], tokenizer, vocab_size: int, rank: int, world: int):
+    """Algorithm 1's per-language batches: streamed from shards, or from in-memory documents."""
+    common = dict(
+        batch_size=batch_geometry(cfg, world).per_rank,  # micro × accumulation sequences per language and rank
+        masking=MaskingSpec.from_tokenizer(tokenizer, vocab_size, cfg.train.mlm_probability),
+        seed=cfg.train.seed, rank=rank, world_size=world,
+    )
+    if cfg.data.kind == "shards":
+        return ShardBatchSource.from_dir(
+            cfg.data.shards, cfg.languages, tokenizer, seq_len=cfg.train.seq_len,
+            num_workers=cfg.data.num_workers, shuffle_block=cfg.data.shuffle_block, **common,
+        )
+    return TextBatchSource.from_documents(docs, tokenizer, cfg.train.seq_len, **common)
 
 
 def _barrier() -> None:
@@ -66,7 +74,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
     device = device_for_rank()
     seed_everything(cfg.train.seed)
 
-    docs = training_documents(cfg)
+    docs = training_documents(cfg) if cfg.data.kind != "shards" else {}
     teacher_path = out_dir / "teacher" if cfg.teacher.path == TINY_RANDOM else Path(cfg.teacher.path)
     if rank == 0 and cfg.teacher.path == TINY_RANDOM:
         build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), teacher_path, cfg.train.seed)
@@ -85,12 +93,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
     else:
         teacher.to(device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
 
-    source = TextBatchSource.from_documents(
-        docs, tokenizer, cfg.train.seq_len,
-        batch_size=batch_geometry(cfg, world).per_rank,  # micro × accumulation sequences per language and rank
-        masking=MaskingSpec.from_tokenizer(tokenizer, teacher.config.vocab_size, cfg.train.mlm_probability),
-        seed=cfg.train.seed, rank=rank, world_size=world,
-    )
+    source = batch_source(cfg, docs, tokenizer, teacher.config.vocab_size, rank, world)
     loss_fn = DistillLoss.build(cfg.strategy, cfg.loss.weights, cfg.loss.mapping, cfg.loss.temperature, cfg.students.layers, teacher.config.num_hidden_layers, cfg.loss.kernels)
     groups = student_param_groups(dict(group.students), group.projections, cfg.train.weight_decay)
     optimizer = build_optimizer(cfg.train.optimizer, groups, cfg.train.lr, offload=cfg.deepspeed.offload_optimizer)
@@ -116,8 +119,8 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
         tracker.log_params(cfg.to_dict())
 
     def save(done: int) -> None:
-        state = {"data": source.state_dict(), "scheduler": scheduler.state_dict(), "tokens": tokens_total, "mlflow_run_id": tracker.run_id}
-        checkpointer.save(engine, done, state)
+        state = {"scheduler": scheduler.state_dict(), "tokens": tokens_total, "mlflow_run_id": tracker.run_id}
+        checkpointer.save(engine, done, state, rank_state={"data": source.state_dict()})
 
     stop = StopFlag().install()
     preempted = None
@@ -159,6 +162,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
                   "continue with --resume", flush=True)
         shutdown_distributed()  # MLflow run left RUNNING on purpose: --resume continues it
         return {"steps": preempted, "preempted": True, "mlflow_run_id": tracker.run_id}
+    source.close()
 
     summary = {
         "steps": cfg.train.steps,

@@ -102,7 +102,7 @@ def test_two_ranks_zero_students_zero3_teacher_equal_one_rank(stage, teacher_dir
 @pytest.mark.skipif(shutil.which("deepspeed", path=str(BIN)) is None, reason="deepspeed launcher not installed")
 def test_deepspeed_launcher_two_ranks(tmp_path):
     """`deepspeed --num_gpus 2` on a CPU machine (DS_ACCELERATOR=cpu): ZeRO-1, grad accumulation 2."""
-    cmd = [str(BIN / "deepspeed"), "--num_nodes", "1", "--num_gpus", "2", "--no_local_rank", "--master_port", _free_port(), "--module", "mdist", "distill",
+    cmd = [str(BIN / "deepspeed"), "--num_nodes", "1", "--num_gpus", "2", "--master_port", _free_port(), "--module", "mdist", "distill",
            *COMMON, "--out", str(tmp_path), "--set", "deepspeed.zero_stage=1", "--set", "train.grad_accum=2", "--set", "train.batch_size=1"]
     _run(cmd)
     summary = json.loads((tmp_path / "summary.json").read_text())
