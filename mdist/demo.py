@@ -23,6 +23,7 @@ from mdist.data.masking import MaskingSpec
 from mdist.data.synthetic import SyntheticCorpus
 from mdist.data.text import TextBatchSource
 from mdist.evaluation.retrieval import evaluate_retrieval
+from mdist.optim import warmup_linear_decay
 from mdist.run import run_distillation, training_documents
 from mdist.tokenizer import train_xlmr_tokenizer
 from mdist.tracking import Tracker
@@ -60,7 +61,7 @@ def pretrain_teacher(cfg, out_dir: Path, steps: int) -> Path:
         masking=MaskingSpec.from_tokenizer(tokenizer, len(tokenizer)), seed=cfg.train.seed + 1,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    schedule = warmup_linear_decay(optimizer, max(1, steps // 10), steps)
     bar = tqdm(range(steps), desc="pretrain teacher", dynamic_ncols=True)
     for _ in bar:
         loss = sum(
