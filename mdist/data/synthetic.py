@@ -2,8 +2,8 @@
 
 All languages share one latent sentence generator (subject, verb, object, adjectives, a number);
 each language has its own lexicon (random syllable words) and its own word order (SVO or SOV,
-adjective before or after the noun). Numbers are written the same in every language, the way
-names and digits anchor real languages to each other. Rendering one latent sentence in two
+adjective before or after the noun). Numbers and every third noun (names) are written the same
+in every language, the way names and digits anchor real languages to each other. Rendering one latent sentence in two
 languages gives a translation pair.
 """
 from __future__ import annotations
@@ -34,6 +34,9 @@ class SyntheticCorpus:
         self.concepts = concepts
         self.seed = seed
         self.lexicons = {spec.name: self._lexicon(spec.seed) for spec in languages}
+        names = self._lexicon(seed + 1000)["noun"]
+        for lexicon in self.lexicons.values():
+            lexicon["noun"][2::3] = [name.capitalize() for name in names[2::3]]
 
     def _lexicon(self, seed: int) -> dict[str, list[str]]:
         rng = random.Random(seed)
