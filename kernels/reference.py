@@ -4,7 +4,6 @@ Legend: B batch, H heads, L sequence, D head/hidden width, N masked rows, V voca
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 

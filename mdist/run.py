@@ -156,13 +156,13 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
         raise NonFiniteLossError(f"{err}; {kept}") from None
     finally:
         stop.restore()
+        source.close()
     if preempted is not None:
         if rank == 0:
             print(f"received signal {stop.signum or 'on another rank'}: saved {checkpoints / f'step{preempted}'}; "
                   "continue with --resume", flush=True)
         shutdown_distributed()  # MLflow run left RUNNING on purpose: --resume continues it
         return {"steps": preempted, "preempted": True, "mlflow_run_id": tracker.run_id}
-    source.close()
 
     summary = {
         "steps": cfg.train.steps,

@@ -41,3 +41,21 @@ def tiny_teacher_dir(tmp_path_factory, synthetic_docs) -> Path:
     cfg = TeacherConfig(tiny=TinyTeacherConfig(layers=4, hidden=32, heads=4, ffn=64, vocab=300, max_positions=66))
     out = tmp_path_factory.mktemp("teacher")
     return build_tiny_teacher(cfg, (d for docs in synthetic_docs.values() for d in docs), out, seed=0)
+
+
+@pytest.fixture(scope="session")
+def recipe_teacher_dir(tmp_path_factory) -> Path:
+    """The `tiny` recipe's random teacher with dropout 0, so ranks and runs compute the same thing."""
+    import json
+
+    from mdist.config import load_run_config
+    from mdist.run import training_documents
+    from mdist.teacher import build_tiny_teacher
+
+    cfg = load_run_config("tiny")
+    path = tmp_path_factory.mktemp("recipe-teacher")
+    build_tiny_teacher(cfg.teacher, (d for ds in training_documents(cfg).values() for d in ds), path, cfg.train.seed)
+    config = json.loads((path / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (path / "config.json").write_text(json.dumps(config))
+    return path

@@ -1,7 +1,6 @@
 """DeepSpeed config rendering (one batch formula), optimisers (LAMB, masking), accumulation, offload."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -64,21 +63,6 @@ def test_lamb_masks_inactive_groups_and_uses_trust_ratio():
 
 # ------------------------------------------------------------------ short real runs (one process)
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory) -> Path:
-    from mdist.run import training_documents
-    from mdist.teacher import build_tiny_teacher
-
-    cfg = load_run_config("tiny")
-    path = tmp_path_factory.mktemp("teacher")
-    docs = training_documents(cfg)
-    build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), path, cfg.train.seed)
-    config = json.loads((path / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (path / "config.json").write_text(json.dumps(config))
-    return path
-
-
 def _run(out: Path, teacher: Path, *overrides: str) -> dict:
     from mdist.run import run_distillation
 
@@ -88,21 +72,21 @@ def _run(out: Path, teacher: Path, *overrides: str) -> dict:
 
 
 @pytest.mark.parametrize("update", ["sequential", "joint"])
-def test_accumulation_equals_one_big_micro_batch(update, teacher_dir, tmp_path):
+def test_accumulation_equals_one_big_micro_batch(update, recipe_teacher_dir, tmp_path):
     """B=4, A=1 vs B=2, A=2: same sequences, same masks, loss means over equal token counts -> same weights."""
-    big = _run(tmp_path / "big", teacher_dir, "train.batch_size=4", f"train.update={update}")
-    acc = _run(tmp_path / "acc", teacher_dir, "train.batch_size=2", "train.grad_accum=2", f"train.update={update}")
+    big = _run(tmp_path / "big", recipe_teacher_dir, "train.batch_size=4", f"train.update={update}")
+    acc = _run(tmp_path / "acc", recipe_teacher_dir, "train.batch_size=2", "train.grad_accum=2", f"train.update={update}")
     for name in big:
         for key in big[name]:
             torch.testing.assert_close(acc[name][key], big[name][key], rtol=1e-4, atol=1e-5, msg=f"{name}/{key}")
 
 
 @pytest.mark.parametrize("overrides", [["train.optimizer=lamb"], ["deepspeed.zero_stage=1", "deepspeed.offload_optimizer=true"]])
-def test_lamb_and_offload_train(overrides, teacher_dir, tmp_path):
+def test_lamb_and_offload_train(overrides, recipe_teacher_dir, tmp_path):
     from mdist.teacher import load_teacher
 
-    students = _run(tmp_path, teacher_dir, *overrides)
-    teacher, _ = load_teacher(teacher_dir)
+    students = _run(tmp_path, recipe_teacher_dir, *overrides)
+    teacher, _ = load_teacher(recipe_teacher_dir)
     key = "roberta.encoder.layer.{}.attention.self.query.weight"
     moved = students["en"][key.format(0)]
     assert torch.isfinite(moved).all()

@@ -59,33 +59,16 @@ def _students(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory) -> Path:
-    """The tiny random teacher of the recipe, with dropout 0 (so ranks and runs compute the same thing)."""
-    from mdist.config import load_run_config
-    from mdist.run import training_documents
-    from mdist.teacher import build_tiny_teacher
-
-    cfg = load_run_config("tiny")
-    path = tmp_path_factory.mktemp("teacher")
-    docs = training_documents(cfg)
-    build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), path, cfg.train.seed)
-    config = json.loads((path / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (path / "config.json").write_text(json.dumps(config))
-    return path
-
-
-@pytest.fixture(scope="module")
-def one_rank(teacher_dir, tmp_path_factory) -> dict:
+def one_rank(recipe_teacher_dir, tmp_path_factory) -> dict:
     """One process, global batch 4 per language, ZeRO-0, replicated teacher."""
     out = tmp_path_factory.mktemp("one")
-    _run([sys.executable, "-m", "mdist", "distill", *COMMON, "--out", str(out), "--set", f"teacher.path={teacher_dir}", "--set", "train.batch_size=4"])
+    _run([sys.executable, "-m", "mdist", "distill", *COMMON, "--out", str(out), "--set", f"teacher.path={recipe_teacher_dir}", "--set", "train.batch_size=4"])
     return _students(out)
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_two_ranks_zero_students_zero3_teacher_equal_one_rank(stage, teacher_dir, one_rank, tmp_path):
-    _torchrun(tmp_path, f"teacher.path={teacher_dir}", "teacher.zero3=true", f"deepspeed.zero_stage={stage}", "train.batch_size=2")
+def test_two_ranks_zero_students_zero3_teacher_equal_one_rank(stage, recipe_teacher_dir, one_rank, tmp_path):
+    _torchrun(tmp_path, f"teacher.path={recipe_teacher_dir}", "teacher.zero3=true", f"deepspeed.zero_stage={stage}", "train.batch_size=2")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["world_size"] == 2
     two = _students(tmp_path)
