@@ -84,8 +84,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
     else:
         teacher, tokenizer = load_teacher(teacher_path)
     seed_everything(cfg.train.seed)
-    with gathered(teacher):  # students copy full teacher tensors (a no-op for a replicated teacher)
-        group = StudentGroup(teacher, cfg.students, teacher.config.hidden_size)
+    group = StudentGroup(teacher, cfg.students, teacher.config.hidden_size)  # copies teacher tensors one by one
     check_vocabulary(tokenizer, group.students[next(iter(group.students))].config.vocab_size, "students")
     if cfg.teacher.zero3:
         teacher_ds = teacher_engine(teacher, world, cfg.deepspeed.persistence_threshold)  # keeps the partitioned teacher's hooks alive

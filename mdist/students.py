@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -37,19 +38,36 @@ def student_config(teacher_config, cfg: StudentsConfig, tie_head: bool):
     return config
 
 
+@contextmanager
+def full_tensor(tensor: torch.Tensor):
+    """The whole tensor inside the block, also when it is a ZeRO-3 partition (gathered alone)."""
+    if not hasattr(tensor, "ds_id"):
+        yield tensor
+        return
+    import deepspeed  # only partitioned (ZeRO-3) teachers get here
+
+    with deepspeed.zero.GatheredParameters([tensor]):
+        yield tensor
+
+
 def init_from_teacher(student: PreTrainedModel, teacher: PreTrainedModel, mapping: str) -> None:
-    """Copy every teacher tensor into the student; student layer m takes teacher layer g_init(m)."""
+    """Copy every teacher tensor into the student; student layer m takes teacher layer g_init(m).
+
+    Tensors are copied one at a time, so a ZeRO-3 partitioned teacher (XL / XXL) is never gathered
+    whole on any rank.
+    """
     pairs = dict(layer_mapping(mapping, student.config.num_hidden_layers, teacher.config.num_hidden_layers))
     if len(pairs) != student.config.num_hidden_layers:
         raise ValueError(f"init mapping '{mapping}' does not give a teacher layer for every student layer")
-    teacher_state = teacher.state_dict()
+    teacher_tensors = {**dict(teacher.named_buffers()), **dict(teacher.named_parameters(remove_duplicate=False))}
     new_state = {}
     for key in student.state_dict():
         match = _LAYER_KEY.match(key)
         source = key
         if match and "encoder" in key:
             source = f"{match.group(1)}{pairs[int(match.group(2)) + 1] - 1}{match.group(3)}"
-        new_state[key] = teacher_state[source]
+        with full_tensor(teacher_tensors[source]) as tensor:
+            new_state[key] = tensor.detach().clone()
     student.load_state_dict(new_state)
 
 
