@@ -140,6 +140,8 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
             if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
                 metrics = {f"{pair}/{term}": value for pair, terms in result.terms.items() for term, value in terms.items()}
                 metrics.update(lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_per_s, tokens=tokens_total)
+                if device.type == "cuda":
+                    metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 tracker.log_metrics(metrics, step)
             done = step + 1
             if stop.agreed():  # collective: every rank stops at the same step boundary
