@@ -161,3 +161,22 @@ def test_nan_stops_with_step_student_and_term_and_keeps_checkpoint(tmp_path, mon
     text = str(err.value)
     assert "step 1: student 'en' on language 'en'" in text and "loss term 'emb'" in text  # the 9th call: step 1, en's emb
     assert "last good checkpoint" in text and "step1" in text
+
+
+def test_xlmr_xl_family_teacher(tmp_path, synthetic_docs):
+    """A pre-LayerNorm XLM-R XL teacher (the scaled-up family) distils and exports like XLM-R."""
+    from transformers import AutoModelForMaskedLM, XLMRobertaXLConfig, XLMRobertaXLForMaskedLM
+
+    from mdist.tokenizer import train_xlmr_tokenizer
+
+    teacher = tmp_path / "xl-teacher"
+    tokenizer = train_xlmr_tokenizer((d for docs in synthetic_docs.values() for d in docs), 300, teacher, 62)
+    config = XLMRobertaXLConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=66, pad_token_id=tokenizer.pad_token_id, type_vocab_size=1,
+    )
+    XLMRobertaXLForMaskedLM(config).save_pretrained(str(teacher))
+    summary = run_distillation(load_run_config("tiny", [f"teacher.path={teacher}", "train.steps=2"]), tmp_path / "run")
+    assert summary["final_losses"]["tr/tr"]["att"] > 0  # Q/K captured from the XL attention too
+    student = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "run" / "students" / "tr"))
+    assert type(student).__name__ == "XLMRobertaXLForMaskedLM" and student.config.num_hidden_layers == 2
