@@ -18,7 +18,7 @@ from mdist.data.shards import ShardBatchSource
 from mdist.data.synthetic import SyntheticCorpus
 from mdist.data.text import TextBatchSource, read_text_corpus
 from mdist.checkpoint import Checkpointer, StopFlag, latest_tag
-from mdist.engine import batch_geometry, device_for_rank, gathered, init_distributed, load_partitioned_teacher, shutdown_distributed, student_engine, teacher_engine
+from mdist.engine import barrier, batch_geometry, device_for_rank, gathered, init_distributed, load_partitioned_teacher, shutdown_distributed, student_engine, teacher_engine
 from mdist.errors import DataError, NonFiniteLossError
 from mdist.export import export_students
 from mdist.losses import DistillLoss
@@ -60,11 +60,6 @@ def batch_source(cfg: RunConfig, docs: dict[str, list[str]], tokenizer, vocab_si
     return TextBatchSource.from_documents(docs, tokenizer, cfg.train.seq_len, **common)
 
 
-def _barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     """Train, checkpoint and export. `resume`: continue from the latest complete checkpoint in
     `out_dir/checkpoints` (a fresh start when there is none). SIGTERM / SIGUSR1 save a checkpoint at
@@ -78,7 +73,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
     teacher_path = out_dir / "teacher" if cfg.teacher.path == TINY_RANDOM else Path(cfg.teacher.path)
     if rank == 0 and cfg.teacher.path == TINY_RANDOM:
         build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), teacher_path, cfg.train.seed)
-    _barrier()
+    barrier()
     if cfg.teacher.zero3:  # ZeRO-3 teacher: built partitioned, no rank ever holds all of it
         teacher, tokenizer = load_partitioned_teacher(teacher_path, world, cfg.deepspeed.persistence_threshold)
     else:
