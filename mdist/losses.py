@@ -42,7 +42,8 @@ class DistillLoss:
         return cls(spec, resolved, tuple(pairs), temperature, kernels)
 
     def __call__(self, student: EncoderOutput, teacher: EncoderOutput, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor, project=lambda layer, h: h) -> tuple[torch.Tensor, dict[str, float]]:
-        """Returns (weighted total, unweighted per-term values for logging)."""
+        """Returns (weighted total, unweighted per-term values for logging as detached 0-d tensors:
+        reading them is left to the caller, so the hot path does not wait for the device per term)."""
         w = self.weights
         valid_BL = attention_mask_BL.bool()
         terms: dict[str, torch.Tensor] = {}
@@ -73,7 +74,7 @@ class DistillLoss:
         for name in ("hid", "att", "emb"):
             if name in terms:
                 total = total + w[name] * terms[name]
-        return total, {name: float(value.detach()) for name, value in terms.items()}
+        return total, {name: value.detach() for name, value in terms.items()}
 
 
 def hidden_mse(student_BLD: torch.Tensor, teacher_BLD: torch.Tensor, valid_BL: torch.Tensor) -> torch.Tensor:

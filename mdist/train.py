@@ -20,6 +20,7 @@ pair is A in both modes, so its boundaries line up with ours.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -58,14 +59,24 @@ def teacher_outputs(teacher: torch.nn.Module, batches: dict[str, TokenBatch]) ->
         return {lang: encode(teacher, b.input_ids_BL, b.attention_mask_BL, b.labels_BL) for lang, b in batches.items()}
 
 
-def _check_finite(loss: torch.Tensor, terms: dict[str, float], step: int, student: str, lang: str) -> None:
-    if torch.isfinite(loss):
-        return
-    bad = [name for name, value in terms.items() if not torch.isfinite(torch.tensor(value))] or ["total"]
-    raise NonFiniteLossError(
-        f"step {step}: student '{student}' on language '{lang}': loss term '{bad[0]}' is not finite "
-        f"({', '.join(f'{k}={v}' for k, v in terms.items())})"
-    )
+def _read_terms(sums: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str, dict[str, float]]:
+    """All loss terms of the step as floats, read from the device at once; the first non-finite one
+    (in Algorithm 1's order) stops the run. Checking once per step rather than per update is safe:
+    a failed run never saves again, so the last good checkpoint is the one on disk."""
+    flat = [(pair, name, value) for pair, terms in sums.items() for name, value in terms.items()]
+    values = torch.stack([value.float() for _, _, value in flat]).tolist() if flat else []
+    read: dict[str, dict[str, float]] = {}
+    for (pair, name, _), value in zip(flat, values):
+        read.setdefault(pair, {})[name] = value
+    for pair, terms in read.items():
+        bad = [name for name, value in terms.items() if not math.isfinite(value)]
+        if bad:
+            student, lang = pair.split("/")
+            raise NonFiniteLossError(
+                f"step {step}: student '{student}' on language '{lang}': loss term '{bad[0]}' is not finite "
+                f"({', '.join(f'{k}={v}' for k, v in terms.items())})"
+            )
+    return read
 
 
 def distill_step(engine, optimizer, teacher, loss_fn: DistillLoss, batches: dict[str, TokenBatch], update: str, step: int, accumulation: int = 1) -> StepResult:
@@ -73,16 +84,15 @@ def distill_step(engine, optimizer, teacher, loss_fn: DistillLoss, batches: dict
     result = StepResult(tokens=sum(b.tokens for b in batches.values()))
     micro = {lang: micro_batches(b, accumulation) for lang, b in batches.items()}
     pairs = [(lang, student) for lang in batches for student in group.student_for(lang)]
-    sums: dict[str, dict[str, float]] = {}
+    sums: dict[str, dict[str, torch.Tensor]] = {}
 
     def pair_loss(lang: str, student: str, batch: TokenBatch, target: EncoderOutput) -> torch.Tensor:
         out = engine(student, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL)
         loss, terms = loss_fn(out, target, batch.attention_mask_BL, batch.labels_BL, project=lambda m, h, s=student: group.project(s, m, h))
-        terms["loss"] = float(loss.detach())
-        _check_finite(loss, terms, step, student, lang)
+        terms["loss"] = loss.detach()
         acc = sums.setdefault(f"{student}/{lang}", {})
         for name, value in terms.items():
-            acc[name] = acc.get(name, 0.0) + value / accumulation
+            acc[name] = acc[name] + value / accumulation if name in acc else value / accumulation
         return loss
 
     if update == "sequential":
@@ -104,5 +114,5 @@ def distill_step(engine, optimizer, teacher, loss_fn: DistillLoss, batches: dict
                 joint_loss = loss if joint_loss is None else joint_loss + loss
             engine.backward(joint_loss)
             engine.step()
-    result.terms = sums
+    result.terms = _read_terms(sums, step)
     return result

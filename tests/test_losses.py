@@ -136,7 +136,7 @@ def test_every_term_matches_float64(tiny_teacher_dir, mapping, kernels):
         ref = _reference_terms(s, t, mask, labels, loss_fn.pairs, 2.0)
     rel = 2e-5 if kernels == "torch" else 1e-4  # fused kernels: float32 online softmax over vocabulary chunks
     for name, value in ref.items():
-        assert terms[name] == pytest.approx(float(value), rel=rel, abs=1e-7), name
+        assert float(terms[name]) == pytest.approx(float(value), rel=rel, abs=1e-7), name
     assert float(total) == pytest.approx(sum(weights[k] * float(v) for k, v in ref.items()), rel=rel)
     total.backward()  # gradients reach the student
     assert student.roberta.embeddings.word_embeddings.weight.grad is not None
@@ -159,7 +159,7 @@ def test_cosine_hidden_loss_matches_float64(tiny_teacher_dir):
         (1 - F.cosine_similarity(s.hidden_states[m].double()[valid], t.hidden_states[g].double()[valid], dim=-1)).mean()
         for m, g in loss_fn.pairs
     )
-    assert terms["hid"] == pytest.approx(float(expected), rel=1e-5)
+    assert float(terms["hid"]) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_hinton_strategy_has_only_vocabulary_terms(tiny_teacher_dir):
