@@ -1,6 +1,8 @@
 """MLflow tracking. Only rank 0 logs; an unreachable tracking server never kills a run.
 
-Store: `MLFLOW_TRACKING_URI` when set (a server), else a sqlite store at `<run dir>/mlflow.db`.
+Store: `MLFLOW_TRACKING_URI` when set (a server, which owns its artifact store), else a sqlite
+store at `<run dir>/mlflow.db` with artifacts in `<run dir>/mlartifacts` (MLflow's default would be
+`./mlruns` under whatever directory the process happens to run in).
 """
 from __future__ import annotations
 
@@ -15,6 +17,13 @@ log = logging.getLogger(__name__)
 
 def tracking_uri(run_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+def artifact_location(run_dir: Path) -> str | None:
+    """Artifacts beside the embedded sqlite store; a tracking server decides for itself (None)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (run_dir / "mlartifacts").resolve().as_uri()
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -43,7 +52,7 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=tracking_uri(run_dir))
             if run_id is None:
                 exp = self._client.get_experiment_by_name(experiment)
-                exp_id = exp.experiment_id if exp else self._client.create_experiment(experiment)
+                exp_id = exp.experiment_id if exp else self._client.create_experiment(experiment, artifact_location=artifact_location(run_dir))
                 run_id = self._client.create_run(exp_id, run_name=run_name).info.run_id
             self.run_id = run_id
         except Exception as err:  # server down, bad URI: warn, train on

@@ -55,6 +55,8 @@ def test_mlflow_run_has_params_and_step_metrics(tiny_run):
     assert [m.step for m in history] == [0, 1, 2]
     assert {"en/en/mlm", "en/en/kl", "lr", "tokens_per_s"} <= set(run.data.metrics)
     assert run.info.status == "FINISHED"
+    # artifacts live in the run directory, not in ./mlruns of whatever directory the process ran in
+    assert client.get_experiment(run.info.experiment_id).artifact_location == (out / "mlartifacts").resolve().as_uri()
 
 
 def test_export_loads_without_mdist(tiny_run):
