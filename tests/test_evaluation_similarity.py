@@ -25,9 +25,7 @@ def sentences(n: int, seed: int) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
-    tokenizer = train_xlmr_tokenizer(sentences(300, 0), vocab_size=60, out_dir=out)
-    tokenizer.model_max_length = 38  # bert_score.score truncates to it
-    tokenizer.save_pretrained(out)
+    tokenizer = train_xlmr_tokenizer(sentences(300, 0), vocab_size=60, out_dir=out, model_max_length=38)  # bert_score.score truncates to it
     torch.manual_seed(0)
     config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=5, num_attention_heads=2, intermediate_size=32, max_position_embeddings=40, initializer_range=0.3)
     XLMRobertaForMaskedLM(config).save_pretrained(out)
