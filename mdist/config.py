@@ -87,6 +87,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw (thesis) | lamb (large batches; ZeRO stage 0 only)
     log_every: int = 10
     mlm_probability: float = 0.15
+    compile: bool = False  # torch.compile each encoder layer (students; teacher unless ZeRO-3); not with student ZeRO-3
 
 
 @dataclass
@@ -256,6 +257,11 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(
             "config key 'train.optimizer': lamb needs deepspeed.zero_stage 0 (ZeRO flattens each parameter group "
             "into one partition, so LAMB's per-tensor trust ratio would become a per-partition one)"
+        )
+    if cfg.train.compile and cfg.deepspeed.zero_stage == 3:
+        raise ConfigError(
+            "config key 'train.compile' needs deepspeed.zero_stage 0, 1 or 2 (ZeRO-3 gathers each layer's parameters "
+            "in module hooks, which compiled layers would trace into their graphs)"
         )
     if not 0.0 < cfg.train.mlm_probability < 1.0:
         raise ConfigError(f"config key 'train.mlm_probability' must be in (0, 1), got {cfg.train.mlm_probability}")

@@ -22,6 +22,29 @@ class EncoderOutput:
     decoder_bias_V: torch.Tensor
 
 
+def compile_encoder_layers(model: PreTrainedModel) -> PreTrainedModel:
+    """Compile (`torch.compile`) the blocks of every encoder layer around its attention core, in place.
+
+    What is compiled: the feed-forward blocks and the attention output block (dense -> dropout ->
+    residual -> LayerNorm, dense -> GELU; XL's pre-norms), whose elementwise work fuses around the
+    matrix products. What stays eager, and why:
+    - the attention core (Q/K/V and SDPA): it holds the Q/K capture (`mdist.capture`), and left eager
+      it gets transformers' padding check, which passes no mask to SDPA for unpadded batches (the
+      flash kernel); a compiled model always builds the mask;
+    - the layer call itself: transformers records hidden states with hooks that read a ContextVar,
+      which dynamo cannot trace (a graph break per layer, then recompilations past the limit).
+    Blocks of one class share one compiled graph per grad mode. Parameter names and the state dict
+    are unchanged, so checkpoints and exports are those of the eager model.
+    """
+    for layer in model.base_model.encoder.layer:
+        for name, block in layer.named_children():
+            inner = block.named_children() if name in ("attention", "crossattention") else [(name, block)]
+            for inner_name, module in inner:
+                if inner_name != "self":
+                    module.forward = torch.compile(module.forward)
+    return model
+
+
 def head_transform(model: PreTrainedModel, hidden_ND: torch.Tensor) -> torch.Tensor:
     """The MLM head up to (not including) the decoder: dense -> gelu -> LayerNorm."""
     head = model.lm_head

@@ -19,6 +19,7 @@ from mdist.data.synthetic import SyntheticCorpus
 from mdist.data.text import TextBatchSource, read_text_corpus
 from mdist.checkpoint import Checkpointer, StopFlag, latest_tag
 from mdist.engine import barrier, batch_geometry, device_for_rank, gathered, init_distributed, load_partitioned_teacher, shutdown_distributed, student_engine, teacher_engine
+from mdist.encode import compile_encoder_layers
 from mdist.errors import DataError, NonFiniteLossError
 from mdist.export import export_students
 from mdist.losses import DistillLoss
@@ -86,6 +87,11 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
         teacher = teacher_ds.module
     else:
         teacher.to(device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+        if cfg.train.compile:
+            compile_encoder_layers(teacher)
+    if cfg.train.compile:
+        for student in group.students.values():
+            compile_encoder_layers(student)
 
     source = batch_source(cfg, docs, tokenizer, teacher.config.vocab_size, rank, world)
     loss_fn = DistillLoss.build(cfg.strategy, cfg.loss.weights, cfg.loss.mapping, cfg.loss.temperature, cfg.students.layers, teacher.config.num_hidden_layers, cfg.loss.kernels)

@@ -40,6 +40,7 @@ def test_thesis_recipes_carry_table_4_2(tmp_path, recipe, strategy):
         (("strategy=hinton", "loss.weights={mlm: 0.5, att: 0.5}"), "config key 'loss.weights.att': strategy 'hinton' has no term 'att'"),
         ("data.kind=text", "config key 'data.text' has no files for language(s) en, tr"),
         ("loss.mapping=sideways", "config key 'loss.mapping': unknown mapping 'sideways'"),
+        (("train.compile=true", "deepspeed.zero_stage=3"), "config key 'train.compile' needs deepspeed.zero_stage 0, 1 or 2"),
     ],
 )
 def test_bad_config_names_the_key(override, message):

@@ -1,5 +1,6 @@
 """Two ranks on the CPU over gloo: ZeRO-2 / ZeRO-3 students with a ZeRO-3 (partitioned) teacher
-train and export, and equal a one-rank run of the same global batch; the `deepspeed` launcher works.
+train and export, and equal a one-rank run of the same global batch; the `deepspeed` launcher works;
+compiled encoder layers (`train.compile`, ZeRO-2) equal the eager one-rank run.
 
 Equality needs identical math on both sides, so the teacher (and hence the students) has dropout 0
 and the strategy averages over valid tokens only (`tinybert`: hid + att + emb; the synthetic corpus
@@ -40,7 +41,7 @@ def _free_port() -> str:
         return str(sock.getsockname()[1])
 
 
-def _run(cmd: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "terminate called" not in proc.stderr
@@ -80,6 +81,16 @@ def test_two_ranks_zero_students_zero3_teacher_equal_one_rank(stage, recipe_teac
 
     model = AutoModelForMaskedLM.from_pretrained(tmp_path / "students" / "en")
     assert model.config.num_hidden_layers == 2
+
+
+def test_compiled_layers_equal_eager(recipe_teacher_dir, one_rank, tmp_path):
+    """torch.compile'd teacher and student layers (inductor on the CPU) inside a ZeRO-2 engine: same students."""
+    _run([sys.executable, "-m", "mdist", "distill", *COMMON, "--out", str(tmp_path), "--set", f"teacher.path={recipe_teacher_dir}",
+          "--set", "train.batch_size=4", "--set", "train.compile=true", "--set", "deepspeed.zero_stage=2"])
+    compiled = _students(tmp_path)
+    for name in one_rank:
+        for key, ref in one_rank[name].items():
+            torch.testing.assert_close(compiled[name][key], ref, rtol=1e-4, atol=1e-5, msg=f"{name}/{key}")
 
 
 @pytest.mark.skipif(shutil.which("deepspeed", path=str(BIN)) is None, reason="deepspeed launcher not installed")
