@@ -12,6 +12,9 @@ and the tied head, as in mdist). Three kinds of step for every (batch, students)
   layers, MSE of the returned attention maps, embedding MSE; the same weights), AdamW;
 - floor: teacher forward + student MLM step only (HF SDPA, head at masked positions), i.e. the
   models' own work; "over floor" = step time / floor step time − 1, the cost of distillation.
+- "+ compile": the same step with `mdist.encode.compile_encoder_layers` applied to the teacher and
+  the students (what `train.compile: true` does); it is compared with the floor + compile, so "over
+  floor" stays the cost of distillation on the same encoder.
 
 DeepSpeed stand-in: the GPU machine has no DeepSpeed, so `SingleGpuEngine` makes the calls
 `distill_step` makes on DeepSpeed's engine. On one GPU without ZeRO that is all the engine does,
@@ -26,7 +29,7 @@ and out; biases and norms are not matrix work); 4·L·d per layer: QKᵀ and att
 student (forward + backward ≈ 3 forwards): FLOPs per token = forward(12) + 3 · forward(6)
 = 246.5 M + 3 · 152.1 M = 703 M at L = 512 (so 68 000 tokens/s is 4.8 % of an H100 SXM's 989 TFLOP/s).
 
-    python benchmarks/throughput.py [--batches 16 64] [--students 1 2] [--steps 10] [--peak-flops 989e12] [--no-record]
+    python benchmarks/throughput.py [--batches 16 64] [--students 1 2] [--variants ...] [--steps 10] [--peak-flops 989e12] [--no-record]
     python benchmarks/throughput.py --smoke   # CPU-sized shapes, fp32, < 60 s, records nothing
 
 Without CUDA it runs the smoke shapes, says a GPU is needed, and records nothing.
@@ -49,6 +52,7 @@ from mdist.capture import ATTENTION_IMPLEMENTATION
 from mdist.config import LossConfig, StudentsConfig, TrainConfig
 from mdist.data.batch import TokenBatch
 from mdist.data.masking import MaskingSpec, mask_tokens
+from mdist.encode import compile_encoder_layers
 from mdist.losses import DistillLoss
 from mdist.optim import build_optimizer, student_param_groups
 from mdist.students import StudentGroup
@@ -116,8 +120,9 @@ class SingleGpuEngine:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def build_models(s: Shapes, langs: list[str], attention: str, dtype: torch.dtype, device: str) -> tuple[XLMRobertaForMaskedLM, StudentGroup]:
-    """Random frozen teacher and a student group (one student per language) running `attention`."""
+def build_models(s: Shapes, langs: list[str], attention: str, dtype: torch.dtype, device: str, compiled: bool) -> tuple[XLMRobertaForMaskedLM, StudentGroup]:
+    """Random frozen teacher and a student group (one student per language) running `attention`,
+    with compiled layer blocks when `compiled`."""
     config = XLMRobertaConfig(
         vocab_size=s.vocab, hidden_size=s.hidden, num_hidden_layers=s.teacher_layers, num_attention_heads=s.heads,
         intermediate_size=s.ffn, max_position_embeddings=s.seq_len + PAD + 1, type_vocab_size=1,
@@ -128,6 +133,8 @@ def build_models(s: Shapes, langs: list[str], attention: str, dtype: torch.dtype
         group = StudentGroup(teacher, StudentsConfig(groups={lang: [lang] for lang in langs}, layers=s.student_layers, init="random"), s.hidden)
     for model in (teacher, *group.students.values()):
         model.set_attn_implementation(attention)
+        if compiled:
+            compile_encoder_layers(model)
     return freeze(teacher).to(dtype), group.to(dtype).train()
 
 
@@ -210,10 +217,20 @@ def floor_step(teacher, group: StudentGroup, batches, loss_fn: DistillLoss, trai
     return step
 
 
-VARIANTS = {  # name -> (attention implementation, step builder); the floor first: the others compare with it
-    "floor": ("sdpa", floor_step),
-    "mdist": (ATTENTION_IMPLEMENTATION, mdist_step),
-    "naive HF": ("eager", naive_step),
+@dataclass(frozen=True)
+class Variant:
+    attention: str  # transformers attention implementation
+    build_step: Callable
+    compiled: bool = False  # compile_encoder_layers on teacher and students
+
+
+# Each floor comes before the variants compared with it (same `compiled`).
+VARIANTS = {
+    "floor": Variant("sdpa", floor_step),
+    "mdist": Variant(ATTENTION_IMPLEMENTATION, mdist_step),
+    "floor + compile": Variant("sdpa", floor_step, compiled=True),
+    "mdist + compile": Variant(ATTENTION_IMPLEMENTATION, mdist_step, compiled=True),
+    "naive HF": Variant("eager", naive_step),
 }
 
 
@@ -224,14 +241,16 @@ class Timing:
     peak_gib: float | None  # None on the CPU
 
 
-def measure(variant: str, s: Shapes, langs: list[str], batch: int, kernels: str, args, device: str, dtype: torch.dtype) -> Timing:
-    """Build fresh models for `variant`, warm up, then time `args.steps` steps; peak memory over the timed steps."""
-    attention, build_step = VARIANTS[variant]
-    teacher, group = build_models(s, langs, attention, dtype, device)
+def measure(variant: Variant, s: Shapes, langs: list[str], batch: int, kernels: str, args, device: str, dtype: torch.dtype) -> Timing:
+    """Build fresh models for `variant`, warm up (compilation included), then time `args.steps` steps;
+    peak memory over the timed steps."""
+    if variant.compiled:
+        torch._dynamo.reset()  # each variant compiles afresh (in its untimed warm-up), not from another's cache
+    teacher, group = build_models(s, langs, variant.attention, dtype, device, variant.compiled)
     batches = synthetic_batches(s, langs, batch, device)
     loss = LossConfig()
     loss_fn = DistillLoss.build("monoshot", loss.weights, loss.mapping, loss.temperature, s.student_layers, s.teacher_layers, kernels)
-    step = build_step(teacher, group, batches, loss_fn, replace(TrainConfig(), update=args.update))
+    step = variant.build_step(teacher, group, batches, loss_fn, replace(TrainConfig(), update=args.update))
     cuda = device == "cuda"
     for i in range(args.warmup):
         step(i)
@@ -258,9 +277,10 @@ def run(s: Shapes, args, device: str, dtype: torch.dtype, kernels: str, stamp: s
     for batch in args.batches or s.batches:
         for students in args.students:
             langs = [f"lang{i}" for i in range(students)]
-            floor = None
-            for variant in VARIANTS:
-                label = f"mdist ({kernels})" if variant == "mdist" else variant
+            floors: dict[bool, Timing] = {}
+            for variant_name in args.variants:
+                variant = VARIANTS[variant_name]
+                label = variant_name.replace("mdist", f"mdist ({kernels})")
                 try:
                     timing = measure(variant, s, langs, batch, kernels, args, device, dtype)
                 except torch.OutOfMemoryError:
@@ -272,8 +292,11 @@ def run(s: Shapes, args, device: str, dtype: torch.dtype, kernels: str, stamp: s
                 if timing is None:
                     cells += ["OOM"] * 4 + [""]
                 else:
-                    floor = timing if variant == "floor" else floor
-                    over = f"{timing.step_s / floor.step_s - 1:+.0%}" if floor and variant != "floor" else ""
+                    is_floor = variant.build_step is floor_step
+                    if is_floor:
+                        floors[variant.compiled] = timing
+                    floor = floors.get(variant.compiled)
+                    over = f"{timing.step_s / floor.step_s - 1:+.0%}" if floor and not is_floor else ""
                     peak = "-" if timing.peak_gib is None else f"{timing.peak_gib:.1f}"
                     mfu = timing.tokens_per_s * flops / args.peak_flops
                     cells += [f"{timing.tokens_per_s:,.0f}", f"{timing.step_s * 1e3:.1f}", peak, f"{100 * mfu:.1f}", over]
@@ -287,6 +310,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU-sized shapes in fp32; records nothing")
     parser.add_argument("--batches", type=int, nargs="+", help="sequences per language (default 16 64; smoke 2 4)")
     parser.add_argument("--students", type=int, nargs="+", default=[1, 2], help="students (one language each)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="steps to time, in this order (default: all)")
     parser.add_argument("--steps", type=int, help="timed steps per row (default 10; smoke 1)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3; smoke 0)")
     parser.add_argument("--kernels", choices=["triton", "torch"], help="mdist's loss path (default triton; smoke: triton under TRITON_INTERPRET=1, else torch)")
