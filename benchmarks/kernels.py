@@ -1,10 +1,13 @@
 """Kernel benchmark: eager reference, `torch.compile`d reference and fused Triton ops, side by side in one process.
 
 Anchors from issue 6 (forward + backward, bf16): attention-score MSE over 6 layer pairs at B=16, H=12,
-L=512, D=64 with padding; vocabulary KL+CE at V=250 002, D=768, N=4 915. Prints a table and appends one
-row per variant to benchmarks/RESULTS.md. Without CUDA it runs a tiny interpreter smoke test (no timings).
+L=512, D=64 with padding; vocabulary KL+CE at V=250 002, D=768, N=4 915. Also the hidden-state MSE of
+MonoShot's 7 pairs (6 mapped layers + embeddings) at batch 64 × 512, D=768, with padding. `--sweep`
+adds the fused attention kernel at other tile sizes (rows × columns), to choose the defaults from a
+recorded run. Prints a table and appends one row per variant to benchmarks/RESULTS.md. Without CUDA it
+runs a tiny interpreter smoke test (no timings).
 
-    python benchmarks/kernels.py [--only attention|vocab] [--iters 20] [--no-record]
+    python benchmarks/kernels.py [--only attention|vocab|hidden] [--sweep] [--iters 20] [--no-record]
 
 Legend: P layer pairs, B batch, H heads, L sequence, D width, N masked rows, V vocabulary.
 """
@@ -45,7 +48,31 @@ def vocab_case(device, N=4915, V=250002, D=768, seed=0):
     return student, teacher, labels
 
 
-def attention_variants(kernels, stacked, mask_BL):
+def hidden_case(device, P=7, B=64, L=512, D=768, seed=0):
+    """P student/teacher hidden-state pairs (bf16) and a ragged padding mask (lengths L/2..L)."""
+    gen = torch.Generator(device).manual_seed(seed)
+    student, teacher = ([torch.randn(B, L, D, generator=gen, device=device).to(torch.bfloat16) for _ in range(P)] for _ in range(2))
+    lengths_B = torch.randint(L // 2, L + 1, (B,), generator=gen, device=device)
+    return student, teacher, torch.arange(L, device=device)[None, :] < lengths_B[:, None]
+
+
+def hidden_variants(kernels, student, teacher, valid_BL):
+    leaves = [x.clone().requires_grad_() for x in student]
+
+    def summed(fn):
+        return lambda *hs: sum(fn(h, t, valid_BL) for h, t in zip(hs, teacher))
+
+    return {
+        "eager reference": (summed(kernels.hidden_mse_reference), leaves),
+        "compiled reference": (torch.compile(summed(kernels.hidden_mse_reference)), leaves),
+        "fused (one pass per pair)": (summed(kernels.hidden_mse), leaves),
+    }
+
+
+TILE_SWEEP = [(64, 64), (64, 128), (128, 64), (128, 128), (256, 64)]  # (block_rows, block_cols)
+
+
+def attention_variants(kernels, stacked, mask_BL, sweep=False):
     """name -> (fn(leaves) -> loss, leaves): student tensors are leaves so backward has real work to do."""
     q_s, k_s, q_t, k_t = stacked
     leaves = [q_s.clone().requires_grad_(), k_s.clone().requires_grad_()]
@@ -55,7 +82,7 @@ def attention_variants(kernels, stacked, mask_BL):
 
     eager = per_pair(kernels.attention_score_mse_reference)
     gram = per_pair(kernels.attention_score_mse_gram)
-    return {
+    variants = {
         "eager reference": (eager, leaves),
         "compiled reference": (torch.compile(eager), leaves),
         "gram identity, compiled": (torch.compile(gram), leaves),
@@ -70,6 +97,12 @@ def attention_variants(kernels, stacked, mask_BL):
             leaves,
         ),
     }
+    for rows, cols in TILE_SWEEP if sweep else []:
+        variants[f"fused stacked, tiles {rows}×{cols}"] = (
+            lambda qs, ks, r=rows, c=cols: kernels.attention_score_mse_stacked(qs, ks, q_t, k_t, mask_BL, block_rows=r, block_cols=c),
+            leaves,
+        )
+    return variants
 
 
 def vocab_variants(kernels, student, teacher, labels, T=2.0):
@@ -130,11 +163,16 @@ def smoke():
     fused = kernels.fused_linear_distill_loss(*args, labels, 2.0, 1.0, 1.0).item()
     ref = kernels.fused_linear_distill_loss_reference(*args, labels, 2.0, 1.0, 1.0).item()
     print(f"vocab smoke:     fused {fused:.6f} reference {ref:.6f}")
+    student, teacher, valid_BL = hidden_case("cpu", P=2, B=2, L=24, D=40)
+    fused = sum(kernels.hidden_mse(h.float(), t.float(), valid_BL) for h, t in zip(student, teacher)).item()
+    ref = sum(kernels.hidden_mse_reference(h.float(), t.float(), valid_BL) for h, t in zip(student, teacher)).item()
+    print(f"hidden smoke:    fused {fused:.6f} reference {ref:.6f}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["attention", "vocab"])
+    parser.add_argument("--only", choices=["attention", "vocab", "hidden"])
+    parser.add_argument("--sweep", action="store_true", help="also time the fused attention kernel at other tile sizes")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
@@ -148,10 +186,12 @@ def main():
     device = device_name()
     cases = []
     if args.only in (None, "attention"):
-        variants = attention_variants(kernels, *attention_case("cuda"))
+        variants = attention_variants(kernels, *attention_case("cuda"), sweep=args.sweep)
         cases.append(("attention MSE, 6 pairs B16 H12 L512 D64 pad", variants))
     if args.only in (None, "vocab"):
         cases.append(("vocab KL+CE, N4915 V250002 D768", vocab_variants(kernels, *vocab_case("cuda"))))
+    if args.only in (None, "hidden"):
+        cases.append(("hidden MSE, 7 pairs B64 L512 D768 pad", hidden_variants(kernels, *hidden_case("cuda"))))
     stamp, revision = utc_stamp(), git_commit()  # once: other work may commit while the rows run
     print(markdown_header(HEADER))
     rows = []

@@ -6,14 +6,14 @@ environment before this package is imported (kernels are bound to the interprete
 Without Triton installed the fused names are None and `TRITON_AVAILABLE` is False, so callers can
 fall back to the references (the `kernels: torch` path).
 """
-from .reference import attention_score_mse_reference, fused_linear_distill_loss_reference
+from .reference import attention_score_mse_reference, fused_linear_distill_loss_reference, hidden_mse_reference
 
 try:
     import triton  # noqa: F401
 except ImportError:
     TRITON_AVAILABLE = False
     attention_score_mse = attention_score_mse_multi = attention_score_mse_stacked = None
-    attention_score_mse_gram = fused_linear_distill_loss = None
+    attention_score_mse_gram = fused_linear_distill_loss = hidden_mse = None
 else:
     TRITON_AVAILABLE = True
     from .attention_mse import (
@@ -22,6 +22,7 @@ else:
         attention_score_mse_multi,
         attention_score_mse_stacked,
     )
+    from .hidden_state_mse import hidden_mse
     from .linear_distill import fused_linear_distill_loss
 
 __all__ = [
@@ -33,4 +34,6 @@ __all__ = [
     "attention_score_mse_reference",
     "fused_linear_distill_loss",
     "fused_linear_distill_loss_reference",
+    "hidden_mse",
+    "hidden_mse_reference",
 ]

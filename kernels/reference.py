@@ -4,6 +4,7 @@ Legend: B batch, H heads, L sequence, D head/hidden width, N masked rows, V voca
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 
@@ -22,6 +23,15 @@ def attention_score_mse_reference(q_s, k_s, q_t, k_t, key_padding_mask=None):
     valid_BLL = key_padding_mask[:, :, None] & key_padding_mask[:, None, :]
     pairs = valid_BLL.sum() * q_s.shape[1]
     return (sq_BHLL * valid_BLL[:, None]).sum() / pairs.clamp(min=1)
+
+
+def hidden_mse_reference(h_s, h_t, valid=None):
+    """Mean over valid tokens (valid (…) bool, True = real) and hidden units of (h_s − h_t)²; h (…, D), at least fp32 math."""
+    dtype = torch.promote_types(h_s.dtype, torch.float32)
+    sq = ((h_s.to(dtype) - h_t.to(dtype)) ** 2).mean(-1)
+    if valid is None:
+        return sq.mean()
+    return (sq * valid).sum() / valid.sum().clamp(min=1)
 
 
 def fused_linear_distill_loss_reference(

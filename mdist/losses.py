@@ -12,6 +12,7 @@ Legend: B batch, L sequence, D hidden, N masked positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -59,7 +60,7 @@ class DistillLoss:
             total = total + vocab_loss
             terms = {k: v for k, v in terms.items() if k in w}
         if "hid" in w:
-            hidden_fn = hidden_mse if self.strategy.hidden_loss == "mse" else hidden_cos
+            hidden_fn = partial(hidden_mse, kernels=self.kernels) if self.strategy.hidden_loss == "mse" else hidden_cos
             terms["hid"] = sum(
                 hidden_fn(project(m, student.hidden_states[m]), teacher.hidden_states[g], valid_BL) for m, g in self.pairs
             )
@@ -70,16 +71,16 @@ class DistillLoss:
             else:
                 terms["att"] = sum(loss_ops.attention_score_mse_reference(*qk, key_padding_mask=valid_BL) for qk in qk_pairs)
         if "emb" in w:
-            terms["emb"] = hidden_mse(project(0, student.hidden_states[0]), teacher.hidden_states[0], valid_BL)
+            terms["emb"] = hidden_mse(project(0, student.hidden_states[0]), teacher.hidden_states[0], valid_BL, self.kernels)
         for name in ("hid", "att", "emb"):
             if name in terms:
                 total = total + w[name] * terms[name]
         return total, {name: value.detach() for name, value in terms.items()}
 
 
-def hidden_mse(student_BLD: torch.Tensor, teacher_BLD: torch.Tensor, valid_BL: torch.Tensor) -> torch.Tensor:
-    sq_BL = ((student_BLD.float() - teacher_BLD.float()) ** 2).mean(-1)
-    return (sq_BL * valid_BL).sum() / valid_BL.sum().clamp(min=1)
+def hidden_mse(student_BLD: torch.Tensor, teacher_BLD: torch.Tensor, valid_BL: torch.Tensor, kernels: str = "torch") -> torch.Tensor:
+    op = loss_ops.hidden_mse if kernels == "triton" else loss_ops.hidden_mse_reference
+    return op(student_BLD, teacher_BLD, valid_BL)
 
 
 def hidden_cos(student_BLD: torch.Tensor, teacher_BLD: torch.Tensor, valid_BL: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,16 @@ def test_throughput_smoke_prints_every_row():
         assert float(cells[6].replace(",", "")) > 0 and float(cells[7]) > 0  # tokens/s, step ms
 
 
+def test_kernels_smoke_agrees_with_references():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "kernels.py")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = re.findall(r"(\w+) smoke: +fused (\S+) reference (\S+)", done.stdout)
+    assert {kernel for kernel, _, _ in found} == {"attention", "vocab", "hidden"}
+    for kernel, fused, ref in found:
+        assert float(fused) == pytest.approx(float(ref), rel=1e-5), kernel
+
+
 def test_flop_formula_on_a_hand_computed_case(benchmark_module):
     throughput = benchmark_module("throughput")
     # d=2, F=4, L=8, V=10, 1 layer: 2·(4·4 + 2·2·4) + 4·8·2 + 2·(4 + 20)·0.15 = 64 + 64 + 7.2

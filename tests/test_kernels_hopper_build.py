@@ -10,6 +10,7 @@ pytest.importorskip("triton")
 from hopper_build import H100_SHARED_BYTES, build_for_hopper, cuobjdump, recorded_launches  # noqa: E402
 
 import mdist.kernels.attention_mse as attention_mse  # noqa: E402
+import mdist.kernels.hidden_state_mse as hidden_state_mse  # noqa: E402
 import mdist.kernels.linear_distill as linear_distill  # noqa: E402
 
 pytestmark = pytest.mark.skipif(cuobjdump() is None, reason="this Triton ships no NVIDIA toolchain (ptxas, cuobjdump)")
@@ -56,3 +57,16 @@ def test_fused_linear_distill_launches_build_for_h100():
         linear_distill.fused_linear_distill_loss(h_s, w_s, b_s, h_t, w_t, b_t, labels, 2.0, 1.0, 1.0)
     assert launches[0].constexprs["BLOCK"] == linear_distill.BLOCK_V
     _assert_fits_h100(launches, {"_stats_kernel", "_grad_kernel"})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_hidden_mse_launches_build_for_h100(dtype):
+    """XLM-R base width (768: one 1024-column tile, masked) with padding."""
+    h_s = torch.randn(2, 16, 768, dtype=dtype, requires_grad=True)
+    h_t = torch.randn(2, 16, 768, dtype=dtype)
+    valid = torch.ones(2, 16, dtype=torch.bool)
+    valid[1, 9:] = False
+    with recorded_launches(hidden_state_mse, "_masked_mse_kernel") as launches:
+        hidden_state_mse.hidden_mse(h_s, h_t, valid)
+    assert launches[0].constexprs["BLOCK_C"] == 1024
+    _assert_fits_h100(launches, {"_masked_mse_kernel"})

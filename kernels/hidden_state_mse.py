@@ -1,0 +1,97 @@
+"""Masked hidden-state MSE between student and teacher in one pass: loss and gradient together.
+
+    loss = mean over valid tokens (mask True) and hidden units of (h_s − h_t)²
+
+Why a kernel for an elementwise loss: the PyTorch form upcasts both bf16 inputs to fp32 copies,
+keeps the fp32 difference for backward and runs a dozen launches per mapped layer pair. Here each
+input is read once and d loss / d h_s = 2·(h_s − h_t)/(n·D) is written in the same pass (the loss is
+a scalar, so backward is one multiply), with no fp32 temporaries. Padding rows load as zero on both
+sides, so their difference and gradient are zero without a branch.
+Legend: B batch, L sequence, D hidden, R rows of the flattened (B·L, D) view in a tile, C columns.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .runtime import check_device
+
+TILE_ELEMENTS = 4096  # R·C per program step
+
+
+@triton.jit
+def _masked_mse_kernel(
+    s_ptr, t_ptr, mask_ptr, count_ptr, grad_ptr, partial_ptr,
+    n_rows, D, s_row, t_row, g_row,
+    HAS_MASK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """One block of rows: partial sum of squared differences, and the rows' gradient."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    in_range = rows < n_rows
+    row_ok = in_range
+    if HAS_MASK:
+        row_ok = row_ok & (tl.load(mask_ptr + rows, mask=in_range, other=0) != 0)
+    grad_scale = 2.0 / (tl.load(count_ptr) * D)
+    sq_R = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for c0 in range(0, D, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        col_ok = cols < D
+        s = tl.load(s_ptr + rows[:, None] * s_row + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        t = tl.load(t_ptr + rows[:, None] * t_row + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        diff = s.to(tl.float32) - t.to(tl.float32)
+        sq_R += tl.sum(diff * diff, axis=1)
+        tl.store(
+            grad_ptr + rows[:, None] * g_row + cols[None, :], (diff * grad_scale).to(grad_ptr.dtype.element_ty),
+            mask=in_range[:, None] & col_ok[None, :],
+        )
+    tl.store(partial_ptr + tl.program_id(0), tl.sum(sq_R))
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """(…, D) as (rows, D) with unit column stride (a view when the input allows it)."""
+    x = x.reshape(-1, x.shape[-1])
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+class _MaskedMSE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h_s, h_t, valid):
+        check_device(_masked_mse_kernel, h_s, "hidden_mse")
+        D = h_s.shape[-1]
+        s_RD, t_RD = _rows(h_s), _rows(h_t)
+        n_rows = s_RD.shape[0]
+        if valid is None:
+            mask = None
+            count = torch.full((), float(n_rows), device=h_s.device, dtype=torch.float32)
+        else:
+            mask = valid.reshape(-1).to(device=h_s.device, dtype=torch.int8)
+            count = mask.sum(dtype=torch.float32).clamp(min=1)
+        block_c = min(triton.next_power_of_2(D), 1024)
+        block_r = max(1, TILE_ELEMENTS // block_c)
+        grid = (triton.cdiv(n_rows, block_r),)
+        grad = torch.empty((n_rows, D), device=h_s.device, dtype=h_s.dtype)
+        partial = torch.empty(grid[0], device=h_s.device, dtype=torch.float32)
+        _masked_mse_kernel[grid](
+            s_RD, t_RD, mask if mask is not None else count, count, grad, partial,
+            n_rows, D, s_RD.stride(0), t_RD.stride(0), grad.stride(0),
+            HAS_MASK=mask is not None, BLOCK_R=block_r, BLOCK_C=block_c,
+            num_warps=4,
+        )
+        ctx.save_for_backward(grad.view(h_s.shape))
+        return partial.sum() / (count * D)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_out.to(grad.dtype)), None, None
+
+
+def hidden_mse(h_s: torch.Tensor, h_t: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Fused `hidden_mse_reference`: h (…, D) of equal shape, valid (…) bool True = real token; grads to h_s.
+
+    Backward may be called once (the saved gradient is scaled in place).
+    """
+    if h_s.shape != h_t.shape:
+        raise ValueError(f"hidden_mse: student {tuple(h_s.shape)} and teacher {tuple(h_t.shape)} differ (project the student first)")
+    return _MaskedMSE.apply(h_s, h_t.detach(), valid)
