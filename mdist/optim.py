@@ -15,20 +15,6 @@ import torch
 from torch import nn
 
 
-class GroupMaskedAdamW(torch.optim.AdamW):
-    """AdamW that leaves groups with `active == False` untouched (no decay, no moment update)."""
-
-    def step(self, closure=None):
-        hidden = [(group, group["params"]) for group in self.param_groups if not group.get("active", True)]
-        for group, _ in hidden:
-            group["params"] = []
-        try:
-            return super().step(closure)
-        finally:
-            for group, params in hidden:
-                group["params"] = params
-
-
 class _Masked:
     """Mixin: `step` skips parameter groups with `active == False` (see the module docstring)."""
 
@@ -86,6 +72,10 @@ class Lamb(torch.optim.Optimizer):
                 trust = torch.where((w_norm > 0) & (u_norm > 0), (w_norm / u_norm).clamp(max=group["max_trust"]), torch.ones_like(w_norm))
                 p.add_((update * trust).to(p.dtype), alpha=-group["lr"])
         return loss
+
+
+class GroupMaskedAdamW(_Masked, torch.optim.AdamW):
+    """AdamW that leaves groups with `active == False` untouched (no decay, no moment update)."""
 
 
 class GroupMaskedLamb(_Masked, Lamb):
