@@ -94,4 +94,6 @@ def hidden_mse(h_s: torch.Tensor, h_t: torch.Tensor, valid: torch.Tensor | None 
     """
     if h_s.shape != h_t.shape:
         raise ValueError(f"hidden_mse: student {tuple(h_s.shape)} and teacher {tuple(h_t.shape)} differ (project the student first)")
+    if valid is not None and valid.shape != h_s.shape[:-1]:
+        raise ValueError(f"hidden_mse: mask {tuple(valid.shape)} does not match the tokens of {tuple(h_s.shape)}")
     return _MaskedMSE.apply(h_s, h_t.detach(), valid)

@@ -72,3 +72,5 @@ def test_bf16_student_fp32_teacher_and_incoming_gradient():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="project the student first"):
         hidden_mse(torch.zeros(1, 2, 8), torch.zeros(1, 2, 16))
+    with pytest.raises(ValueError, match="does not match the tokens"):
+        hidden_mse(torch.zeros(1, 2, 8), torch.zeros(1, 2, 8), torch.ones(2, 1, dtype=torch.bool))
