@@ -132,6 +132,16 @@ def _launch(rows_s, cols_s, rows_t, cols_t, mask_BL, end_B, count, with_loss, wi
     return partial, (drows if with_grad else None)
 
 
+def _check_shapes(q_s, k_s, q_t, k_t, key_padding_mask, n_pairs):
+    """The kernel trusts its shapes (a wrong one reads out of bounds): refuse mismatches here."""
+    shapes = [tuple(x.shape) for x in (q_s, k_s, q_t, k_t)]
+    if shapes[0] != shapes[1] or shapes[2] != shapes[3] or shapes[0][:3] != shapes[2][:3]:
+        raise ValueError(f"attention_score_mse: q_s, k_s, q_t, k_t must be (B, H, L, D_s) twice and (B, H, L, D_t) twice, got {shapes}")
+    want = (q_s.shape[0] // n_pairs, q_s.shape[2])
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != want:
+        raise ValueError(f"attention_score_mse: key_padding_mask must be (B, L) = {want}, got {tuple(key_padding_mask.shape)}")
+
+
 class _AttentionScoreMSE(torch.autograd.Function):
     """Sum over P stacked layer pairs of each pair's mean squared score difference; G = P·B on dim 0."""
 
@@ -139,6 +149,7 @@ class _AttentionScoreMSE(torch.autograd.Function):
     def forward(ctx, q_s, k_s, q_t, k_t, key_padding_mask, n_pairs, block_r, block_c):
         G, H, L, _ = q_s.shape
         check_device(_score_mse_rows_kernel, q_s, "attention_score_mse")
+        _check_shapes(q_s, k_s, q_t, k_t, key_padding_mask, n_pairs)
         grad_dtype = q_s.dtype
         # The interpreter's tl.dot multiplies bf16 bit patterns (triton-lang/triton#11584): upcast there.
         if interpreted(_score_mse_rows_kernel) and torch.bfloat16 in (q_s.dtype, q_t.dtype):

@@ -114,6 +114,16 @@ def _grad_kernel(
         tl.store(zs_ptr + r * s_zs + offs, g.to(zs_ptr.dtype.element_ty), mask=ok)
 
 
+def _check_shapes(h_s, w_s, b_s, h_t, w_t, b_t, labels):
+    """The kernels trust their shapes (a wrong one reads out of bounds): refuse mismatches here."""
+    (N, D_s), (V, D_t) = h_s.shape, w_t.shape
+    expected = {"h_s": (N, D_s), "w_s": (V, D_s), "b_s": (V,), "h_t": (N, D_t), "w_t": (V, D_t), "b_t": (V,), "labels": (N,)}
+    given = {"h_s": h_s, "w_s": w_s, "b_s": b_s, "h_t": h_t, "w_t": w_t, "b_t": b_t, "labels": labels}
+    wrong = [f"{name} {tuple(x.shape)} (want {expected[name]})" for name, x in given.items() if x is not None and tuple(x.shape) != expected[name]]
+    if wrong:
+        raise ValueError(f"fused_linear_distill_loss: shapes do not fit together: {', '.join(wrong)}")
+
+
 def _logits(h_RD, w_VD, b_V, v0, v1, buf):
     """One (R, C) logits chunk written into the reused flat buffer `buf` (no allocation per chunk)."""
     w_CD = w_VD[v0:v1]
@@ -126,6 +136,7 @@ def _logits(h_RD, w_VD, b_V, v0, v1, buf):
 def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_grad, row_chunk, vocab_chunk, block_v):
     """Loss, unweighted CE and T²·KL means, and (d h_s, d w_s, d b_s) when `need_grad` (else Nones)."""
     check_device(_stats_kernel, h_s, "fused_linear_distill_loss")
+    _check_shapes(h_s, w_s, b_s, h_t, w_t, b_t, labels)
     N, V = h_s.shape[0], w_s.shape[0]
     C = V if vocab_chunk is None else max(1, min(vocab_chunk, V))
     R = row_chunk or max(16, CHUNK_BYTES // (C * max(h_s.element_size(), h_t.element_size())) // 16 * 16)

@@ -148,3 +148,11 @@ def test_bfloat16_inputs_give_bfloat16_grads():
     for leaf, w in zip(leaves, want):
         assert leaf.grad.dtype == torch.bfloat16
         assert (leaf.grad.double() - w).norm() / w.norm() < 1e-2
+
+
+def test_mismatched_shapes_are_refused():
+    q_s, k_s, q_t, k_t = _qk(2, 2, 16, 8, 8)
+    with pytest.raises(ValueError, match="must be"):
+        attention_score_mse(q_s, k_s[:, :, :10], q_t, k_t)
+    with pytest.raises(ValueError, match=r"key_padding_mask must be \(B, L\) = \(2, 16\)"):
+        attention_score_mse(q_s, k_s, q_t, k_t, torch.ones(2, 15, dtype=torch.bool))

@@ -111,3 +111,11 @@ def test_bfloat16_inputs_give_bfloat16_grads(chunking):
     for leaf, w in zip(leaves, want_grads):
         assert leaf.grad.dtype == torch.bfloat16
         assert (leaf.grad.double() - w).norm() / w.norm() < 2e-2
+
+
+def test_mismatched_shapes_are_refused():
+    student, teacher, labels = _inputs(6, 50, 8, 12)
+    with pytest.raises(ValueError, match=r"labels \(5,\) \(want \(6,\)\)"):
+        fused_linear_distill_loss(*student, *teacher, labels[:5], 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"w_s \(49, 8\)"):
+        fused_linear_distill_loss(student[0], student[1][:49], student[2], *teacher, labels, 1.0, 1.0, 1.0)
