@@ -29,7 +29,7 @@ and out; biases and norms are not matrix work); 4·L·d per layer: QKᵀ and att
 student (forward + backward ≈ 3 forwards): FLOPs per token = forward(12) + 3 · forward(6)
 = 246.5 M + 3 · 152.1 M = 703 M at L = 512 (so 68 000 tokens/s is 4.8 % of an H100 SXM's 989 TFLOP/s).
 
-    python benchmarks/throughput.py [--batches 16 64] [--students 1 2] [--variants ...] [--steps 10] [--peak-flops 989e12] [--no-record]
+    python benchmarks/throughput.py [--batches 16 64] [--students 1 2] [--variants ...] [--optimizer adamw|adamw_fused] [--steps 10] [--peak-flops 989e12] [--no-record]
     python benchmarks/throughput.py --smoke   # CPU-sized shapes, fp32, < 60 s, records nothing
 
 Without CUDA it runs the smoke shapes, says a GPU is needed, and records nothing.
@@ -154,14 +154,14 @@ def synthetic_batches(s: Shapes, langs: list[str], batch: int, device: str, seed
 def mdist_step(teacher, group: StudentGroup, batches, loss_fn: DistillLoss, train: TrainConfig) -> Callable[[int], object]:
     """mdist's own step: distill_step with the group-masked optimiser over student parameter groups."""
     groups = student_param_groups(dict(group.students), group.projections, train.weight_decay)
-    optimizer = build_optimizer("adamw", groups, train.lr)
+    optimizer = build_optimizer(train.optimizer, groups, train.lr)
     engine = SingleGpuEngine(group, optimizer, train.grad_clip)
     return lambda step: distill_step(engine, optimizer, teacher, loss_fn, batches, train.update, step)
 
 
 def adamw_engine(group: StudentGroup, train: TrainConfig) -> SingleGpuEngine:
     """The baselines' optimiser: one plain AdamW over the group (parameters without gradients are skipped)."""
-    optimizer = torch.optim.AdamW(group.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    optimizer = torch.optim.AdamW(group.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=train.optimizer == "adamw_fused")
     return SingleGpuEngine(group, optimizer, train.grad_clip)
 
 
@@ -250,7 +250,7 @@ def measure(variant: Variant, s: Shapes, langs: list[str], batch: int, kernels: 
     batches = synthetic_batches(s, langs, batch, device)
     loss = LossConfig()
     loss_fn = DistillLoss.build("monoshot", loss.weights, loss.mapping, loss.temperature, s.student_layers, s.teacher_layers, kernels)
-    step = variant.build_step(teacher, group, batches, loss_fn, replace(TrainConfig(), update=args.update))
+    step = variant.build_step(teacher, group, batches, loss_fn, replace(TrainConfig(), update=args.update, optimizer=args.optimizer))
     cuda = device == "cuda"
     for i in range(args.warmup):
         step(i)
@@ -271,7 +271,7 @@ def run(s: Shapes, args, device: str, dtype: torch.dtype, kernels: str, stamp: s
     """Print and return the table rows: every variant for every (batch, students); OOM rows say so."""
     revision, name = git_commit(), device_name(device)
     flops = step_flops_per_token(s)
-    print(f"{name}: {dtype}, kernels {kernels}, update {args.update}, {flops / 1e6:,.1f} MFLOPs per token, peak {args.peak_flops:.3g} FLOP/s")
+    print(f"{name}: {dtype}, kernels {kernels}, update {args.update}, optimizer {args.optimizer}, {flops / 1e6:,.1f} MFLOPs per token, peak {args.peak_flops:.3g} FLOP/s")
     print(markdown_header(HEADER))
     rows = []
     for batch in args.batches or s.batches:
@@ -315,6 +315,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3; smoke 0)")
     parser.add_argument("--kernels", choices=["triton", "torch"], help="mdist's loss path (default triton; smoke: triton under TRITON_INTERPRET=1, else torch)")
     parser.add_argument("--update", choices=["sequential", "joint"], default=TrainConfig().update, help="mdist's update mode (the baselines step after every pair)")
+    parser.add_argument("--optimizer", choices=["adamw", "adamw_fused"], default="adamw", help="every variant's AdamW: torch's multi-tensor default or its fused kernel")
     parser.add_argument("--peak-flops", type=float, default=989e12, help="peak dense bf16 FLOP/s for MFU (H100 SXM: 989e12)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
@@ -332,7 +333,7 @@ def main() -> None:
     stamp = utc_stamp()
     rows = run(Shapes(), args, "cuda", torch.bfloat16, args.kernels or "triton", stamp)
     if not args.no_record:
-        title = f"Step throughput (benchmarks/throughput.py), {stamp}, XLM-R base shapes, update {args.update}, MFU of {args.peak_flops:.3g} FLOP/s"
+        title = f"Step throughput (benchmarks/throughput.py), {stamp}, XLM-R base shapes, update {args.update}, optimizer {args.optimizer}, MFU of {args.peak_flops:.3g} FLOP/s"
         append_table(title, HEADER, rows)
 
 

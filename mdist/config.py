@@ -84,7 +84,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 0  # 0: only the final checkpoint
     grad_accum: int = 1  # micro-batches per optimiser step; global batch = batch_size × grad_accum × world
-    optimizer: str = "adamw"  # adamw (thesis) | lamb (large batches; ZeRO stage 0 only)
+    optimizer: str = "adamw"  # adamw (thesis) | adamw_fused (same update, torch's fused kernel) | lamb (large batches; ZeRO stage 0 only)
     log_every: int = 10
     mlm_probability: float = 0.15
     compile: bool = False  # torch.compile each encoder layer (students; teacher unless ZeRO-3); not with student ZeRO-3
@@ -229,7 +229,7 @@ def _validate(cfg: RunConfig) -> None:
         "students.init": (cfg.students.init, ("teacher", "random")),
         "loss.kernels": (cfg.loss.kernels, ("torch", "triton")),
         "train.update": (cfg.train.update, ("sequential", "joint")),
-        "train.optimizer": (cfg.train.optimizer, ("adamw", "lamb")),
+        "train.optimizer": (cfg.train.optimizer, ("adamw", "adamw_fused", "lamb")),
         "data.kind": (cfg.data.kind, ("shards", "text", "synthetic")),
     }
     for key, (value, allowed) in choices.items():
@@ -257,6 +257,11 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(
             "config key 'train.optimizer': lamb needs deepspeed.zero_stage 0 (ZeRO flattens each parameter group "
             "into one partition, so LAMB's per-tensor trust ratio would become a per-partition one)"
+        )
+    if cfg.train.optimizer == "adamw_fused" and cfg.deepspeed.offload_optimizer:
+        raise ConfigError(
+            "config key 'train.optimizer': adamw_fused steps on the device, but with deepspeed.offload_optimizer the "
+            "optimiser runs in CPU memory (DeepSpeed's CPU Adam); use adamw"
         )
     if cfg.train.compile and cfg.deepspeed.zero_stage == 3:
         raise ConfigError(

@@ -83,7 +83,10 @@ class GroupMaskedLamb(_Masked, Lamb):
 
 
 def build_optimizer(name: str, groups: list[dict], lr: float, offload: bool = False) -> torch.optim.Optimizer:
-    """The student optimiser by name, always group-masked.
+    """The student optimiser by name (adamw, adamw_fused, lamb), always group-masked.
+
+    `adamw_fused` is the same AdamW update through torch's fused kernel (one launch for all tensors
+    of a group instead of a chain of multi-tensor ones); the masking works the same way.
 
     With ZeRO-Offload on a GPU machine the fp32 master weights live in CPU memory and DeepSpeed's
     `DeepSpeedCPUAdam` (SIMD Adam over CPU tensors) is the fast choice; it iterates
@@ -97,7 +100,7 @@ def build_optimizer(name: str, groups: list[dict], lr: float, offload: bool = Fa
 
         cls = type("GroupMaskedCPUAdam", (_Masked, DeepSpeedCPUAdam), {})
         return cls(groups, lr=lr, adamw_mode=True)
-    return GroupMaskedAdamW(groups, lr=lr)
+    return GroupMaskedAdamW(groups, lr=lr, fused=name == "adamw_fused")
 
 
 def set_active_students(optimizer: torch.optim.Optimizer, students: Iterable[str]) -> None:
