@@ -199,7 +199,9 @@ def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
 
 
 def run_measurements(configs: list[tuple[int, bool]]) -> list[dict]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    from mdist.engine import without_launcher_variables
+
+    env = without_launcher_variables(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
     env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
     rows = []

@@ -41,7 +41,10 @@ def _slurm_environment() -> None:
         os.environ["MASTER_PORT"] = str(20000 + int(os.environ["SLURM_JOB_ID"]) % 20000)
 
 
-def _free_port() -> int:
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def free_port() -> int:
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -49,12 +52,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def without_launcher_variables(env: dict) -> dict:
+    """`env` minus the torch.distributed rendezvous variables: for starting a new, separate run."""
+    return {k: v for k, v in env.items() if k not in LAUNCHER_VARIABLES}
+
+
 def init_distributed() -> tuple[int, int]:
     """Join (or create) the process group; works under deepspeed, torchrun, srun or a bare process."""
     _slurm_environment()
     if "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())  # a bare process: never collide with another run's 29500
-    for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        os.environ["MASTER_PORT"] = str(free_port())  # a bare process: never collide with another run's 29500
+    for key, default in zip(LAUNCHER_VARIABLES, ("0", "1", "0", "127.0.0.1", "29500")):
         os.environ.setdefault(key, default)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False, verbose=False)

@@ -6,7 +6,6 @@ is first imported (by any test module), hence here.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".torch_extensions"))
-if "MASTER_PORT" not in os.environ:  # in-process single-rank runs: a free port, so parallel suites don't collide
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -13,15 +13,14 @@ from safetensors.torch import load_file
 
 from mdist.cli import main
 from mdist.config import load_run_config
+from mdist.engine import without_launcher_variables
 from mdist.run import run_distillation
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("MASTER_PORT", None)
-    env["MASTER_PORT"] = str(int(os.environ["MASTER_PORT"]) + 1)
+    env = without_launcher_variables(os.environ)  # its own rendezvous (a free port), apart from in-process runs
     return subprocess.run([sys.executable, "-m", "mdist", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

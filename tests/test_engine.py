@@ -95,9 +95,9 @@ def test_lamb_and_offload_train(overrides, recipe_teacher_dir, tmp_path):
 
 
 def test_slurm_variables_become_torch_distributed_ones(monkeypatch):
-    from mdist.engine import _slurm_environment
+    from mdist.engine import LAUNCHER_VARIABLES, _slurm_environment
 
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for key in LAUNCHER_VARIABLES:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SLURM_PROCID", "5")
     monkeypatch.setenv("SLURM_NTASKS", "8")

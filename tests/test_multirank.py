@@ -21,24 +21,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mdist.engine import free_port, without_launcher_variables
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COMMON = ["--recipe", "tiny", "--set", "strategy=tinybert", "--set", "train.steps=3", "--set", "deepspeed.persistence_threshold=0"]
 
 
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = without_launcher_variables(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
     env.update(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     return env
-
-
-def _free_port() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
 
 
 def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -49,7 +43,7 @@ def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def _torchrun(out: Path, *sets: str) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", _free_port(), "-m", "mdist", "distill", *COMMON, "--out", str(out)]
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "mdist", "distill", *COMMON, "--out", str(out)]
     for s in sets:
         cmd += ["--set", s]
     return _run(cmd)
@@ -105,7 +99,7 @@ def test_speed_options_equal_the_plain_run(sets, recipe_teacher_dir, one_rank, t
 @pytest.mark.skipif(shutil.which("deepspeed", path=str(BIN)) is None, reason="deepspeed launcher not installed")
 def test_deepspeed_launcher_two_ranks(tmp_path):
     """`deepspeed --num_gpus 2` on a CPU machine (DS_ACCELERATOR=cpu): ZeRO-1, grad accumulation 2."""
-    cmd = [str(BIN / "deepspeed"), "--num_nodes", "1", "--num_gpus", "2", "--master_port", _free_port(), "--module", "mdist", "distill",
+    cmd = [str(BIN / "deepspeed"), "--num_nodes", "1", "--num_gpus", "2", "--master_port", str(free_port()), "--module", "mdist", "distill",
            *COMMON, "--out", str(tmp_path), "--set", "deepspeed.zero_stage=1", "--set", "train.grad_accum=2", "--set", "train.batch_size=1"]
     _run(cmd)
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from mdist.engine import without_launcher_variables
+
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--recipe", "tiny", "--set", "train.steps=8", "--set", "train.save_every=2"]
 
 
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = without_launcher_variables(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
     env["TOKENIZERS_PARALLELISM"] = "false"
     return env
