@@ -81,9 +81,8 @@ class _Recorder:
     def __getitem__(self, grid):
         def record(*args, **kwargs):
             fn = self.kernel.fn
-            names = list(fn.__code__.co_varnames[: fn.__code__.co_argcount])
             constexprs = {k: v for k, v in kwargs.items() if k not in _LAUNCH_OPTIONS}
-            signature = {name: _signature_type(value) for name, value in zip(names, args)}
+            signature = {name: _signature_type(value) for name, value in zip(self.kernel.arg_names, args)}
             signature.update({name: "constexpr" for name in constexprs})
             options = {k: v for k, v in kwargs.items() if k in _LAUNCH_OPTIONS}
             self.launches.append(Launch(fn.__module__, fn.__name__, signature, constexprs, options))

@@ -22,7 +22,6 @@ def _assert_fits_h100(launches, expected_kernels):
     for build in builds:
         assert build.local_bytes == 0, f"{build.kernel} spills registers to local memory: {build}"
         assert build.shared_bytes <= H100_SHARED_BYTES, f"{build.kernel} needs more shared memory than an H100 block has: {build}"
-        assert build.registers <= 255, build
     assert {build.kernel for build in builds} == expected_kernels
 
 
