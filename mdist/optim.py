@@ -109,7 +109,7 @@ def set_active_students(optimizer: torch.optim.Optimizer, students: Iterable[str
         group["active"] = bool(active & set(group["owners"]))
 
 
-def _no_decay(name: str, param: nn.Parameter) -> bool:
+def no_weight_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
 
 
@@ -124,7 +124,7 @@ def student_param_groups(students: dict[str, nn.Module], projections: nn.ModuleD
             named.setdefault(id(param), (name, param))
     groups: dict[tuple, dict] = {}
     for key, (name, param) in named.items():
-        decay = not _no_decay(name, param)
+        decay = not no_weight_decay(name, param)
         group_key = (tuple(sorted(owners[key])), decay)
         group = groups.setdefault(group_key, {"params": [], "owners": list(group_key[0]), "weight_decay": weight_decay if decay else 0.0})
         group["params"].append(param)

@@ -41,7 +41,10 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class Tracker:
     """A thin, failure-tolerant wrapper over one MLflow run. Disabled trackers do nothing."""
 
-    def __init__(self, run_dir: Path, experiment: str, enabled: bool = True, run_id: str | None = None, run_name: str | None = None):
+    def __init__(self, run_dir: Path, experiment: str, enabled: bool = True, run_id: str | None = None, run_name: str | None = None,
+                 parent_run_id: str | None = None):
+        """Log to `run_id`, or to a new run; with `parent_run_id` the new run is a child of that run,
+        in its experiment (the MLflow UI shows evaluations and fine-tunings under their distillation run)."""
         self.run_id: str | None = None
         self._client = None
         if not enabled:
@@ -51,9 +54,14 @@ class Tracker:
 
             self._client = MlflowClient(tracking_uri=tracking_uri(run_dir))
             if run_id is None:
-                exp = self._client.get_experiment_by_name(experiment)
-                exp_id = exp.experiment_id if exp else self._client.create_experiment(experiment, artifact_location=artifact_location(run_dir))
-                run_id = self._client.create_run(exp_id, run_name=run_name).info.run_id
+                tags = {}
+                if parent_run_id is not None:
+                    exp_id = self._client.get_run(parent_run_id).info.experiment_id
+                    tags = {"mlflow.parentRunId": parent_run_id, "mdist.distillation_run_id": parent_run_id}
+                else:
+                    exp = self._client.get_experiment_by_name(experiment)
+                    exp_id = exp.experiment_id if exp else self._client.create_experiment(experiment, artifact_location=artifact_location(run_dir))
+                run_id = self._client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
             self.run_id = run_id
         except Exception as err:  # server down, bad URI: warn, train on
             log.warning("MLflow tracking disabled: %s: %s", type(err).__name__, err)

@@ -1,0 +1,45 @@
+"""Baselines without distillation: an M-layer model copied from the teacher's uniform / top / bottom
+layers (thesis §4.3.1, XLM-R₆ (Uniform / Top / Bottom)), exported as a plain HF directory."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from transformers import AutoModelForMaskedLM
+
+from mdist.config import ConfigError
+from mdist.strategies import layer_mapping
+from mdist.students import init_from_teacher
+from mdist.teacher import TeacherError, check_teacher_dir, check_vocabulary, load_tokenizer
+
+BASELINE_INITS = ("uniform", "top", "bottom")
+
+
+def export_baseline(teacher_dir: Path, layers: int, init: str, out_dir: Path) -> dict:
+    """Write the baseline to `out_dir` and return its provenance (also in `baseline.json`)."""
+    if init not in BASELINE_INITS:
+        raise ConfigError(f"--init must be one of {', '.join(BASELINE_INITS)}, got '{init}'")
+    config = check_teacher_dir(teacher_dir)
+    teacher_layers = config.get("num_hidden_layers", 0)
+    if not 1 <= layers <= teacher_layers:
+        raise ConfigError(f"--layers must be between 1 and the teacher's {teacher_layers} layers, got {layers}")
+    tokenizer = load_tokenizer(teacher_dir)
+    check_vocabulary(tokenizer, config.get("vocab_size", 0), f"teacher '{teacher_dir}'")
+    try:
+        teacher = AutoModelForMaskedLM.from_pretrained(str(teacher_dir))
+    except Exception as err:
+        raise TeacherError(f"cannot load the teacher weights in '{teacher_dir}': {type(err).__name__}: {err}") from None
+    student_config = copy.deepcopy(teacher.config)
+    student_config.num_hidden_layers = layers
+    student = type(teacher)(student_config)
+    init_from_teacher(student, teacher, init)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    student.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    provenance = {
+        "teacher": str(teacher_dir), "layers": layers, "init": init,
+        "teacher_layers": [g for _, g in layer_mapping(init, layers, teacher_layers)],
+    }
+    (out_dir / "baseline.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+    return provenance

@@ -1,0 +1,24 @@
+"""`mdist transfer-table --runs DIR [--out table.md]`: the thesis's downstream tables from finetune results."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("transfer-table", help="Markdown tables (thesis 4.4-4.6 layout) of the finetune results under a directory")
+    parser.add_argument("--runs", type=Path, required=True, help="directory searched for result.json files")
+    parser.add_argument("--out", type=Path, help="Markdown file to write (default: print only)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mdist.transfer.table import transfer_tables
+
+    text = transfer_tables(args.runs)
+    print(text, end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0

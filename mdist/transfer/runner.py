@@ -1,0 +1,268 @@
+"""One transfer run: fine-tune on source-language data with a strategy, evaluate on the target
+language (zero-shot), then optionally continue on k target examples (few-shot) per k.
+
+Settings default to the thesis's table 4.2 and §4.2.2–4.2.3: zero-shot batch 64, AdamW, lr 2e-5
+(full / SFT) or 1e-4 (parameter-efficient), weight decay 0.05, 10 % linear warm-up, 10 / 20 / 20
+epochs (XNLI / NER / XCOPA); few-shot batch 32, lr 2e-5, 50 epochs. Writes `result.json` (and with
+`save_model` the evaluated task model) to the output directory.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mdist.config import ConfigError
+from mdist.evaluation.encode import max_tokens
+from mdist.transfer.model import ModelSpec, TaskModel, build_task_model, load_task_model, save_task_model
+from mdist.transfer.strategies import TransferStrategy, get_strategy
+from mdist.transfer.tasks import Task, get_task
+from mdist.transfer.train import FitSettings, fit, predict
+
+RESULT_FILE = "result.json"
+FULL_LR, EFFICIENT_LR = 2e-5, 1e-4
+TRAIN_SCORE_LIMIT = 1000  # training examples re-scored to show that the task was learnt
+
+
+@dataclass
+class TransferConfig:
+    task: str
+    strategy: str
+    src_model: Path
+    trg_model: Path
+    train: Path
+    eval: Path
+    out: Path
+    src_lang: str = "en"
+    trg_lang: str = "xx"
+    label: str = ""
+    train_labels: Path | None = None
+    eval_labels: Path | None = None
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    epochs: int | None = None  # None: the task's thesis value
+    batch_size: int = 64
+    lr: float | None = None  # None: 2e-5 full / 1e-4 parameter-efficient
+    weight_decay: float = 0.05
+    warmup: float = 0.1
+    max_length: int = 128
+    seed: int = 42
+    shots: list[int] = field(default_factory=list)
+    shots_file: Path | None = None
+    shots_labels: Path | None = None
+    few_shot_epochs: int = 50
+    few_shot_batch_size: int = 32
+    few_shot_lr: float = 2e-5
+    task_teacher: Path | None = None
+    save_model: bool = False
+    device: str = "cpu"
+    distillation_run: Path | None = None
+    distillation_mlflow_run_id: str | None = None
+
+    def validate(self) -> None:
+        for key in ("batch_size", "few_shot_batch_size", "few_shot_epochs", "max_length"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
+        for key in ("epochs", "train_limit", "eval_limit"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
+        for key in ("lr", "few_shot_lr"):
+            if getattr(self, key) is not None and not getattr(self, key) > 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
+        if not 0 <= self.weight_decay < 1 or not 0 <= self.warmup <= 1:
+            raise ConfigError("--weight-decay must be in [0, 1) and --warmup in [0, 1]")
+        if any(k < 1 for k in self.shots):
+            raise ConfigError(f"--shots must be positive counts, got {self.shots}")
+        if self.shots and self.shots_file is None:
+            raise ConfigError("--shots needs --shots-file (labelled target-language examples)")
+
+
+@dataclass
+class Models:
+    """The task models of one strategy: those that train, the one evaluated, and the SFT mirror."""
+
+    trained: list[TaskModel]
+    evaluated: TaskModel
+    tokenizers: dict[str, object]
+    mirror: list[tuple[nn.Parameter, nn.Parameter]]
+
+
+def select_trainable(model: TaskModel, strategy: TransferStrategy) -> None:
+    for name, param in model.named_parameters():
+        param.requires_grad_(strategy.trains_parameter(name, model.base_layers))
+
+
+def trainable_names(model: TaskModel) -> list[str]:
+    return [name for name, param in model.named_parameters() if param.requires_grad]
+
+
+def _same_architecture(src: TaskModel, trg: TaskModel) -> dict[str, tuple[nn.Parameter, nn.Parameter]]:
+    """Parameters of the two models by name; they must match one to one for anything to move."""
+    src_params, trg_params = dict(src.named_parameters()), dict(trg.named_parameters())
+    if src_params.keys() != trg_params.keys() or any(src_params[n].shape != trg_params[n].shape for n in src_params):
+        raise ConfigError("source and target students differ in architecture; this strategy moves parameters between them")
+    return {name: (src_params[name], trg_params[name]) for name in src_params}
+
+
+def tie(target: nn.Module, source: nn.Module, names: list[str]) -> None:
+    """Make `target`'s parameters `names` the very tensors of `source` (JOINT: one shared set)."""
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        setattr(target.get_submodule(module), attr, source.get_parameter(name))
+
+
+def move(source: TaskModel, target: TaskModel, names: list[str]) -> None:
+    """Copy the trained parameters `names` of the source student onto the target student."""
+    pairs = _same_architecture(source, target)
+    with torch.no_grad():
+        for name in names:
+            pairs[name][1].copy_(pairs[name][0])
+
+
+def build_models(cfg: TransferConfig, strategy: TransferStrategy) -> Models:
+    def build(path: Path, adapters: nn.ModuleList | None = None):
+        torch.manual_seed(cfg.seed)  # the same fresh head / layers / adapters for every student
+        return build_task_model(ModelSpec(cfg.task, str(path), strategy.extra_layers, strategy.adapters), cfg.device, adapters)
+
+    if strategy.trains == "trg":
+        trg, tokenizer = build(cfg.trg_model)
+        select_trainable(trg, strategy)
+        return Models([trg], trg, {"train": tokenizer, "eval": tokenizer}, [])
+    src, src_tokenizer = build(cfg.src_model)
+    select_trainable(src, strategy)
+    if strategy.evaluates == "src":
+        return Models([src], src, {"train": src_tokenizer, "eval": src_tokenizer}, [])
+    trg, trg_tokenizer = build(cfg.trg_model, src.adapters() if strategy.trains == "joint" and strategy.adapters else None)
+    tokenizers = {"train": src_tokenizer, "eval": trg_tokenizer}
+    pairs = _same_architecture(src, trg)
+    if strategy.trains == "joint":
+        if src_tokenizer.get_vocab() != trg_tokenizer.get_vocab():
+            raise ConfigError(f"{strategy.name} feeds one batch to both students; '{cfg.src_model}' and '{cfg.trg_model}' have different tokenizers")
+        trg.head = src.head
+        tie(trg, src, [n for n in trainable_names(src) if not n.startswith("head.") and ".adapter." not in n])
+        select_trainable(trg, strategy)
+        return Models([src, trg], trg, tokenizers, [])
+    trg.requires_grad_(False)
+    if strategy.mirror:  # SFT: the head is one module; encoder updates are mirrored (embeddings stay frozen)
+        trg.head = src.head
+        mirror = [pairs[n] for n in trainable_names(src) if not n.startswith("head.")]
+        return Models([src], trg, tokenizers, mirror)
+    return Models([src], trg, tokenizers, [])
+
+
+def _examples(task: Task, path: Path, labels: Path | None, limit: int | None) -> list:
+    examples = task.read(path, labels)
+    return examples[:limit] if limit else examples
+
+
+def _features(task: Task, examples: list, tokenizer, model: TaskModel, max_length: int) -> list[dict]:
+    return task.encode(examples, tokenizer, max_tokens(model.encoder, max_length))
+
+
+def _score(task: Task, model: TaskModel, examples: list, tokenizer, cfg: TransferConfig, desc: str) -> dict:
+    features = _features(task, examples, tokenizer, model, cfg.max_length)
+    predictions = predict(model, task, features, tokenizer.pad_token_id, cfg.batch_size, cfg.device, desc)
+    return task.score(examples, predictions)
+
+
+def run_transfer(cfg: TransferConfig) -> dict:
+    """Fine-tune, evaluate zero-shot (and few-shot); write and return the result."""
+    started = time.perf_counter()
+    cfg.validate()
+    task, strategy = get_task(cfg.task), get_strategy(cfg.strategy)
+    train_examples = _examples(task, cfg.train, cfg.train_labels, cfg.train_limit)
+    eval_examples = _examples(task, cfg.eval, cfg.eval_labels, cfg.eval_limit)
+    shot_pool = _examples(task, cfg.shots_file, cfg.shots_labels, None) if cfg.shots else []
+    if cfg.shots and max(cfg.shots) > len(shot_pool):
+        raise ConfigError(f"--shots {max(cfg.shots)} asks for more examples than '{cfg.shots_file}' has ({len(shot_pool)})")
+    teacher = None
+    if cfg.task_teacher is not None:
+        teacher, _, teacher_spec = load_task_model(cfg.task_teacher, cfg.device)
+        if teacher_spec.task != cfg.task:
+            raise ConfigError(f"--task-teacher '{cfg.task_teacher}' was fine-tuned on {teacher_spec.task}, not {cfg.task}")
+        teacher.eval().requires_grad_(False)
+
+    models = build_models(cfg, strategy)
+    trained = models.trained[0]
+    settings = FitSettings(
+        epochs=cfg.epochs or task.zero_shot_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr or (EFFICIENT_LR if strategy.parameter_efficient else FULL_LR),
+        weight_decay=cfg.weight_decay,
+        warmup=cfg.warmup,
+        seed=cfg.seed,
+    )
+    train_tokenizer = models.tokenizers["train"]
+    features = _features(task, train_examples, train_tokenizer, trained, cfg.max_length)
+    fitted = fit(models.trained, task, features, train_tokenizer.pad_token_id, settings, cfg.device, f"{cfg.task} {strategy.name}", teacher, models.mirror)
+    moved = trainable_names(trained) if strategy.moves else []
+    if moved:
+        move(trained, models.evaluated, moved)
+
+    score_examples = train_examples[:TRAIN_SCORE_LIMIT]
+    train_model = models.trained[-1]  # JOINT: the target student, which is also evaluated
+    train_score = _score(task, train_model, score_examples, train_tokenizer, cfg, f"score {cfg.src_lang} train")
+    eval_tokenizer = models.tokenizers["eval"]
+    zero_shot = _score(task, models.evaluated, eval_examples, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang}")
+
+    few_shot = {}
+    for k in cfg.shots:
+        shots = random.Random(cfg.seed).sample(shot_pool, k)
+        model = copy.deepcopy(models.evaluated)
+        select_trainable(model, strategy)
+        shot_settings = FitSettings(cfg.few_shot_epochs, cfg.few_shot_batch_size, cfg.few_shot_lr, cfg.weight_decay, cfg.warmup, seed=cfg.seed)
+        fit([model], task, _features(task, shots, eval_tokenizer, model, cfg.max_length), eval_tokenizer.pad_token_id, shot_settings, cfg.device, f"{cfg.task} {k}-shot")
+        few_shot[str(k)] = _score(task, model, eval_examples, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang} {k}-shot")
+        del model
+
+    result = {
+        "task": cfg.task,
+        "metric": task.metric,
+        "strategy": strategy.name + ("+td" if teacher is not None else ""),
+        "label": cfg.label,
+        "src": cfg.src_lang,
+        "trg": cfg.trg_lang,
+        "models": {"src": str(cfg.src_model), "trg": str(cfg.trg_model), "evaluated": strategy.evaluates},
+        "distillation_run": str(cfg.distillation_run) if cfg.distillation_run else None,
+        "zero_shot": zero_shot,
+        "train": train_score,
+        "few_shot": few_shot,
+        "fit": fitted,
+        "trainable_parameters": sum(p.numel() for p in {id(p): p for m in models.trained for p in m.parameters() if p.requires_grad}.values()),
+        "moved_parameters": moved,
+        "settings": {**asdict(settings), "max_length": cfg.max_length, "train_examples": len(train_examples), "eval_examples": len(eval_examples),
+                     "few_shot": {"epochs": cfg.few_shot_epochs, "batch_size": cfg.few_shot_batch_size, "lr": cfg.few_shot_lr} if cfg.shots else None,
+                     "task_teacher": str(cfg.task_teacher) if cfg.task_teacher else None, "device": cfg.device},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if cfg.save_model:
+        save_task_model(models.evaluated, ModelSpec(cfg.task, str(cfg.src_model if strategy.evaluates == "src" else cfg.trg_model), strategy.extra_layers, strategy.adapters), cfg.out / "model")
+    log_result(result, cfg)
+    return result
+
+
+def log_result(result: dict, cfg: TransferConfig) -> None:
+    """One MLflow run per transfer run: a child of its distillation run when there is one, else in
+    the output directory's own store."""
+    from mdist.tracking import Tracker
+
+    name = f"{result['task']} {result['strategy']} {result['src']}->{result['trg']}"
+    if cfg.distillation_run is not None and cfg.distillation_mlflow_run_id:
+        tracker = Tracker(cfg.distillation_run, "mdist-transfer", run_name=name, parent_run_id=cfg.distillation_mlflow_run_id)
+    else:
+        tracker = Tracker(cfg.out, "mdist-transfer", run_name=name)
+    metric, key = result["metric"], f"{result['task']}.{result['trg']}"
+    tracker.log_params({"task": result["task"], "strategy": result["strategy"], "label": result["label"], "models": result["models"], "settings": result["settings"]})
+    metrics = {f"{key}.zero_shot.{metric}": result["zero_shot"][metric], f"{result['task']}.{result['src']}.train.{metric}": result["train"][metric]}
+    metrics.update({f"{key}.few_shot_{k}.{metric}": score[metric] for k, score in result["few_shot"].items()})
+    tracker.log_metrics(metrics, step=result["fit"]["steps"])
+    tracker.log_artifact(cfg.out / RESULT_FILE)
+    tracker.close()
