@@ -22,6 +22,7 @@ setup(
         "pyyaml>=6",
         "tqdm",
         "matplotlib",
+        "seqeval>=1.2",
     ],
     extras_require={"test": ["pytest>=8", "pytest-timeout"]},
     entry_points={"console_scripts": ["mdist=mdist.cli:main"]},

@@ -156,6 +156,17 @@ def build_models(cfg: TransferConfig, strategy: TransferStrategy) -> Models:
     return Models([src], trg, tokenizers, [])
 
 
+def train_and_transfer(models: Models, strategy: TransferStrategy, task: Task, features: list[dict], pad_id: int,
+                       settings: FitSettings, device: str, teacher: TaskModel | None = None) -> tuple[dict, list[str]]:
+    """Train on the source-language features, then move what trained onto the target student where the
+    strategy says so; returns the fit summary and the names of the moved parameters."""
+    fitted = fit(models.trained, task, features, pad_id, settings, device, f"{task.name} {strategy.name}", teacher, models.mirror)
+    moved = trainable_names(models.trained[0]) if strategy.moves else []
+    if moved:
+        move(models.trained[0], models.evaluated, moved)
+    return fitted, moved
+
+
 def _examples(task: Task, path: Path, labels: Path | None, limit: int | None) -> list:
     examples = task.read(path, labels)
     return examples[:limit] if limit else examples
@@ -200,10 +211,7 @@ def run_transfer(cfg: TransferConfig) -> dict:
     )
     train_tokenizer = models.tokenizers["train"]
     features = _features(task, train_examples, train_tokenizer, trained, cfg.max_length)
-    fitted = fit(models.trained, task, features, train_tokenizer.pad_token_id, settings, cfg.device, f"{cfg.task} {strategy.name}", teacher, models.mirror)
-    moved = trainable_names(trained) if strategy.moves else []
-    if moved:
-        move(trained, models.evaluated, moved)
+    fitted, moved = train_and_transfer(models, strategy, task, features, train_tokenizer.pad_token_id, settings, cfg.device, teacher)
 
     score_examples = train_examples[:TRAIN_SCORE_LIMIT]
     train_model = models.trained[-1]  # JOINT: the target student, which is also evaluated

@@ -57,6 +57,23 @@ def logit_mse(student: torch.Tensor, teacher: torch.Tensor, batch: Batch) -> tor
     return (student.float() - teacher.float()).pow(2).sum(-1).mean()
 
 
+def step_loss(models: Sequence[TaskModel], batch: Batch, teacher: TaskModel | None = None) -> torch.Tensor:
+    """The task loss averaged over `models` (JOINT: source and target student on the same batch),
+    each mixed with the logit MSE to `teacher` when task distillation is on."""
+    teacher_logits = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(batch)
+    losses = []
+    for model in models:
+        logits = model(batch)
+        loss = model.loss(logits.float(), batch)
+        if teacher_logits is not None:
+            loss = TASK_DISTILLATION_WEIGHT * logit_mse(logits, teacher_logits, batch) + (1 - TASK_DISTILLATION_WEIGHT) * loss
+        losses.append(loss)
+    return torch.stack(losses).mean()
+
+
 def optimizer_groups(models: Sequence[nn.Module], weight_decay: float) -> list[dict]:
     """Trainable parameters of all models, each once (JOINT shares them by identity)."""
     seen: set[int] = set()
@@ -100,20 +117,9 @@ def fit(
     for _ in range(settings.epochs):
         epoch_loss = 0.0
         order = torch.randperm(len(features), generator=generator).tolist()
-        for _, batch in batches(task, features, order, settings.batch_size, pad_id, device):
+        for step, (_, batch) in enumerate(batches(task, features, order, settings.batch_size, pad_id, device), start=1):
             with _autocast(device):
-                losses = []
-                teacher_logits = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(batch)
-                for model in models:
-                    logits = model(batch)
-                    loss = model.loss(logits.float(), batch)
-                    if teacher_logits is not None:
-                        loss = TASK_DISTILLATION_WEIGHT * logit_mse(logits, teacher_logits, batch) + (1 - TASK_DISTILLATION_WEIGHT) * loss
-                    losses.append(loss)
-                loss = torch.stack(losses).mean()
+                loss = step_loss(models, batch, teacher)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], settings.max_grad_norm)
             before = [source.detach().clone() for source, _ in mirror]
@@ -125,7 +131,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             epoch_loss += loss.item()
             bar.update()
-            bar.set_postfix(loss=f"{epoch_loss / (bar.n % steps_per_epoch or steps_per_epoch):.4f}")
+            bar.set_postfix(loss=f"{epoch_loss / step:.4f}")
     bar.close()
     return {"loss": epoch_loss / max(1, steps_per_epoch), "steps": total}
 

@@ -1,0 +1,1 @@
+"""Zero- and few-shot cross-lingual transfer (thesis §3.3)."""

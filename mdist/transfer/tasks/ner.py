@@ -1,0 +1,97 @@
+"""PAN-X (WikiANN) named entities: one tag per word, predicted on the word's first sub-token, scored by span F1."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from seqeval.metrics import f1_score, precision_score, recall_score
+
+from mdist.errors import DataError
+from mdist.transfer.tasks.base import IGNORE, Batch, Task, check_lengths, pad_rows, read_lines, require_examples
+
+
+@dataclass(frozen=True)
+class TaggedSentence:
+    words: tuple[str, ...]
+    tags: tuple[str, ...]  # one of NER.label_names per word
+
+
+class NER(Task):
+    name = "ner"
+    head = "token"
+    label_names = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
+    metric = "f1"
+    zero_shot_epochs = 20
+
+    def read(self, path: Path, labels_path: Path | None = None) -> list[TaggedSentence]:
+        """`token<TAB>tag` lines, sentences separated by one or more blank lines."""
+        self.no_labels_file(labels_path)
+        sentences, words, tags = [], [], []
+        for lineno, line in [*read_lines(path), (0, "")]:  # the blank sentinel ends the last sentence
+            if not line.strip():
+                if words:
+                    sentences.append(TaggedSentence(tuple(words), tuple(tags)))
+                    words, tags = [], []
+                continue
+            columns = line.split("\t")
+            if len(columns) != 2:
+                raise DataError(f"{path}:{lineno}: expected 2 tab-separated columns (token, tag), found {len(columns)}")
+            if columns[1] not in self.label_names:
+                raise DataError(f"{path}:{lineno}: unknown tag '{columns[1]}' (known: {', '.join(self.label_names)})")
+            words.append(columns[0])
+            tags.append(columns[1])
+        return require_examples(path, sentences)
+
+    def encode(self, examples: list[TaggedSentence], tokenizer, max_length: int) -> list[dict]:
+        """`<s> words </s>` with each word's tag on its first sub-token and IGNORE elsewhere.
+
+        Words are tokenized one by one (as `is_split_into_words` does for XLM-R) so that a word the
+        tokenizer reduces to nothing (a zero-width space) still gets a token, <unk>, and the tags stay
+        aligned with the words. Truncation keeps the words whose first sub-token fits.
+        """
+        tag_ids = {tag: i for i, tag in enumerate(self.label_names)}
+        pieces = iter(tokenizer([w for e in examples for w in e.words], add_special_tokens=False)["input_ids"])
+        budget = max_length - 2  # <s> and </s>
+        features = []
+        for example in examples:
+            ids, labels = [], []
+            for tag in example.tags:
+                word_ids = next(pieces) or [tokenizer.unk_token_id]
+                ids += word_ids
+                labels += [tag_ids[tag]] + [IGNORE] * (len(word_ids) - 1)
+            features.append({
+                "input_ids": [tokenizer.cls_token_id, *ids[:budget], tokenizer.sep_token_id],
+                "labels": [IGNORE, *labels[:budget], IGNORE],
+            })
+        return features
+
+    def collate(self, features: list[dict], pad_id: int) -> Batch:
+        ids, mask = pad_rows([f["input_ids"] for f in features], pad_id)
+        labels, _ = pad_rows([f["labels"] for f in features], IGNORE)
+        return Batch(ids, mask, labels)
+
+    def predict(self, logits: torch.Tensor, batch: Batch) -> list[list[str]]:
+        """logits [B, L, K] → the tags of each example's kept words, read at their first sub-tokens."""
+        tags_BL = logits.argmax(-1)
+        first_BL = batch.labels != IGNORE
+        return [[self.label_names[t] for t in tags[first].tolist()] for tags, first in zip(tags_BL, first_BL)]
+
+    def score(self, examples: list[TaggedSentence], predictions: list[list[str]]) -> dict[str, float]:
+        """Span F1 (seqeval, default mode) over whole sentences: words cut by truncation count as "O"."""
+        check_lengths(examples, predictions)
+        gold, predicted, truncated = [], [], 0
+        for example, tags in zip(examples, predictions):
+            missing = len(example.tags) - len(tags)
+            if missing < 0:
+                raise ValueError(f"{len(tags)} predicted tags for a sentence of {len(example.tags)} words")
+            gold.append(list(example.tags))
+            predicted.append([*tags, *["O"] * missing])
+            truncated += missing
+        return {
+            "f1": float(f1_score(gold, predicted, zero_division=0)),
+            "precision": float(precision_score(gold, predicted, zero_division=0)),
+            "recall": float(recall_score(gold, predicted, zero_division=0)),
+            "n": len(examples),
+            "truncated_words": truncated,
+        }
