@@ -1,4 +1,4 @@
-"""Checkpoints that are either complete or invisible, exact resume, and pre-emption signals.
+"""Checkpoints that are either complete or invisible, and exact resume (signals: `mdist.preemption`).
 
 Layout under `<run dir>/checkpoints/`:
     step6/             DeepSpeed's files (model/optimiser, ZeRO partitions) + client state
@@ -12,17 +12,12 @@ and replaces `latest` atomically (`os.replace` of a temporary file). DeepSpeed's
 `latest` is switched off (`save_latest=False`). A save killed half-way leaves a tag directory that
 `latest` never names, so `--resume` never picks it up (and it is cleared before that tag is saved
 again).
-
-Signals: SIGTERM / SIGUSR1 (SLURM pre-emption, `scancel --signal`) only set a flag; the loop saves
-at the next step boundary, every rank agrees on stopping (a MAX all-reduce of the flag, as the
-signal may reach ranks at different times) and the run exits with code 0.
 """
 from __future__ import annotations
 
 import os
 import random
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -113,34 +108,3 @@ class Checkpointer:
         client["tag"] = tag
         return client
 
-
-class StopFlag:
-    """SIGTERM / SIGUSR1 set a flag; the training loop checks it at step boundaries."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous = {}
-
-    def install(self) -> "StopFlag":
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.signum = signum
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def agreed(self) -> bool:
-        """True on every rank when any rank has been signalled (a collective: call on all ranks)."""
-        local = self.signum is not None
-        if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-            return local
-        flag = torch.tensor([1 if local else 0], dtype=torch.int32, device="cuda" if torch.cuda.is_available() else "cpu")
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())

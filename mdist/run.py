@@ -17,13 +17,14 @@ from mdist.data.masking import MaskingSpec
 from mdist.data.shards import ShardBatchSource
 from mdist.data.synthetic import SyntheticCorpus
 from mdist.data.text import TextBatchSource, read_text_corpus
-from mdist.checkpoint import Checkpointer, StopFlag, latest_tag
+from mdist.checkpoint import Checkpointer, latest_tag
 from mdist.engine import barrier, batch_geometry, device_for_rank, gathered, init_distributed, load_partitioned_teacher, shutdown_distributed, student_engine, teacher_engine
 from mdist.encode import compile_encoder_layers
 from mdist.errors import DataError, NonFiniteLossError
 from mdist.export import export_students
 from mdist.losses import DistillLoss
 from mdist.optim import build_optimizer, student_param_groups, warmup_linear_decay
+from mdist.preemption import StopFlag
 from mdist.students import StudentGroup
 from mdist.teacher import build_tiny_teacher, check_vocabulary, load_teacher
 from mdist.tracking import Tracker

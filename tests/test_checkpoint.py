@@ -6,7 +6,8 @@ import random
 import numpy as np
 import torch
 
-from mdist.checkpoint import COMPLETE, LATEST, StopFlag, latest_tag, rng_state, set_rng_state
+from mdist.checkpoint import COMPLETE, LATEST, latest_tag, rng_state, set_rng_state
+from mdist.preemption import StopFlag
 
 
 def test_latest_needs_marker_and_complete(tmp_path):

@@ -114,3 +114,13 @@ def test_two_ranks_read_disjoint_shards(corpus):
     assert set(seen[0].values()) == set(seen[1].values()) == {2}
     with pytest.raises(DataError, match="cannot feed"):
         source(corpus, world_size=2, num_workers=3)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_leaves_the_global_rng_alone(corpus, workers):
+    """A resumed run starts its loader after restoring the RNG: a draw from the global RNG there would
+    shift every later dropout mask against the uninterrupted run."""
+    src = source(corpus, num_workers=workers)
+    before = torch.get_rng_state()
+    src.next_batches()
+    assert torch.equal(before, torch.get_rng_state())

@@ -36,6 +36,7 @@ from mdist.data.masking import MaskingSpec, mask_tokens
 from mdist.data.packing import Packer
 from mdist.data.prep import manifest_path
 from mdist.errors import DataError
+from mdist.preemption import ignore_stop_signals
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,10 @@ class ShardBatchSource:
         if self._items is None:
             rotation = self.step % max(self.num_workers, 1)
             dataset = _WorkerStreams(self.config, self.worker_states, rotation)
-            loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None)
+            # A generator of its own: creating the iterator draws a base seed, and from the global RNG that
+            # draw would shift dropout after a resume (the iterator is created after the RNG is restored).
+            loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None,
+                                generator=torch.Generator().manual_seed(self.config.seed), worker_init_fn=ignore_stop_signals)
             self._items = iter(loader)
         worker, state, batches = next(self._items)
         self.worker_states[worker] = state
