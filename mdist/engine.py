@@ -264,11 +264,9 @@ def load_partitioned_teacher(path: Path, world_size: int, persistence_threshold:
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     from mdist.capture import ATTENTION_IMPLEMENTATION
-    from mdist.teacher import TeacherError, check_teacher_dir, check_vocabulary, freeze, load_tokenizer
+    from mdist.teacher import TeacherError, check_teacher_dir, freeze, load_teacher_tokenizer
 
-    config_dict = check_teacher_dir(path)
-    tokenizer = load_tokenizer(path)
-    check_vocabulary(tokenizer, config_dict.get("vocab_size", 0), f"teacher '{path}'")
+    tokenizer = load_teacher_tokenizer(path, check_teacher_dir(path))
     config = AutoConfig.from_pretrained(str(path))
     config._attn_implementation = ATTENTION_IMPLEMENTATION
     from transformers.initialization import no_init_weights

@@ -14,18 +14,20 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, P
 
 from mdist.capture import ATTENTION_IMPLEMENTATION
 from mdist.config import TeacherConfig
-from mdist.tokenizer import train_xlmr_tokenizer
+from mdist.tokenizer import SP_MODEL_NAME, train_xlmr_tokenizer
 
 SUPPORTED_MODEL_TYPES = ("xlm-roberta", "xlm-roberta-xl")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", SP_MODEL_NAME)
+MIN_VOCAB_FILL = 0.9  # a model's own tokenizer fills its embedding table, bar a little padding (XLM-R XL: 250 002 of 250 880)
 
 
 class TeacherError(ValueError):
     """The teacher directory is missing, corrupt, not XLM-R-family, or its tokenizer does not fit it."""
 
 
-def check_teacher_dir(path: Path) -> dict:
-    """Validate a teacher directory without loading weights; returns its config dict."""
+def read_teacher_config(path: Path) -> dict:
+    """The config dict of an XLM-R-family model directory (no weights read)."""
     if not path.is_dir():
         raise TeacherError(f"teacher directory '{path}' does not exist")
     config_file = path / "config.json"
@@ -35,12 +37,18 @@ def check_teacher_dir(path: Path) -> dict:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TeacherError(f"teacher config '{config_file}' is not valid JSON: {err}") from None
-    model_type = config.get("model_type")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise TeacherError(
             f"teacher '{path}' has model_type '{model_type}'; mdist distils XLM-R-family encoders "
             f"({', '.join(SUPPORTED_MODEL_TYPES)})"
         )
+    return config
+
+
+def check_teacher_dir(path: Path) -> dict:
+    """Validate a teacher directory without loading weights; returns its config dict."""
+    config = read_teacher_config(path)
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise TeacherError(f"teacher directory '{path}' has no weights ({' / '.join(WEIGHT_FILES)})")
     return config
@@ -53,12 +61,32 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
         raise TeacherError(f"cannot load the tokenizer of '{path}': {type(err).__name__}: {err}") from None
 
 
+def load_teacher_tokenizer(path: Path, config: dict | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of the teacher in `path`, refused when it cannot be the model's own.
+
+    Without tokenizer files transformers falls back to a 5-token tokenizer that maps every word to
+    <unk>; a run with it trains on nothing and still "succeeds", so it is an error here.
+    """
+    config = read_teacher_config(path) if config is None else config
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise TeacherError(f"teacher directory '{path}' has no tokenizer ({' / '.join(TOKENIZER_FILES)}); copy the model's tokenizer files into it")
+    tokenizer = load_tokenizer(path)
+    check_vocabulary(tokenizer, config.get("vocab_size", 0), f"teacher '{path}'")
+    return tokenizer
+
+
 def check_vocabulary(tokenizer: PreTrainedTokenizerBase, vocab_size: int, where: str) -> None:
-    """Teacher and students share one vocabulary; a tokenizer with ids beyond the embedding table is an error."""
+    """Teacher and students share one vocabulary: the tokenizer must fill (almost all of) the embedding
+    table and never index past it, and have the <mask> and <pad> that masking and padding use."""
     if len(tokenizer) > vocab_size:
         raise TeacherError(
             f"{where}: tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab_size}; "
             "teacher and students must use the teacher's tokenizer"
+        )
+    if len(tokenizer) < MIN_VOCAB_FILL * vocab_size:
+        raise TeacherError(
+            f"{where}: tokenizer has only {len(tokenizer)} tokens for a vocabulary of {vocab_size}; "
+            "it is not the model's own tokenizer (missing or wrong tokenizer files?)"
         )
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
         raise TeacherError(f"{where}: tokenizer has no <mask> or <pad> token (not an XLM-R tokenizer)")
@@ -66,9 +94,7 @@ def check_vocabulary(tokenizer: PreTrainedTokenizerBase, vocab_size: int, where:
 
 def load_teacher(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a frozen, eval-mode teacher with Q/K capture from a local directory."""
-    config = check_teacher_dir(path)
-    tokenizer = load_tokenizer(path)
-    check_vocabulary(tokenizer, config.get("vocab_size", 0), f"teacher '{path}'")
+    tokenizer = load_teacher_tokenizer(path, check_teacher_dir(path))
     try:
         model = AutoModelForMaskedLM.from_pretrained(str(path), attn_implementation=ATTENTION_IMPLEMENTATION)
     except Exception as err:

@@ -17,9 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = load_run_config(args.recipe, args.overrides)
     from mdist.run import run_distillation  # heavy imports only once the config is valid
 
-    cfg = load_run_config(args.recipe, args.overrides)
     summary = run_distillation(cfg, args.out, resume=args.resume)
     if summary.get("preempted"):
         print(f"stopped by signal after step {summary['steps']}; checkpoint saved, continue with --resume")

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from mdist.data.prep import ShardLimits, prepare
-from mdist.teacher import load_tokenizer
+from mdist.teacher import load_teacher_tokenizer
 
 
 def add_parser(subparsers) -> None:
@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer is not None else None
+    tokenizer = load_teacher_tokenizer(args.tokenizer) if args.tokenizer is not None else None
     limits = ShardLimits(int(args.shard_size_mb * 2**20), args.docs_per_shard)
     manifest = prepare(args.lang, args.input, args.out, limits, tokenizer, args.overwrite, progress=not args.no_progress)
     skipped = manifest["skipped"]

@@ -1,0 +1,119 @@
+"""Bad input stops with one line naming the key or file: exit code 2, no traceback.
+
+One table: each case is a function that breaks something in a fresh copy of the tiny teacher (or
+around it) and returns the command line; `@case(expect)` registers it with the text its error line
+must contain (`{teacher}` and `{tmp}` are filled in). Add a case by adding a function.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mdist.cli import main
+
+CASES: dict[str, tuple] = {}
+
+
+def case(expect: str):
+    def register(build):
+        CASES[build.__name__] = (build, expect)
+        return build
+    return register
+
+
+def distill(tmp: Path, teacher: Path, *sets: str) -> list[str]:
+    argv = ["distill", "--recipe", "tiny", "--out", str(tmp / "out"), "--set", f"teacher.path={teacher}", "--set", "train.steps=1"]
+    return argv + [item for s in sets for item in ("--set", s)]
+
+
+def prep(tmp: Path, tokenizer_dir: Path) -> list[str]:
+    (tmp / "en.txt").write_text("one document\n\nanother document\n")
+    return ["prep", "--lang", "en", "--input", str(tmp / "en.txt"), "--out", str(tmp / "shards"), "--tokenizer", str(tokenizer_dir), "--no-progress"]
+
+
+def edit_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def drop_tokenizer(teacher: Path) -> None:
+    for name in ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json"):
+        (teacher / name).unlink(missing_ok=True)
+
+
+# ---- the teacher directory -------------------------------------------------------------------
+
+@case("teacher config '{teacher}/config.json' is not valid JSON")
+def teacher_config_not_json(tmp, teacher):
+    (teacher / "config.json").write_text("{not json")
+    return distill(tmp, teacher)
+
+
+@case("teacher '{teacher}' has model_type 'bert'")
+def teacher_not_xlmr(tmp, teacher):
+    edit_json(teacher / "config.json", model_type="bert")
+    return distill(tmp, teacher)
+
+
+@case("teacher directory '{teacher}' has no weights")
+def teacher_without_weights(tmp, teacher):
+    (teacher / "model.safetensors").unlink()
+    return distill(tmp, teacher)
+
+
+@case("teacher '{teacher}': tokenizer has")
+def teacher_vocabulary_smaller_than_tokenizer(tmp, teacher):
+    edit_json(teacher / "config.json", vocab_size=50)
+    return distill(tmp, teacher)
+
+
+@case("teacher directory '{teacher}' has no tokenizer")
+def teacher_without_tokenizer_files(tmp, teacher):
+    drop_tokenizer(teacher)
+    return distill(tmp, teacher)
+
+
+@case("teacher '{teacher}': tokenizer has only")
+def teacher_tokenizer_far_smaller_than_vocabulary(tmp, teacher):
+    edit_json(teacher / "config.json", vocab_size=5000)
+    return distill(tmp, teacher)
+
+
+@case("teacher '{teacher}': tokenizer has no <mask>")
+def teacher_tokenizer_without_mask(tmp, teacher):
+    edit_json(teacher / "tokenizer_config.json", mask_token=None)
+    return distill(tmp, teacher)
+
+
+@case("teacher directory '{teacher}' has no tokenizer")
+def prep_tokenizer_dir_without_tokenizer(tmp, teacher):
+    drop_tokenizer(teacher)
+    return prep(tmp, teacher)
+
+
+@case("teacher '{teacher}': tokenizer has only")
+def prep_tokenizer_far_smaller_than_vocabulary(tmp, teacher):
+    edit_json(teacher / "config.json", vocab_size=5000)
+    return prep(tmp, teacher)
+
+
+# ---- training data ---------------------------------------------------------------------------
+
+@case("{tmp}/en.txt: empty text file")
+def empty_text_file(tmp, teacher):
+    (tmp / "en.txt").write_text("\n\n")
+    (tmp / "tr.txt").write_text("bir iki\n")
+    return distill(tmp, teacher, "data.kind=text", f"data.text={{en: [{tmp}/en.txt], tr: [{tmp}/tr.txt]}}")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_stops_with_one_line_naming_it(name, tmp_path, tiny_teacher_dir, capsys):
+    build, expect = CASES[name]
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher_dir, teacher)
+    argv = build(tmp_path, teacher)
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"mdist {argv[0]}: error: ")]
+    assert len(errors) == 1 and expect.format(teacher=teacher, tmp=tmp_path) in errors[0], errors
