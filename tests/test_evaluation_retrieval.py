@@ -16,7 +16,7 @@ from mdist.tokenizer import train_xlmr_tokenizer
 from mdist.tracking import Tracker
 
 TATOEBA = Path(__file__).parents[2] / "shared/data/tatoeba"
-KEYS = [f"layer_{k}" for k in range(4)] + ["all", "every_second", "top4", "middle4", "bottom4"]
+KEYS = [f"layer_{k}" for k in range(4)] + ["all", "every_second_odd", "every_second_even", "top4", "middle4", "bottom4"]
 WORDS = "ev kedi köpek büyük house cat dog big sees likes Tom Mary the a güzel".split()
 
 
@@ -46,7 +46,7 @@ def test_tatoeba_tur_eng_end_to_end(tmp_path):
     corpus = tur.read_text(encoding="utf-8").splitlines() + eng.read_text(encoding="utf-8").splitlines()
     model = tiny_model(tmp_path / "model", corpus)
     result = evaluate_retrieval(model, model, tur, eng, batch_size=64, limit=200)
-    assert list(result) == ["cosine", "bertscore", "n"] and result["n"] == 200
+    assert list(result) == ["cosine", "bertscore", "n", "layer_sets"] and result["n"] == 200
     assert list(result["cosine"]) == KEYS and list(result["bertscore"]) == KEYS
     assert all(0 <= acc <= 1 for score in ("cosine", "bertscore") for acc in result[score].values())
     # Shared pieces (names, numbers, punctuation) make even a random model beat chance (1/200) clearly.
@@ -60,6 +60,7 @@ def test_cli_retrieval_writes_json_and_png_and_plot_merges(parallel, tmp_path, c
     assert main(args + ["--out", str(tmp_path / "b.json"), "--limit", "20", "--device", "cpu"]) == 0
     a, b = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
     assert a["n"] == 40 and b["n"] == 20 and list(a["bertscore"]) == KEYS
+    assert a["layer_sets"]["every_second_odd"] == [1, 3] and a["layer_sets"]["every_second_even"] == [2]
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["eval", "plot", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "ab.png")]) == 0
     assert (tmp_path / "ab.png").stat().st_size > 10_000

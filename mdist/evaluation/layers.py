@@ -4,18 +4,21 @@ Hidden state k is `hidden_states[k]` of a Hugging Face encoder: k = 0 is the emb
 k = 1..N the outputs of the N transformer layers. The layer sets take transformer layers only
 (never the embedding output), over layers 1..N:
 
-- `all`:          1, 2, ..., N
-- `every_second`: 2, 4, ... (the even layers, so the top layer is in it when N is even; N = 1: layer 1)
-- `top4`:         the top min(4, N) layers, N-3 .. N (all layers when N <= 4, likewise below)
-- `middle4`:      min(4, N) consecutive layers centred in 1..N, starting at (N - 4) // 2 + 1
-                  (N = 12: 5..8; N = 6: 2..5)
-- `bottom4`:      the bottom min(4, N) layers, 1 .. 4
+- `all`:               1, 2, ..., N
+- `every_second_odd`:  1, 3, 5, ... (thesis §4.3.1: "every second layer representation, i.e. the 1th, 3th,
+                       5th, 7th, 9th and 11th layer", read in this 1-based numbering)
+- `every_second_even`: 2, 4, ... (the same words read 0-based; the uniform mapping's layers, with the
+                       top layer when N is even; N = 1: layer 1)
+- `top4`:              the top min(4, N) layers, N-3 .. N (all layers when N <= 4, likewise below)
+- `middle4`:           min(4, N) consecutive layers centred in 1..N, starting at (N - 4) // 2 + 1
+                       (N = 12: 5..8; N = 6: 2..5)
+- `bottom4`:           the bottom min(4, N) layers, 1 .. 4
 
 A token's vector for a set is the mean of its hidden states over the set's layers.
 """
 from __future__ import annotations
 
-LAYER_SETS = ("all", "every_second", "top4", "middle4", "bottom4")
+LAYER_SETS = ("all", "every_second_odd", "every_second_even", "top4", "middle4", "bottom4")
 
 
 def layer_sets(num_layers: int) -> dict[str, list[int]]:
@@ -26,7 +29,8 @@ def layer_sets(num_layers: int) -> dict[str, list[int]]:
     middle_start = max(1, (n - k) // 2 + 1)
     return {
         "all": list(range(1, n + 1)),
-        "every_second": list(range(2, n + 1, 2)) or [1],
+        "every_second_odd": list(range(1, n + 1, 2)),
+        "every_second_even": list(range(2, n + 1, 2)) or [1],
         "top4": list(range(n - k + 1, n + 1)),
         "middle4": list(range(middle_start, middle_start + k)),
         "bottom4": list(range(1, k + 1)),

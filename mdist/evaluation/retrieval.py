@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mdist.errors import DataError
 from mdist.evaluation.encode import TokenStates, encode, load_encoder
-from mdist.evaluation.layers import representations
+from mdist.evaluation.layers import layer_sets, representations
 from mdist.evaluation.similarity import Packed, bertscore_f1, default_max_elements, mean_pooled_cosine, retrieval_accuracy
 from mdist.evaluation.texts import read_parallel
 
@@ -18,8 +18,9 @@ SCORES = ("cosine", "bertscore")
 
 
 def retrieval_accuracies(queries: TokenStates, candidates: TokenStates, max_elements: int, progress: bool = False) -> dict:
-    """{"cosine": {representation: accuracy}, "bertscore": {...}, "n": pairs}; line i of each side is a pair."""
-    result: dict = {"cosine": {}, "bertscore": {}, "n": len(queries.lengths_N)}
+    """{"cosine": {representation: accuracy}, "bertscore": {...}, "n": pairs, "layer_sets": {set: its layers}};
+    line i of each side is a pair. The layer lists make a result readable without the code's numbering."""
+    result: dict = {"cosine": {}, "bertscore": {}, "n": len(queries.lengths_N), "layer_sets": layer_sets(queries.num_layers)}
     for name, layers in representations(queries.num_layers).items():
         query_side = Packed(queries.tokens(layers), queries.lengths_N, queries.weights_T)
         candidate_side = Packed(candidates.tokens(layers), candidates.lengths_N, candidates.weights_T)
