@@ -11,4 +11,12 @@ class NonFiniteLossError(RuntimeError):
     """A loss term became NaN/inf; the message names step, student and term."""
 
 
-UserError = (ConfigError, TeacherError, DataError, NonFiniteLossError, FileNotFoundError)
+class RunDirError(ValueError):
+    """The output directory holds an earlier run that this command would overwrite; names it."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing or unreadable; the message names the file and what to do."""
+
+
+UserError = (ConfigError, TeacherError, DataError, NonFiniteLossError, RunDirError, CheckpointError, FileNotFoundError)

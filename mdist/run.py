@@ -25,6 +25,7 @@ from mdist.export import export_students
 from mdist.losses import DistillLoss
 from mdist.optim import build_optimizer, student_param_groups, warmup_linear_decay
 from mdist.preemption import StopFlag
+from mdist.rundir import clear_outputs
 from mdist.students import StudentGroup
 from mdist.teacher import build_tiny_teacher, check_vocabulary, load_teacher
 from mdist.tracking import Tracker
@@ -62,12 +63,15 @@ def batch_source(cfg: RunConfig, docs: dict[str, list[str]], tokenizer, vocab_si
     return TextBatchSource.from_documents(docs, tokenizer, cfg.train.seq_len, **common)
 
 
-def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
+def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwrite: bool = False) -> dict:
     """Train, checkpoint and export. `resume`: continue from the latest complete checkpoint in
-    `out_dir/checkpoints` (a fresh start when there is none). SIGTERM / SIGUSR1 save a checkpoint at
-    the next step boundary and return early (summary['preempted'] = True, no export)."""
+    `out_dir/checkpoints` (a fresh start when there is none); `overwrite`: first remove an earlier
+    run's outputs (`mdist.rundir`). SIGTERM / SIGUSR1 save a checkpoint at the next step boundary and
+    return early (summary['preempted'] = True, no export)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world = init_distributed()
+    if overwrite and rank == 0:
+        clear_outputs(out_dir)
     device = device_for_rank()
     seed_everything(cfg.train.seed)
 
@@ -103,7 +107,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
 
     checkpoints = out_dir / "checkpoints"
     checkpointer = Checkpointer(checkpoints, rank)
-    start_step, tokens_total, run_id = 0, 0, None
+    start_step, tokens_total, run_id, last_terms = 0, 0, None, {}
     restored = checkpointer.load(engine) if resume else None
     if restored is not None:
         source.load_state_dict(restored["data"])
@@ -111,6 +115,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
         for param_group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
             param_group["lr"] = lr
         start_step, tokens_total, run_id = restored["step"], restored["tokens"], restored["mlflow_run_id"]
+        last_terms = restored.get("losses", {})
         if rank == 0:
             print(f"resuming from {checkpoints / restored['tag']} at step {start_step}", flush=True)
     elif resume and rank == 0:
@@ -120,12 +125,11 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dic
         tracker.log_params(cfg.to_dict())
 
     def save(done: int) -> None:
-        state = {"scheduler": scheduler.state_dict(), "tokens": tokens_total, "mlflow_run_id": tracker.run_id}
+        state = {"scheduler": scheduler.state_dict(), "tokens": tokens_total, "losses": last_terms, "mlflow_run_id": tracker.run_id}
         checkpointer.save(engine, done, state, rank_state={"data": source.state_dict()})
 
     stop = StopFlag().install()
     preempted = None
-    last_terms: dict = {}
     started = time.perf_counter()
     bar = tqdm(range(start_step, cfg.train.steps), desc="distill", disable=rank != 0, dynamic_ncols=True, initial=start_step, total=cfg.train.steps)
     try:

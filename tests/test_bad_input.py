@@ -108,6 +108,29 @@ def empty_text_file(tmp, teacher):
     return distill(tmp, teacher, "data.kind=text", f"data.text={{en: [{tmp}/en.txt], tr: [{tmp}/tr.txt]}}")
 
 
+# ---- the output directory --------------------------------------------------------------------
+
+@case("{tmp}/out holds a finished run (summary.json, students, checkpoints); continue it with --resume, choose a new --out, or replace it with --overwrite")
+def out_holds_a_finished_run(tmp, teacher):
+    for name in ("students/en", "checkpoints/step1"):
+        (tmp / "out" / name).mkdir(parents=True)
+    (tmp / "out" / "summary.json").write_text(json.dumps({"steps": 1}))
+    return distill(tmp, teacher)
+
+
+@case("{tmp}/out holds an earlier run (checkpoints); continue it with --resume")
+def out_holds_an_interrupted_run(tmp, teacher):
+    (tmp / "out" / "checkpoints" / "step1").mkdir(parents=True)
+    return distill(tmp, teacher)
+
+
+@case("{tmp}/out/summary.json is not valid JSON")
+def resume_with_a_corrupt_summary(tmp, teacher):
+    (tmp / "out").mkdir()
+    (tmp / "out" / "summary.json").write_text("{")
+    return distill(tmp, teacher) + ["--resume"]
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_stops_with_one_line_naming_it(name, tmp_path, tiny_teacher_dir, capsys):
     build, expect = CASES[name]
