@@ -8,10 +8,10 @@ from pathlib import Path
 
 from transformers import AutoModelForMaskedLM
 
-from mdist.config import ConfigError
+from mdist.errors import ConfigError, TeacherError
 from mdist.strategies import layer_mapping
 from mdist.students import init_from_teacher
-from mdist.teacher import TeacherError, check_teacher_dir, check_vocabulary, load_tokenizer
+from mdist.teacher import check_teacher_dir, check_vocabulary, load_tokenizer
 
 BASELINE_INITS = ("uniform", "top", "bottom")
 

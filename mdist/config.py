@@ -16,13 +16,11 @@ from typing import Any, Optional
 
 import yaml
 
+from mdist.errors import ConfigError
+from mdist.manifests import manifest_path
 from mdist.strategies import MAPPINGS, STRATEGIES
 
 TINY_RANDOM = "tiny-random"
-
-
-class ConfigError(ValueError):
-    """A bad run configuration; the message names the key or path."""
 
 
 @dataclass
@@ -277,8 +275,6 @@ def _validate(cfg: RunConfig) -> None:
     if cfg.data.kind == "shards":
         if cfg.data.shards is None or not Path(cfg.data.shards).is_dir():
             raise ConfigError(f"config key 'data.shards': shard directory '{cfg.data.shards}' does not exist")
-        from mdist.data.prep import manifest_path
-
         missing = [lang for lang in cfg.languages if not manifest_path(Path(cfg.data.shards), lang).is_file()]
         if missing:
             raise ConfigError(f"config key 'data.shards': '{cfg.data.shards}' has no manifest for language(s) {', '.join(missing)} (run `mdist prep`)")

@@ -264,7 +264,8 @@ def load_partitioned_teacher(path: Path, world_size: int, persistence_threshold:
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     from mdist.capture import ATTENTION_IMPLEMENTATION
-    from mdist.teacher import TeacherError, check_teacher_dir, freeze, load_teacher_tokenizer
+    from mdist.errors import TeacherError
+    from mdist.teacher import check_teacher_dir, freeze, load_teacher_tokenizer
 
     tokenizer = load_teacher_tokenizer(path, check_teacher_dir(path))
     config = AutoConfig.from_pretrained(str(path))

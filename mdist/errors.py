@@ -1,6 +1,15 @@
-"""Errors that reach the user as one clear line (no traceback)."""
-from mdist.config import ConfigError
-from mdist.teacher import TeacherError
+"""Errors that reach the user as one clear line (no traceback).
+
+A leaf: it imports nothing of mdist, so any module can raise these without an import circle.
+"""
+
+
+class ConfigError(ValueError):
+    """A bad run configuration; the message names the key or path."""
+
+
+class TeacherError(ValueError):
+    """The teacher directory is missing, corrupt, not XLM-R-family, or its tokenizer does not fit it."""
 
 
 class DataError(ValueError):

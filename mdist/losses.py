@@ -18,7 +18,7 @@ import torch
 
 from mdist.encode import EncoderOutput
 import mdist.kernels as loss_ops
-from mdist.config import ConfigError
+from mdist.errors import ConfigError
 from mdist.strategies import STRATEGIES, Strategy, layer_mapping
 
 

@@ -14,16 +14,13 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, P
 
 from mdist.capture import ATTENTION_IMPLEMENTATION
 from mdist.config import TeacherConfig
+from mdist.errors import TeacherError
 from mdist.tokenizer import SP_MODEL_NAME, train_xlmr_tokenizer
 
 SUPPORTED_MODEL_TYPES = ("xlm-roberta", "xlm-roberta-xl")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", SP_MODEL_NAME)
 MIN_VOCAB_FILL = 0.9  # a model's own tokenizer fills its embedding table, bar a little padding (XLM-R XL: 250 002 of 250 880)
-
-
-class TeacherError(ValueError):
-    """The teacher directory is missing, corrupt, not XLM-R-family, or its tokenizer does not fit it."""
 
 
 def read_teacher_config(path: Path) -> dict:

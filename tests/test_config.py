@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from mdist.config import ConfigError, load_run_config, recipe_names
+from mdist.config import load_run_config, recipe_names
+from mdist.errors import ConfigError
 
 
 def test_shipped_recipes_exist():

@@ -11,7 +11,8 @@ import webdataset as wds
 
 from mdist.commands import prep as prep_command
 from mdist.data.documents import EMPTY, INVALID_UTF8, TRUNCATED
-from mdist.data.prep import ShardLimits, manifest_path, prepare
+from mdist.data.prep import ShardLimits, prepare
+from mdist.manifests import manifest_path
 from mdist.data.synthetic import SyntheticCorpus
 from mdist.errors import DataError
 from mdist.tokenizer import train_xlmr_tokenizer

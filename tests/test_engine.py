@@ -7,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mdist.config import ConfigError, load_run_config
+from mdist.config import load_run_config
 from mdist.engine import batch_geometry, render_student_config, render_teacher_config
+from mdist.errors import ConfigError
 from mdist.optim import GroupMaskedLamb, build_optimizer, set_active_students
 
 

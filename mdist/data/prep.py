@@ -22,13 +22,10 @@ from tqdm import tqdm
 from mdist.data.documents import SkipLog, read_documents
 from mdist.data.encoding import DocumentEncoder
 from mdist.errors import DataError
+from mdist.manifests import manifest_path
 
 MANIFEST_FORMAT = 1
 ENCODE_BATCH = 512  # documents per tokeniser call
-
-
-def manifest_path(out_dir: Path, lang: str) -> Path:
-    return Path(out_dir) / f"{lang}.manifest.json"
 
 
 @dataclass(frozen=True)

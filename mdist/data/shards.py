@@ -34,8 +34,8 @@ from mdist.data.batch import TokenBatch
 from mdist.data.encoding import DocumentEncoder
 from mdist.data.masking import MaskingSpec, mask_tokens
 from mdist.data.packing import Packer
-from mdist.data.prep import manifest_path
 from mdist.errors import DataError
+from mdist.manifests import manifest_path
 from mdist.preemption import ignore_stop_signals
 
 
