@@ -18,7 +18,7 @@ import yaml
 
 from mdist.errors import ConfigError
 from mdist.manifests import manifest_path
-from mdist.strategies import MAPPINGS, STRATEGIES
+from mdist.strategies import MAPPINGS, STRATEGIES, resolve_weights
 
 TINY_RANDOM = "tiny-random"
 
@@ -210,14 +210,7 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'loss.mapping': unknown mapping '{cfg.loss.mapping}' (known: {', '.join(MAPPINGS)})")
     if cfg.students.init_mapping not in MAPPINGS:
         raise ConfigError(f"config key 'students.init_mapping': unknown mapping '{cfg.students.init_mapping}' (known: {', '.join(MAPPINGS)})")
-    if cfg.loss.weights is not None:
-        active = STRATEGIES[cfg.strategy].terms
-        for term in cfg.loss.weights:
-            if term not in active:
-                raise ConfigError(
-                    f"config key 'loss.weights.{term}': strategy '{cfg.strategy}' has no term '{term}' "
-                    f"(its terms: {', '.join(active)})"
-                )
+    resolve_weights(cfg.strategy, cfg.loss.weights)
     if not cfg.students.groups:
         raise ConfigError("config key 'students.groups' must name at least one student")
     for name, langs in cfg.students.groups.items():

@@ -19,7 +19,7 @@ import torch
 from mdist.encode import EncoderOutput
 import mdist.kernels as loss_ops
 from mdist.errors import ConfigError
-from mdist.strategies import STRATEGIES, Strategy, layer_mapping
+from mdist.strategies import STRATEGIES, Strategy, layer_mapping, resolve_weights
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,7 @@ class DistillLoss:
         spec = STRATEGIES[strategy]
         if kernels == "triton" and not loss_ops.TRITON_AVAILABLE:
             raise ConfigError("config key 'loss.kernels': 'triton' needs the triton package; use 'torch'")
-        resolved = spec.default_weights()
-        resolved.update(weights or {})
+        resolved = resolve_weights(strategy, weights)
         pairs = layer_mapping(mapping or spec.mapping, student_layers, teacher_layers)
         return cls(spec, resolved, tuple(pairs), temperature, kernels)
 

@@ -2,11 +2,16 @@
 
 Terms: `mlm` (hard CE), `kl` (Hinton soft targets), `hid` (hidden MSE or COS), `att` (pre-softmax
 attention-score MSE), `emb` (embedding-output MSE). Default weights are the equal convex combination
-of a strategy's terms (the thesis writes every loss as a convex combination); each can be overridden.
+of a strategy's terms (the thesis writes every loss as a convex combination); each can be overridden,
+as long as the result stays convex (`resolve_weights`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from mdist.errors import ConfigError
+
+WEIGHT_SUM_TOLERANCE = 1e-6  # the authors' 0.0005 + 0.0005 + 3 × 0.333 is 1 only up to float rounding
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,28 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 MAPPINGS = ("uniform", "top", "bottom", "last")
+
+
+def resolve_weights(strategy: str, overrides: dict[str, float] | None) -> dict[str, float]:
+    """The strategy's default weights with `overrides` merged in. Refused unless every override names a
+    term of the strategy and the result is convex (each >= 0, sum 1): a partial override would otherwise
+    sum past 1 silently, and rescaling it would change the values the user wrote."""
+    terms = STRATEGIES[strategy].terms
+    weights = STRATEGIES[strategy].default_weights()
+    for term, weight in (overrides or {}).items():
+        if term not in terms:
+            raise ConfigError(f"config key 'loss.weights.{term}': strategy '{strategy}' has no term '{term}' (its terms: {', '.join(terms)})")
+        if weight < 0:
+            raise ConfigError(f"config key 'loss.weights.{term}' must be >= 0, got {weight}")
+        weights[term] = weight
+    total = sum(weights.values())
+    if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
+        listed = ", ".join(f"{term}={weight:g}" for term, weight in weights.items())
+        raise ConfigError(
+            f"config key 'loss.weights': the weights ({listed}; unset terms keep 1/{len(terms)}) sum to {total:g}, "
+            f"not 1; give every term of strategy '{strategy}' ({', '.join(terms)}) so that they sum to 1"
+        )
+    return weights
 
 
 def layer_mapping(name: str, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:

@@ -5,6 +5,7 @@ import pytest
 
 from mdist.config import load_run_config, recipe_names
 from mdist.errors import ConfigError
+from mdist.strategies import resolve_weights
 
 
 def test_shipped_recipes_exist():
@@ -39,6 +40,9 @@ def test_thesis_recipes_carry_table_4_2(tmp_path, recipe, strategy):
         ("teacher.path=/nonexistent/teacher", "teacher directory '/nonexistent/teacher' does not exist"),
         ("deepspeed.zero_stage=4", "config key 'deepspeed.zero_stage'"),
         (("strategy=hinton", "loss.weights={mlm: 0.5, att: 0.5}"), "config key 'loss.weights.att': strategy 'hinton' has no term 'att'"),
+        ("loss.weights={kl: 0.5}", "config key 'loss.weights': the weights (mlm=0.2, kl=0.5, hid=0.2, att=0.2, emb=0.2; unset terms keep 1/5) sum to 1.3, not 1"),
+        (("strategy=hinton", "loss.weights={mlm: 0.3, kl: 0.3}"), "sum to 0.6, not 1; give every term of strategy 'hinton' (mlm, kl)"),
+        (("strategy=hinton", "loss.weights={mlm: 1.5, kl: -0.5}"), "config key 'loss.weights.kl' must be >= 0, got -0.5"),
         ("data.kind=text", "config key 'data.text' has no files for language(s) en, tr"),
         ("loss.mapping=sideways", "config key 'loss.mapping': unknown mapping 'sideways'"),
         (("train.compile=true", "deepspeed.zero_stage=3"), "config key 'train.compile' needs deepspeed.zero_stage 0, 1 or 2"),
@@ -60,3 +64,12 @@ def test_unknown_recipe_and_bad_yaml(tmp_path):
         load_run_config(str(bad))
     with pytest.raises(ConfigError, match="does not exist"):
         load_run_config(str(tmp_path / "missing.yaml"))
+
+
+def test_loss_weights_resolve_to_the_convex_combination_written():
+    assert resolve_weights("hinton", None) == {"mlm": 0.5, "kl": 0.5}
+    assert resolve_weights("hinton", {"mlm": 0.5}) == {"mlm": 0.5, "kl": 0.5}  # the other term keeps its 1/2
+    assert resolve_weights("hinton", {"kl": 1.0, "mlm": 0.0}) == {"mlm": 0.0, "kl": 1.0}
+    assert resolve_weights("tinybert", {"hid": 0.5, "att": 0.25, "emb": 0.25}) == {"hid": 0.5, "att": 0.25, "emb": 0.25}
+    cfg = load_run_config("tiny", ["loss.weights={mlm: 0.1, kl: 0.2, hid: 0.3, att: 0.25, emb: 0.15}"])
+    assert cfg.loss.weights == {"mlm": 0.1, "kl": 0.2, "hid": 0.3, "att": 0.25, "emb": 0.15}
