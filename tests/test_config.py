@@ -5,11 +5,22 @@ import pytest
 
 from mdist.config import load_run_config, recipe_names
 from mdist.errors import ConfigError
-from mdist.strategies import resolve_weights
+from mdist.strategies import STRATEGIES, layer_mapping, resolve_weights
 
 
 def test_shipped_recipes_exist():
-    assert {"tiny", "xlmr-base-monoshot", "xlmr-base-monoalignment"} <= set(recipe_names())
+    assert {"tiny", "xlmr-base-monoshot", "xlmr-base-monoalignment", "clkd-monoshot", "clkd-monoalignment"} <= set(recipe_names())
+
+
+@pytest.mark.parametrize("recipe, strategy", [("clkd-monoshot", "hinton_hidcos_att_emb"), ("clkd-monoalignment", "monoalignment")])
+def test_authors_recipes_carry_their_loss_config(tmp_path, recipe, strategy):
+    """MinhDucBui/clkd configs/students/individual/loss/{monoshot,monoalignment}.yaml at f292e7a."""
+    cfg = load_run_config(recipe, [f"teacher.path={tmp_path}", "data.kind=synthetic"])
+    assert cfg.strategy == strategy and cfg.loss.mapping is None
+    assert cfg.loss.temperature == 4.0
+    assert cfg.loss.weights == {"mlm": 0.0005, "kl": 0.0005, "hid": 0.333, "att": 0.333, "emb": 0.333}
+    assert STRATEGIES[strategy].hidden_loss == ("cos" if recipe == "clkd-monoshot" else "mse")
+    assert layer_mapping(STRATEGIES[strategy].mapping, 6, 12) == ([(6, 12)] if recipe == "clkd-monoalignment" else [(m, 2 * m) for m in range(1, 7)])
 
 
 def test_tiny_recipe_and_overrides():
