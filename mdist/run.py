@@ -117,6 +117,8 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
         start_step, tokens_total, run_id = restored["step"], restored["tokens"], restored["mlflow_run_id"]
         last_terms = restored.get("losses", {})
         if rank == 0:
+            if restored["fallback"]:
+                print(restored["fallback"], flush=True)
             print(f"resuming from {checkpoints / restored['tag']} at step {start_step}", flush=True)
     elif resume and rank == 0:
         print(f"no complete checkpoint in {checkpoints}; starting from step 0", flush=True)

@@ -1,8 +1,9 @@
 """Bad input stops with one line naming the key or file: exit code 2, no traceback.
 
 One table: each case is a function that breaks something in a fresh copy of the tiny teacher (or
-around it) and returns the command line; `@case(expect)` registers it with the text its error line
-must contain (`{teacher}` and `{tmp}` are filled in). Add a case by adding a function.
+around it, or in `run()`: a fresh copy of a finished 2-step run at `{tmp}/out`) and returns the
+command line; `@case(expect)` registers it with the text its error line must contain (`{teacher}`
+and `{tmp}` are filled in). Add a case by adding a function.
 """
 from __future__ import annotations
 
@@ -46,55 +47,55 @@ def drop_tokenizer(teacher: Path) -> None:
 # ---- the teacher directory -------------------------------------------------------------------
 
 @case("teacher config '{teacher}/config.json' is not valid JSON")
-def teacher_config_not_json(tmp, teacher):
+def teacher_config_not_json(tmp, teacher, run):
     (teacher / "config.json").write_text("{not json")
     return distill(tmp, teacher)
 
 
 @case("teacher '{teacher}' has model_type 'bert'")
-def teacher_not_xlmr(tmp, teacher):
+def teacher_not_xlmr(tmp, teacher, run):
     edit_json(teacher / "config.json", model_type="bert")
     return distill(tmp, teacher)
 
 
 @case("teacher directory '{teacher}' has no weights")
-def teacher_without_weights(tmp, teacher):
+def teacher_without_weights(tmp, teacher, run):
     (teacher / "model.safetensors").unlink()
     return distill(tmp, teacher)
 
 
 @case("teacher '{teacher}': tokenizer has")
-def teacher_vocabulary_smaller_than_tokenizer(tmp, teacher):
+def teacher_vocabulary_smaller_than_tokenizer(tmp, teacher, run):
     edit_json(teacher / "config.json", vocab_size=50)
     return distill(tmp, teacher)
 
 
 @case("teacher directory '{teacher}' has no tokenizer")
-def teacher_without_tokenizer_files(tmp, teacher):
+def teacher_without_tokenizer_files(tmp, teacher, run):
     drop_tokenizer(teacher)
     return distill(tmp, teacher)
 
 
 @case("teacher '{teacher}': tokenizer has only")
-def teacher_tokenizer_far_smaller_than_vocabulary(tmp, teacher):
+def teacher_tokenizer_far_smaller_than_vocabulary(tmp, teacher, run):
     edit_json(teacher / "config.json", vocab_size=5000)
     return distill(tmp, teacher)
 
 
 @case("teacher '{teacher}': tokenizer has no <mask>")
-def teacher_tokenizer_without_mask(tmp, teacher):
+def teacher_tokenizer_without_mask(tmp, teacher, run):
     edit_json(teacher / "tokenizer_config.json", mask_token=None)
     return distill(tmp, teacher)
 
 
 @case("teacher directory '{teacher}' has no tokenizer")
-def prep_tokenizer_dir_without_tokenizer(tmp, teacher):
+def prep_tokenizer_dir_without_tokenizer(tmp, teacher, run):
     drop_tokenizer(teacher)
     return prep(tmp, teacher)
 
 
 @case("teacher '{teacher}': tokenizer has only")
-def prep_tokenizer_far_smaller_than_vocabulary(tmp, teacher):
+def prep_tokenizer_far_smaller_than_vocabulary(tmp, teacher, run):
     edit_json(teacher / "config.json", vocab_size=5000)
     return prep(tmp, teacher)
 
@@ -102,7 +103,7 @@ def prep_tokenizer_far_smaller_than_vocabulary(tmp, teacher):
 # ---- training data ---------------------------------------------------------------------------
 
 @case("{tmp}/en.txt: empty text file")
-def empty_text_file(tmp, teacher):
+def empty_text_file(tmp, teacher, run):
     (tmp / "en.txt").write_text("\n\n")
     (tmp / "tr.txt").write_text("bir iki\n")
     return distill(tmp, teacher, "data.kind=text", f"data.text={{en: [{tmp}/en.txt], tr: [{tmp}/tr.txt]}}")
@@ -111,7 +112,7 @@ def empty_text_file(tmp, teacher):
 # ---- the output directory --------------------------------------------------------------------
 
 @case("{tmp}/out holds a finished run (summary.json, students, checkpoints); continue it with --resume, choose a new --out, or replace it with --overwrite")
-def out_holds_a_finished_run(tmp, teacher):
+def out_holds_a_finished_run(tmp, teacher, run):
     for name in ("students/en", "checkpoints/step1"):
         (tmp / "out" / name).mkdir(parents=True)
     (tmp / "out" / "summary.json").write_text(json.dumps({"steps": 1}))
@@ -119,24 +120,78 @@ def out_holds_a_finished_run(tmp, teacher):
 
 
 @case("{tmp}/out holds an earlier run (checkpoints); continue it with --resume")
-def out_holds_an_interrupted_run(tmp, teacher):
+def out_holds_an_interrupted_run(tmp, teacher, run):
     (tmp / "out" / "checkpoints" / "step1").mkdir(parents=True)
     return distill(tmp, teacher)
 
 
 @case("{tmp}/out/summary.json is not valid JSON")
-def resume_with_a_corrupt_summary(tmp, teacher):
+def resume_with_a_corrupt_summary(tmp, teacher, run):
     (tmp / "out").mkdir()
     (tmp / "out" / "summary.json").write_text("{")
     return distill(tmp, teacher) + ["--resume"]
 
 
+# ---- checkpoints ------------------------------------------------------------------------------
+
+RESUME = ("train.steps=3", "train.save_every=1")
+
+
+@case("{tmp}/out/checkpoints/step2/rank0.pt is missing from a complete checkpoint; remove {tmp}/out/checkpoints/step2 to resume from step1, or start afresh with --overwrite")
+def checkpoint_rank_file_missing(tmp, teacher, run):
+    (run() / "checkpoints" / "step2" / "rank0.pt").unlink()
+    return distill(tmp, teacher, *RESUME) + ["--resume"]
+
+
+@case("{tmp}/out/checkpoints/step2/mp_rank_00_model_states.pt has 100 bytes")
+def checkpoint_model_states_truncated(tmp, teacher, run):
+    path = run() / "checkpoints" / "step2" / "mp_rank_00_model_states.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    return distill(tmp, teacher, *RESUME) + ["--resume"]
+
+
+@case("cannot load {tmp}/out/checkpoints/step2/mp_rank_00_model_states.pt: ")
+def checkpoint_model_states_garbage(tmp, teacher, run):
+    path = run() / "checkpoints" / "step2" / "mp_rank_00_model_states.pt"
+    path.write_bytes(bytes(path.stat().st_size))
+    return distill(tmp, teacher, *RESUME) + ["--resume"]
+
+
+@case("cannot read {tmp}/out/checkpoints/step2/rank0.pt: ")
+def checkpoint_rank_file_garbage(tmp, teacher, run):
+    path = run() / "checkpoints" / "step2" / "rank0.pt"
+    path.write_bytes(bytes(path.stat().st_size))
+    return distill(tmp, teacher, *RESUME) + ["--resume"]
+
+
+@case("{tmp}/out/checkpoints/step2 was written by 2 rank(s), this run has 1: resume with 2")
+def checkpoint_of_another_world_size(tmp, teacher, run):
+    step = run() / "checkpoints" / "step2"
+    shutil.copy(step / "rank0.pt", step / "rank1.pt")
+    marker = json.loads((step / "COMPLETE").read_text())
+    marker["files"]["rank1.pt"] = marker["files"]["rank0.pt"]
+    (step / "COMPLETE").write_text(json.dumps(marker))
+    return distill(tmp, teacher, *RESUME) + ["--resume"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_teacher_dir) -> Path:
+    out = tmp_path_factory.mktemp("finished")
+    argv = ["distill", "--recipe", "tiny", "--out", str(out), "--set", f"teacher.path={tiny_teacher_dir}", "--set", "tracking.enabled=false"]
+    assert main(argv + [item for s in ("train.steps=2", "train.save_every=1") for item in ("--set", s)]) == 0
+    return out
+
+
 @pytest.mark.parametrize("name", CASES)
-def test_bad_input_stops_with_one_line_naming_it(name, tmp_path, tiny_teacher_dir, capsys):
+def test_bad_input_stops_with_one_line_naming_it(name, tmp_path, tiny_teacher_dir, capsys, request):
     build, expect = CASES[name]
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_teacher_dir, teacher)
-    argv = build(tmp_path, teacher)
+
+    def run() -> Path:
+        return Path(shutil.copytree(request.getfixturevalue("finished_run"), tmp_path / "out"))
+
+    argv = build(tmp_path, teacher, run)
     assert main(argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"mdist {argv[0]}: error: ")]
     assert len(errors) == 1 and expect.format(teacher=teacher, tmp=tmp_path) in errors[0], errors
