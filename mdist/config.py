@@ -7,6 +7,7 @@ everything (unknown keys, wrong types, unknown names, missing paths) before any 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import yaml
 
 from mdist.errors import ConfigError
 from mdist.manifests import manifest_path
-from mdist.strategies import MAPPINGS, STRATEGIES, resolve_weights
+from mdist.strategies import MAPPINGS, STRATEGIES, layer_mapping, resolve_weights
 
 TINY_RANDOM = "tiny-random"
 
@@ -200,6 +201,70 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _ranges(cfg: RunConfig) -> dict[str, tuple[Any, float, float, bool]]:
+    """Every numeric key: (value, low, high, open). `open`: both bounds excluded. A None value is
+    the key's documented default (e.g. `students.hidden`: the teacher's width)."""
+    t, s, tiny = cfg.train, cfg.students, cfg.teacher.tiny
+    inf = float("inf")
+    return {
+        "teacher.tiny.layers": (tiny.layers, 1, inf, False), "teacher.tiny.hidden": (tiny.hidden, 1, inf, False),
+        "teacher.tiny.heads": (tiny.heads, 1, inf, False), "teacher.tiny.ffn": (tiny.ffn, 1, inf, False),
+        "teacher.tiny.vocab": (tiny.vocab, 16, inf, False),  # sentencepiece needs room beyond the special pieces
+        "teacher.tiny.max_positions": (tiny.max_positions, 5, inf, False),
+        "students.layers": (s.layers, 1, inf, False), "students.hidden": (s.hidden, 1, inf, False),
+        "loss.temperature": (cfg.loss.temperature, 0, inf, True),
+        "train.steps": (t.steps, 1, inf, False), "train.batch_size": (t.batch_size, 1, inf, False),
+        "train.seq_len": (t.seq_len, 3, inf, False),  # <s>, a token, </s>
+        "train.lr": (t.lr, 0, inf, True), "train.weight_decay": (t.weight_decay, 0, inf, False),
+        "train.warmup_steps": (t.warmup_steps, 0, inf, False), "train.grad_clip": (t.grad_clip, 0, inf, False),
+        "train.seed": (t.seed, 0, 2**32 - 1, False),  # numpy's seed range
+        "train.save_every": (t.save_every, 0, inf, False), "train.grad_accum": (t.grad_accum, 1, inf, False),
+        "train.log_every": (t.log_every, 1, inf, False), "train.mlm_probability": (t.mlm_probability, 0, 1, True),
+        "data.num_workers": (cfg.data.num_workers, 0, inf, False), "data.shuffle_block": (cfg.data.shuffle_block, 1, inf, False),
+        "deepspeed.persistence_threshold": (cfg.deepspeed.persistence_threshold, 0, inf, False),
+    }
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    for key, (value, low, high, open_) in _ranges(cfg).items():
+        if value is None:
+            continue
+        inside = low < value < high if open_ else low <= value <= high
+        if not (math.isfinite(value) and inside):
+            if high == float("inf"):
+                bound = f"> {low}" if open_ else f">= {low}"
+            else:
+                bound = f"in ({low}, {high})" if open_ else f"in [{low}, {high}]"
+            raise ConfigError(f"config key '{key}' must be {bound}, got {value}")
+    if cfg.teacher.tiny.hidden % cfg.teacher.tiny.heads:
+        raise ConfigError(f"config key 'teacher.tiny.hidden' ({cfg.teacher.tiny.hidden}) must be a multiple of teacher.tiny.heads ({cfg.teacher.tiny.heads})")
+    if not cfg.tracking.experiment.strip():
+        raise ConfigError("config key 'tracking.experiment' must not be empty")
+
+
+def check_against_teacher(cfg: RunConfig, teacher: dict[str, Any]) -> None:
+    """Keys whose legal range depends on the teacher's config (its config.json, or teacher.tiny),
+    checked before any model is built."""
+    layers, hidden, heads = teacher["num_hidden_layers"], teacher["hidden_size"], teacher["num_attention_heads"]
+    longest = teacher["max_position_embeddings"] - teacher.get("pad_token_id", 1) - 1  # XLM-R positions start after the pad id
+    if cfg.train.seq_len > longest:
+        raise ConfigError(f"config key 'train.seq_len' ({cfg.train.seq_len}) exceeds the teacher's longest input, {longest} tokens")
+    if cfg.students.layers > layers:
+        raise ConfigError(f"config key 'students.layers' ({cfg.students.layers}) exceeds the teacher's {layers} layers (no layer mapping exists)")
+    width = hidden if cfg.students.hidden is None else cfg.students.hidden
+    if width % heads:
+        raise ConfigError(f"config key 'students.hidden' ({width}) must be a multiple of the teacher's {heads} attention heads")
+    if cfg.students.init == "teacher" and width != hidden:
+        raise ConfigError(f"config key 'students.init': 'teacher' copies the teacher's tensors and needs students.hidden {hidden} (or null); use 'random' for narrower students")
+    if cfg.students.init == "teacher" and len(layer_mapping(cfg.students.init_mapping, cfg.students.layers, layers)) != cfg.students.layers:
+        raise ConfigError(f"config key 'students.init_mapping': '{cfg.students.init_mapping}' gives no teacher layer to every student layer; use uniform, top or bottom")
+
+
+def tiny_teacher_shape(tiny: TinyTeacherConfig) -> dict[str, Any]:
+    """The config.json keys `check_against_teacher` reads, for the tiny random teacher."""
+    return {"num_hidden_layers": tiny.layers, "hidden_size": tiny.hidden, "num_attention_heads": tiny.heads, "max_position_embeddings": tiny.max_positions}
+
+
 def _validate(cfg: RunConfig) -> None:
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(
@@ -226,18 +291,7 @@ def _validate(cfg: RunConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"config key '{key}': '{value}' is not one of {', '.join(allowed)}")
-    positive = {
-        "train.steps": cfg.train.steps,
-        "train.batch_size": cfg.train.batch_size,
-        "train.seq_len": cfg.train.seq_len,
-        "train.grad_accum": cfg.train.grad_accum,
-        "students.layers": cfg.students.layers,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config key '{key}' must be positive, got {value}")
-    if cfg.train.save_every < 0:
-        raise ConfigError(f"config key 'train.save_every' must be >= 0, got {cfg.train.save_every}")
+    _check_ranges(cfg)
     if cfg.deepspeed.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"config key 'deepspeed.zero_stage' must be 0, 1, 2 or 3, got {cfg.deepspeed.zero_stage}")
     if cfg.deepspeed.offload_optimizer and cfg.deepspeed.zero_stage == 0:
@@ -259,8 +313,6 @@ def _validate(cfg: RunConfig) -> None:
             "config key 'train.compile' needs deepspeed.zero_stage 0, 1 or 2 (ZeRO-3 gathers each layer's parameters "
             "in module hooks, which compiled layers would trace into their graphs)"
         )
-    if not 0.0 < cfg.train.mlm_probability < 1.0:
-        raise ConfigError(f"config key 'train.mlm_probability' must be in (0, 1), got {cfg.train.mlm_probability}")
     if cfg.teacher.path != TINY_RANDOM:
         teacher_dir = Path(cfg.teacher.path)
         if not teacher_dir.is_dir():
@@ -273,8 +325,6 @@ def _validate(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'data.shards': '{cfg.data.shards}' has no manifest for language(s) {', '.join(missing)} (run `mdist prep`)")
         if cfg.teacher.path == TINY_RANDOM:
             raise ConfigError("config key 'teacher.path': 'tiny-random' trains its tokenizer on in-memory text; use data.kind text or synthetic, or a teacher directory")
-    if cfg.data.num_workers < 0:
-        raise ConfigError(f"config key 'data.num_workers' must be >= 0, got {cfg.data.num_workers}")
     if cfg.data.kind == "text":
         missing = [lang for lang in cfg.languages if lang not in cfg.data.text]
         if missing:

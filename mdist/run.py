@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mdist.config import TINY_RANDOM, RunConfig
+from mdist.config import TINY_RANDOM, RunConfig, check_against_teacher, tiny_teacher_shape
 from mdist.data.masking import MaskingSpec
 from mdist.data.shards import ShardBatchSource
 from mdist.data.synthetic import SyntheticCorpus
@@ -27,7 +27,7 @@ from mdist.optim import build_optimizer, student_param_groups, warmup_linear_dec
 from mdist.preemption import StopFlag
 from mdist.rundir import clear_outputs
 from mdist.students import StudentGroup
-from mdist.teacher import build_tiny_teacher, check_vocabulary, load_teacher
+from mdist.teacher import build_tiny_teacher, check_vocabulary, load_teacher, teacher_shape
 from mdist.tracking import Tracker
 from mdist.train import distill_step
 
@@ -68,6 +68,8 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
     `out_dir/checkpoints` (a fresh start when there is none); `overwrite`: first remove an earlier
     run's outputs (`mdist.rundir`). SIGTERM / SIGUSR1 save a checkpoint at the next step boundary and
     return early (summary['preempted'] = True, no export)."""
+    tiny = cfg.teacher.path == TINY_RANDOM
+    check_against_teacher(cfg, tiny_teacher_shape(cfg.teacher.tiny) if tiny else teacher_shape(Path(cfg.teacher.path)))
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world = init_distributed()
     if overwrite and rank == 0:
@@ -76,8 +78,8 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
     seed_everything(cfg.train.seed)
 
     docs = training_documents(cfg) if cfg.data.kind != "shards" else {}
-    teacher_path = out_dir / "teacher" if cfg.teacher.path == TINY_RANDOM else Path(cfg.teacher.path)
-    if rank == 0 and cfg.teacher.path == TINY_RANDOM:
+    teacher_path = out_dir / "teacher" if tiny else Path(cfg.teacher.path)
+    if rank == 0 and tiny:
         build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), teacher_path, cfg.train.seed)
     barrier()
     if cfg.teacher.zero3:  # ZeRO-3 teacher: built partitioned, no rank ever holds all of it

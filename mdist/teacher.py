@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, XLMRobertaConfig, XLMRobertaForMaskedLM
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, XLMRobertaConfig, XLMRobertaForMaskedLM
 
 from mdist.capture import ATTENTION_IMPLEMENTATION
 from mdist.config import TeacherConfig
@@ -49,6 +49,15 @@ def check_teacher_dir(path: Path) -> dict:
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise TeacherError(f"teacher directory '{path}' has no weights ({' / '.join(WEIGHT_FILES)})")
     return config
+
+
+def teacher_shape(path: Path) -> dict:
+    """The teacher's full config (transformers' defaults filled in) after `check_teacher_dir`; no weights read."""
+    check_teacher_dir(path)
+    try:
+        return AutoConfig.from_pretrained(str(path)).to_dict()
+    except Exception as err:  # transformers raises many types for a bad config
+        raise TeacherError(f"cannot read the teacher config in '{path}': {type(err).__name__}: {err}") from None
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:

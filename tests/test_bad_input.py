@@ -100,6 +100,29 @@ def prep_tokenizer_far_smaller_than_vocabulary(tmp, teacher, run):
     return prep(tmp, teacher)
 
 
+# ---- configuration values: each rejected before any model is built ----------------------------
+
+SETTINGS = [  # (case, --set overrides, the line names the key and what is legal)
+    ("log_every_zero", ["train.log_every=0"], "config key 'train.log_every' must be >= 1, got 0"),
+    ("lr_negative", ["train.lr=-1"], "config key 'train.lr' must be > 0, got -1.0"),
+    ("lr_nan", ["train.lr=.nan"], "config key 'train.lr' must be > 0, got nan"),
+    ("weight_decay_negative", ["train.weight_decay=-0.1"], "config key 'train.weight_decay' must be >= 0, got -0.1"),
+    ("warmup_negative", ["train.warmup_steps=-1"], "config key 'train.warmup_steps' must be >= 0, got -1"),
+    ("seed_negative", ["train.seed=-1"], "config key 'train.seed' must be in [0, 4294967295], got -1"),
+    ("temperature_zero", ["loss.temperature=0"], "config key 'loss.temperature' must be > 0, got 0.0"),
+    ("mlm_probability_one", ["train.mlm_probability=1"], "config key 'train.mlm_probability' must be in (0, 1), got 1.0"),
+    ("shuffle_block_zero", ["data.shuffle_block=0"], "config key 'data.shuffle_block' must be >= 1, got 0"),
+    ("tiny_hidden_not_multiple_of_heads", ["teacher.tiny.hidden=30"], "config key 'teacher.tiny.hidden' (30) must be a multiple of teacher.tiny.heads (4)"),
+    ("seq_len_beyond_teacher_positions", ["train.seq_len=100"], "config key 'train.seq_len' (100) exceeds the teacher's longest input, 64 tokens"),
+    ("student_deeper_than_teacher", ["students.layers=6"], "config key 'students.layers' (6) exceeds the teacher's 4 layers"),
+    ("narrow_student_from_teacher", ["students.hidden=16"], "config key 'students.init': 'teacher' copies the teacher's tensors and needs students.hidden 32"),
+    ("student_hidden_not_multiple_of_heads", ["students.hidden=30", "students.init=random"], "config key 'students.hidden' (30) must be a multiple of the teacher's 4 attention heads"),
+    ("init_mapping_last", ["students.init_mapping=last"], "config key 'students.init_mapping': 'last' gives no teacher layer to every student layer"),
+]
+for _name, _sets, _expect in SETTINGS:
+    CASES[_name] = (lambda tmp, teacher, run, sets=_sets: distill(tmp, teacher, *sets), _expect)
+
+
 # ---- training data ---------------------------------------------------------------------------
 
 @case("{tmp}/en.txt: empty text file")
