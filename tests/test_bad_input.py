@@ -8,6 +8,7 @@ and `{tmp}` are filled in). Add a case by adding a function.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -123,6 +124,19 @@ for _name, _sets, _expect in SETTINGS:
     CASES[_name] = (lambda tmp, teacher, run, sets=_sets: distill(tmp, teacher, *sets), _expect)
 
 
+# ---- numeric command-line options: argparse's one line naming the option ------------------------
+
+OPTIONS = [  # (case, command line, expected)
+    ("prep_docs_per_shard_zero", ["prep", "--lang", "en", "--input", "x.txt", "--out", "s", "--docs-per-shard", "0"], "argument --docs-per-shard: must be >= 1, got 0"),
+    ("prep_shard_size_negative", ["prep", "--lang", "en", "--input", "x.txt", "--out", "s", "--shard-size-mb", "-1"], "argument --shard-size-mb: must be > 0, got -1"),
+    ("eval_batch_size_zero", ["eval", "perplexity", "--files", "x.txt", "--out", "o.json", "--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    ("eval_limit_not_a_number", ["eval", "retrieval", "--src-file", "a", "--trg-file", "b", "--out", "o.json", "--limit", "ten"], "argument --limit: must be an integer, got 'ten'"),
+    ("eval_seed_negative", ["eval", "perplexity", "--files", "x.txt", "--out", "o.json", "--seed", "-3"], "argument --seed: must be >= 0, got -3"),
+]
+for _name, _argv, _expect in OPTIONS:
+    CASES[_name] = (lambda tmp, teacher, run, argv=_argv: argv, _expect)
+
+
 # ---- training data ---------------------------------------------------------------------------
 
 @case("{tmp}/en.txt: empty text file")
@@ -215,6 +229,10 @@ def test_bad_input_stops_with_one_line_naming_it(name, tmp_path, tiny_teacher_di
         return Path(shutil.copytree(request.getfixturevalue("finished_run"), tmp_path / "out"))
 
     argv = build(tmp_path, teacher, run)
-    assert main(argv) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"mdist {argv[0]}: error: ")]
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's own refusals
+        code = stop.code
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if re.match(r"mdist [a-z ]+: error: ", line)]
     assert len(errors) == 1 and expect.format(teacher=teacher, tmp=tmp_path) in errors[0], errors

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from mdist.argtypes import at_least
 from mdist.errors import ConfigError
 
 
@@ -24,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     retrieval.add_argument("--trg-model", type=Path, help="model directory that encodes the English candidates (--trg-file)")
     retrieval.add_argument("--src-file", type=Path, required=True, help="queries, one sentence per line (e.g. tatoeba.tur-eng.tur)")
     retrieval.add_argument("--trg-file", type=Path, required=True, help="candidates, line i translates line i of --src-file")
-    retrieval.add_argument("--limit", type=int, help="use only the first LIMIT pairs")
+    retrieval.add_argument("--limit", type=at_least(1), help="use only the first LIMIT pairs")
     retrieval.add_argument("--plot", type=Path, help="also write a PNG with per-layer curves")
     retrieval.add_argument("--label", help="name of this model pair in the plot and in MLflow metric names")
     retrieval.set_defaults(run=run_retrieval)
@@ -33,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     perplexity = evaluations.add_parser("perplexity", help="MLM pseudo-perplexity on text files or webdataset shards")
     perplexity.add_argument("--model", type=Path, help="masked-LM model directory")
     perplexity.add_argument("--files", type=Path, nargs="+", required=True, help="text files (one sentence/document per line) or .tar shards with 'txt' members")
-    perplexity.add_argument("--seed", type=int, default=0, help="seed of the masking")
+    perplexity.add_argument("--seed", type=at_least(0), default=0, help="seed of the masking")
     perplexity.set_defaults(run=run_perplexity)
     _common(perplexity, batch_size=16)
 
@@ -49,8 +50,8 @@ def _common(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument("--lang", help="with --students: the language whose student is evaluated (queries for retrieval)")
     parser.add_argument("--candidate-lang", default="en", help="with --students: language of the candidate student (default: en)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--max-length", type=int, default=512, help="longest input in tokens (model limit applies too)")
+    parser.add_argument("--batch-size", type=at_least(1), default=batch_size)
+    parser.add_argument("--max-length", type=at_least(3), default=512, help="longest input in tokens (model limit applies too)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--mlflow-run-dir", type=Path, help="log to the MLflow store of this run directory (or MLFLOW_TRACKING_URI)")
     parser.add_argument("--mlflow-run-id", help="existing MLflow run to log to (default: a new run in experiment 'mdist-eval')")
