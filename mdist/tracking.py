@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
+ARTIFACTS_DIR = "mlartifacts"  # artifacts of the embedded store, under the run directory
+
 
 def tracking_uri(run_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
@@ -23,7 +25,7 @@ def artifact_location(run_dir: Path) -> str | None:
     """Artifacts beside the embedded sqlite store; a tracking server decides for itself (None)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return None
-    return (run_dir / "mlartifacts").resolve().as_uri()
+    return (run_dir / ARTIFACTS_DIR).resolve().as_uri()
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -54,3 +54,14 @@ def recipe_teacher_dir(tmp_path_factory) -> Path:
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (path / "config.json").write_text(json.dumps(config))
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The embedded main job, shortened (pre-train 10 steps, distil 3): a run directory named 'demo-run'
+    with a teacher, students en/tr, summary.json, an MLflow store and the demo's transfer step."""
+    from mdist.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo-run", numbered=False)
+    run_demo(out, pretrain_steps=10, overrides=["train.steps=3"])
+    return out

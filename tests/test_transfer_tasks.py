@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 
-from mdist.config import ConfigError
+from mdist.errors import ConfigError
 from mdist.errors import DataError
 from mdist.transfer.tasks import NER, TASKS, XCOPA, XNLI, ChoiceExample, PairExample, TaggedSentence, get_task
 from mdist.transfer.tasks.base import IGNORE

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mdist.config import ConfigError
+from mdist.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -61,19 +61,28 @@ class SyntheticCorpus:
             "number": rng.randint(1, 99) if rng.random() < 0.3 else None,
         }
 
-    def render(self, latent: dict, lang: str) -> str:
+    def words(self, latent: dict, lang: str) -> list[tuple[str, str]]:
+        """(word, kind) in the language's order; kind: name, noun, verb, adj, number or punct."""
         spec, lex = self.languages[lang], self.lexicons[lang]
 
-        def phrase(noun: int, adj: int | None, number: int | None = None) -> list[str]:
-            words = [lex["noun"][noun]]
+        def phrase(noun: int, adj: int | None, number: int | None = None) -> list[tuple[str, str]]:
+            words = [(lex["noun"][noun], "name" if noun % 3 == 2 else "noun")]
             if adj is not None:
-                words = [lex["adj"][adj], *words] if spec.adj_first else [*words, lex["adj"][adj]]
-            return ([str(number)] if number is not None else []) + words
+                words = [(lex["adj"][adj], "adj"), *words] if spec.adj_first else [*words, (lex["adj"][adj], "adj")]
+            return ([(str(number), "number")] if number is not None else []) + words
 
         subj = phrase(latent["subj"], latent["subj_adj"])
         obj = phrase(latent["obj"], latent["obj_adj"], latent["number"])
-        verb = [lex["verb"][latent["verb"]]]
-        return " ".join(subj + verb + obj if spec.svo else subj + obj + verb) + " ."
+        verb = [(lex["verb"][latent["verb"]], "verb")]
+        return (subj + verb + obj if spec.svo else subj + obj + verb) + [(".", "punct")]
+
+    def render(self, latent: dict, lang: str) -> str:
+        return " ".join(word for word, _ in self.words(latent, lang))
+
+    def tagged(self, lang: str, sentences: int, split: int = 2) -> list[list[tuple[str, str]]]:
+        """NER-style sentences: names (the shared capitalised nouns) tagged B-PER, everything else O."""
+        rng = random.Random(f"{self.seed}-tagged-{split}")
+        return [[(word, "B-PER" if kind == "name" else "O") for word, kind in self.words(self.latent(rng), lang)] for _ in range(sentences)]
 
     def monolingual(self, lang: str, documents: int, sentences_per_doc: int = 4, split: int = 0) -> list[str]:
         """Independent (non-parallel) documents per language; `split` separates train from held-out."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mdist.config import ConfigError
+from mdist.errors import ConfigError
 from mdist.evaluation.encode import max_tokens
 from mdist.transfer.model import ModelSpec, TaskModel, build_task_model, load_task_model, save_task_model
 from mdist.transfer.strategies import TransferStrategy, get_strategy

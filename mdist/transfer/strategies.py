@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mdist.config import ConfigError
+from mdist.errors import ConfigError
 
 PARTS = ("all", "top", "adapters", "bias", "all-but-embeddings")
 

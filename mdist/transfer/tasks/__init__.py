@@ -1,7 +1,7 @@
 """Downstream tasks of the transfer experiments (XNLI, PAN-X NER, XCOPA), looked up by name."""
 from __future__ import annotations
 
-from mdist.config import ConfigError
+from mdist.errors import ConfigError
 from mdist.transfer.tasks.base import Batch, Task
 from mdist.transfer.tasks.ner import NER, TaggedSentence
 from mdist.transfer.tasks.xcopa import XCOPA, ChoiceExample

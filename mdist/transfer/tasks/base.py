@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mdist.config import ConfigError
-from mdist.errors import DataError
+from mdist.errors import ConfigError, DataError
 
 IGNORE = -100  # label of positions no loss or metric looks at (torch's cross-entropy default)
 
