@@ -26,8 +26,10 @@ import triton.language as tl
 from .runtime import check_device, interpreted
 
 # GPU tile defaults (D ≤ 128); small sequences shrink them to the next power of two (≥ 16, tl.dot's minimum).
-BLOCK_ROWS = 128
-BLOCK_COLS = 64
+# 64 × 128 from `benchmarks/kernels.py --sweep` on an H100 at commit 7bfc63b (issue #12): 0.72 ms for
+# MonoShot's 7 pairs at batch 64 × 512 against 1.00 ms for the earlier 128 × 64.
+BLOCK_ROWS = 64
+BLOCK_COLS = 128
 
 
 @triton.jit

@@ -119,3 +119,22 @@ def test_mismatched_shapes_are_refused():
         fused_linear_distill_loss(*student, *teacher, labels[:5], 1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match=r"w_s \(49, 8\)"):
         fused_linear_distill_loss(student[0], student[1][:49], student[2], *teacher, labels, 1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("chunking", CHUNKINGS, ids=["one_chunk", "row_chunks", "vocab_chunks"])
+def test_padded_logits_columns_never_enter_loss_or_gradients(monkeypatch, chunking):
+    """Logits buffers are allocated with padded rows and filled with NaN here: a single padding
+    element read by a kernel or a GEMM would turn the loss or a gradient into NaN."""
+    from mdist.kernels import linear_distill
+
+    shapes = []
+
+    def poisoned(rows, columns, dtype, device):
+        buf = torch.full((rows, linear_distill.padded_stride(columns)), float("nan"), dtype=dtype, device=device)
+        shapes.append((columns, buf.shape[1]))
+        return buf
+
+    monkeypatch.setattr(linear_distill, "logits_buffer", poisoned)
+    student, teacher, labels = _inputs(13, 300, 24, 40)
+    _assert_matches(student, teacher, labels, 2.0, **chunking)
+    assert shapes and all(stride % linear_distill.ROW_ALIGN == 0 and stride > columns for columns, stride in shapes)
