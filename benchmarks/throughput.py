@@ -31,6 +31,11 @@ student (forward + backward â‰ˆ 3 forwards): FLOPs per token = forward(12) + 3 Â
 
     python benchmarks/throughput.py [--batches 16 64] [--students 1 2] [--variants ...] [--optimizer adamw|adamw_fused] [--steps 10] [--peak-flops 989e12] [--no-record]
     python benchmarks/throughput.py --smoke   # CPU-sized shapes, fp32, < 60 s, records nothing
+    python benchmarks/throughput.py --variants mdist --batches 64 --students 1 --profile   # + where a step's time goes
+
+`--profile` runs one more step of every row under torch.profiler and prints its kernel time (device
+time on the GPU, CPU op time in the smoke run) by category (`PROFILE_CATEGORIES`, matched on kernel
+or op names in order; the rest is elementwise work and reductions).
 
 Without CUDA it runs the smoke shapes, says a GPU is needed, and records nothing.
 Legend: B batch (sequences per language), L sequence, D hidden, V vocabulary, N masked positions.
@@ -234,6 +239,37 @@ VARIANTS = {
 }
 
 
+PROFILE_CATEGORIES = [  # (category, kernel/op name pattern); first match wins
+    ("vocabulary KL+CE kernels", r"_stats_kernel|_grad_kernel"),
+    ("attention-score / hidden loss kernels", r"_score_mse|hidden_mse|_mse_kernel"),
+    ("SDPA attention", r"flash|fmha|cudnn|scaled_dot_product|attention"),
+    ("GEMMs (encoder and vocabulary)", r"gemm|cutlass|xmma|nvjet|sm90|aten::(mm|addmm|bmm|baddbmm)$"),
+    ("optimiser", r"adam|multi_tensor|foreach|aten::_fused"),
+    ("copies, cat, stack", r"copy|memcpy|aten::(cat|stack|clone|contiguous)$|CatArray"),
+]
+
+
+def profile_step(step: Callable[[int], object], i: int, device: str) -> dict[str, float]:
+    """Milliseconds of one step's kernels by category (self time, so nothing is counted twice)."""
+    import re
+
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        step(i)
+        if cuda:
+            torch.cuda.synchronize()
+    totals = {name: 0.0 for name, _ in PROFILE_CATEGORIES} | {"elementwise, reductions, other": 0.0}
+    for event in prof.key_averages():
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if us <= 0 or (cuda and event.device_type != torch.autograd.DeviceType.CUDA):
+            continue
+        category = next((name for name, pattern in PROFILE_CATEGORIES if re.search(pattern, event.key, re.IGNORECASE)), "elementwise, reductions, other")
+        totals[category] += us / 1e3
+    return totals
+
+
 @dataclass(frozen=True)
 class Timing:
     step_s: float
@@ -264,7 +300,15 @@ def measure(variant: Variant, s: Shapes, langs: list[str], batch: int, kernels: 
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / args.steps
     tokens = sum(b.tokens for b in batches.values())
-    return Timing(step_s, tokens / step_s, torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
+    timing = Timing(step_s, tokens / step_s, torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
+    if args.profile:
+        categories = profile_step(step, args.warmup + args.steps, device)
+        print(f"profile of one step, batch {batch}, {len(langs)} student(s) (ms of {'kernel' if cuda else 'CPU op'} time, step {step_s * 1e3:.1f} ms):")
+        print(markdown_header(["work", "ms per step"]))
+        for category, ms in categories.items():
+            print(markdown_row([category, f"{ms:.1f}"]))
+        print(markdown_row(["all", f"{sum(categories.values()):.1f}"]))
+    return timing
 
 
 def run(s: Shapes, args, device: str, dtype: torch.dtype, kernels: str, stamp: str) -> list[list]:
@@ -318,6 +362,7 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=["adamw", "adamw_fused"], default="adamw", help="every variant's AdamW: torch's multi-tensor default or its fused kernel")
     parser.add_argument("--peak-flops", type=float, default=989e12, help="peak dense bf16 FLOP/s for MFU (H100 SXM: 989e12)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--profile", action="store_true", help="also profile one step per row and print its kernel time by category")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     smoke = args.smoke or not cuda

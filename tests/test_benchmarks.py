@@ -52,6 +52,18 @@ def test_throughput_smoke_prints_every_row(gpu_machine_env):
         assert float(cells[6].replace(",", "")) > 0 and float(cells[7]) > 0  # tokens/s, step ms
 
 
+def test_throughput_profile_splits_a_step_by_category(gpu_machine_env, benchmark_module):
+    args = ["--smoke", "--variants", "mdist", "--batches", "2", "--students", "1", "--profile"]
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), *args], capture_output=True, text=True, env=gpu_machine_env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    throughput = benchmark_module("throughput")
+    table = dict(re.findall(r"^\| ([^|]+?) \| ([0-9.]+) \|$", done.stdout, re.MULTILINE))
+    categories = [name for name, _ in throughput.PROFILE_CATEGORIES] + ["elementwise, reductions, other"]
+    assert set(table) == {*categories, "all"}
+    assert float(table["all"]) == pytest.approx(sum(float(table[c]) for c in categories), abs=0.1 * len(categories))
+    assert float(table["all"]) > 0
+
+
 def test_kernels_smoke_agrees_with_references(gpu_machine_env):
     env = gpu_machine_env
     done = subprocess.run([sys.executable, str(BENCHMARKS / "kernels.py")], capture_output=True, text=True, env=env, timeout=300)
