@@ -38,8 +38,8 @@ def _step(group, teacher, optimizer, student, lang, seed):
     out = group(student, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL)
     loss, _ = loss_fn(out, target, batch.attention_mask_BL, batch.labels_BL)
     set_active_students(optimizer, [student])
-    optimizer.zero_grad()
-    loss.backward()
+    optimizer.zero_grad(set_to_none=False)  # inactive students keep zero-filled grads (as in a DeepSpeed engine):
+    loss.backward()  # a plain AdamW would move them by momentum and weight decay; only the group mask keeps them still
     optimizer.step()
 
 
@@ -51,6 +51,7 @@ def test_turkish_step_moves_english_embeddings_only_when_shared(teacher, shared)
     assert en.lm_head.decoder.weight is en.roberta.embeddings.word_embeddings.weight  # tied head
     optimizer = GroupMaskedAdamW(student_param_groups(dict(group.students), group.projections, 0.01), lr=1e-2)
     _step(group, teacher, optimizer, "en", "en", seed=0)  # gives en's parameters Adam momentum
+    assert all(p.grad is not None for p in en.parameters())  # and grads that stay allocated (zeroed) during tr's step
     en_embeddings = en.roberta.embeddings.word_embeddings.weight.detach().clone()
     en_layer = en.roberta.encoder.layer[0].attention.self.query.weight.detach().clone()
     _step(group, teacher, optimizer, "tr", "tr", seed=1)
