@@ -192,14 +192,16 @@ def run_transfer(cfg: TransferConfig) -> dict:
     shot_pool = _examples(task, cfg.shots_file, cfg.shots_labels, None) if cfg.shots else []
     if cfg.shots and max(cfg.shots) > len(shot_pool):
         raise ConfigError(f"--shots {max(cfg.shots)} asks for more examples than '{cfg.shots_file}' has ({len(shot_pool)})")
+    models = build_models(cfg, strategy)
+    train_tokenizer = models.tokenizers["train"]
     teacher = None
     if cfg.task_teacher is not None:
-        teacher, _, teacher_spec = load_task_model(cfg.task_teacher, cfg.device)
+        teacher, teacher_tokenizer, teacher_spec = load_task_model(cfg.task_teacher, cfg.device)
         if teacher_spec.task != cfg.task:
             raise ConfigError(f"--task-teacher '{cfg.task_teacher}' was fine-tuned on {teacher_spec.task}, not {cfg.task}")
+        if teacher_tokenizer.get_vocab() != train_tokenizer.get_vocab():
+            raise ConfigError(f"--task-teacher '{cfg.task_teacher}' tokenizes differently from the students; it must be their teacher")
         teacher.eval().requires_grad_(False)
-
-    models = build_models(cfg, strategy)
     trained = models.trained[0]
     settings = FitSettings(
         epochs=cfg.epochs or task.zero_shot_epochs,
@@ -209,7 +211,6 @@ def run_transfer(cfg: TransferConfig) -> dict:
         warmup=cfg.warmup,
         seed=cfg.seed,
     )
-    train_tokenizer = models.tokenizers["train"]
     features = _features(task, train_examples, train_tokenizer, trained, cfg.max_length)
     fitted, moved = train_and_transfer(models, strategy, task, features, train_tokenizer.pad_token_id, settings, cfg.device, teacher)
 
