@@ -347,7 +347,10 @@ def _read_recipe(recipe: str) -> tuple[dict[str, Any], str]:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"recipe file '{path}' does not exist")
-        text, origin = path.read_text(encoding="utf-8"), str(path)
+        try:
+            text, origin = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError:
+            raise ConfigError(f"recipe file '{path}' is not text (a recipe is a YAML file)") from None
     else:
         candidate = resources.files("mdist.recipes") / f"{recipe}.yaml"
         if not candidate.is_file():

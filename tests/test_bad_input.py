@@ -1,13 +1,14 @@
 """Bad input stops with one line naming the key or file: exit code 2, no traceback.
 
 One table: each case is a function that breaks something in a fresh copy of the tiny teacher (or
-around it, or in `run()`: a fresh copy of a finished 2-step run at `{tmp}/out`) and returns the
-command line; `@case(expect)` registers it with the text its error line must contain (`{teacher}`
+around it, in `run()`: a fresh copy of a finished 2-step run at `{tmp}/out`, or in `shards(...)`)
+and returns the command line; `@case(expect)` registers it with the text its error line must contain (`{teacher}`
 and `{tmp}` are filled in). Add a case by adding a function.
 """
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 from pathlib import Path
@@ -48,55 +49,55 @@ def drop_tokenizer(teacher: Path) -> None:
 # ---- the teacher directory -------------------------------------------------------------------
 
 @case("teacher config '{teacher}/config.json' is not valid JSON")
-def teacher_config_not_json(tmp, teacher, run):
+def teacher_config_not_json(tmp, teacher, run, request):
     (teacher / "config.json").write_text("{not json")
     return distill(tmp, teacher)
 
 
 @case("teacher '{teacher}' has model_type 'bert'")
-def teacher_not_xlmr(tmp, teacher, run):
+def teacher_not_xlmr(tmp, teacher, run, request):
     edit_json(teacher / "config.json", model_type="bert")
     return distill(tmp, teacher)
 
 
 @case("teacher directory '{teacher}' has no weights")
-def teacher_without_weights(tmp, teacher, run):
+def teacher_without_weights(tmp, teacher, run, request):
     (teacher / "model.safetensors").unlink()
     return distill(tmp, teacher)
 
 
 @case("teacher '{teacher}': tokenizer has")
-def teacher_vocabulary_smaller_than_tokenizer(tmp, teacher, run):
+def teacher_vocabulary_smaller_than_tokenizer(tmp, teacher, run, request):
     edit_json(teacher / "config.json", vocab_size=50)
     return distill(tmp, teacher)
 
 
 @case("teacher directory '{teacher}' has no tokenizer")
-def teacher_without_tokenizer_files(tmp, teacher, run):
+def teacher_without_tokenizer_files(tmp, teacher, run, request):
     drop_tokenizer(teacher)
     return distill(tmp, teacher)
 
 
 @case("teacher '{teacher}': tokenizer has only")
-def teacher_tokenizer_far_smaller_than_vocabulary(tmp, teacher, run):
+def teacher_tokenizer_far_smaller_than_vocabulary(tmp, teacher, run, request):
     edit_json(teacher / "config.json", vocab_size=5000)
     return distill(tmp, teacher)
 
 
 @case("teacher '{teacher}': tokenizer has no <mask>")
-def teacher_tokenizer_without_mask(tmp, teacher, run):
+def teacher_tokenizer_without_mask(tmp, teacher, run, request):
     edit_json(teacher / "tokenizer_config.json", mask_token=None)
     return distill(tmp, teacher)
 
 
 @case("teacher directory '{teacher}' has no tokenizer")
-def prep_tokenizer_dir_without_tokenizer(tmp, teacher, run):
+def prep_tokenizer_dir_without_tokenizer(tmp, teacher, run, request):
     drop_tokenizer(teacher)
     return prep(tmp, teacher)
 
 
 @case("teacher '{teacher}': tokenizer has only")
-def prep_tokenizer_far_smaller_than_vocabulary(tmp, teacher, run):
+def prep_tokenizer_far_smaller_than_vocabulary(tmp, teacher, run, request):
     edit_json(teacher / "config.json", vocab_size=5000)
     return prep(tmp, teacher)
 
@@ -121,7 +122,7 @@ SETTINGS = [  # (case, --set overrides, the line names the key and what is legal
     ("init_mapping_last", ["students.init_mapping=last"], "config key 'students.init_mapping': 'last' gives no teacher layer to every student layer"),
 ]
 for _name, _sets, _expect in SETTINGS:
-    CASES[_name] = (lambda tmp, teacher, run, sets=_sets: distill(tmp, teacher, *sets), _expect)
+    CASES[_name] = (lambda tmp, teacher, run, request, sets=_sets: distill(tmp, teacher, *sets), _expect)
 
 
 # ---- numeric command-line options: argparse's one line naming the option ------------------------
@@ -134,13 +135,68 @@ OPTIONS = [  # (case, command line, expected)
     ("eval_seed_negative", ["eval", "perplexity", "--files", "x.txt", "--out", "o.json", "--seed", "-3"], "argument --seed: must be >= 0, got -3"),
 ]
 for _name, _argv, _expect in OPTIONS:
-    CASES[_name] = (lambda tmp, teacher, run, argv=_argv: argv, _expect)
+    CASES[_name] = (lambda tmp, teacher, run, request, argv=_argv: argv, _expect)
 
 
 # ---- training data ---------------------------------------------------------------------------
 
+def shards(tmp: Path, teacher: Path, request, workers: int = 0) -> tuple[list[str], Path]:
+    """A fresh copy of prepared en/tr shards, and the distill command line that reads them."""
+    target = Path(shutil.copytree(request.getfixturevalue("prepared_shards"), tmp / "shards"))
+    return distill(tmp, teacher, "data.kind=shards", f"data.shards={target}", f"data.num_workers={workers}"), target
+
+
+@case("{tmp}/shards/en.manifest.json: not a JSON manifest")
+def manifest_not_json(tmp, teacher, run, request):
+    argv, target = shards(tmp, teacher, request)
+    (target / "en.manifest.json").write_text("{")
+    return argv
+
+
+@case("{tmp}/shards/en.manifest.json: not a manifest written by `mdist prep`")
+def manifest_without_shards(tmp, teacher, run, request):
+    argv, target = shards(tmp, teacher, request)
+    (target / "en.manifest.json").write_text(json.dumps({"tokenizer": None}))
+    return argv
+
+
+@case("{tmp}/shards/en-000001.tar: 0 bytes, prep wrote")
+def shard_empty(tmp, teacher, run, request):
+    argv, target = shards(tmp, teacher, request)
+    (target / "en-000001.tar").write_bytes(b"")
+    return argv
+
+
+@case("{tmp}/shards/en-000000.tar: 1000 bytes, prep wrote")
+def shard_truncated(tmp, teacher, run, request):
+    argv, target = shards(tmp, teacher, request)
+    (target / "en-000000.tar").write_bytes((target / "en-000000.tar").read_bytes()[:1000])
+    return argv
+
+
+@case("{tmp}/shards/en-00000")
+def shards_of_random_bytes_met_by_a_loader_worker(tmp, teacher, run, request):
+    """Same sizes, so only reading finds out: the worker names the shard, the run stops with one line."""
+    argv, target = shards(tmp, teacher, request, workers=2)
+    for shard in target.glob("en-*.tar"):
+        shard.write_bytes(random.Random(0).randbytes(shard.stat().st_size))
+    return argv
+
+
+@case("{tmp}/en.txt.xz: not an xz stream")
+def plain_text_named_xz(tmp, teacher, run, request):
+    (tmp / "en.txt.xz").write_text("one document\n\nanother one\n")
+    return ["prep", "--lang", "en", "--input", str(tmp / "en.txt.xz"), "--out", str(tmp / "shards"), "--no-progress"]
+
+
+@case("recipe file '{tmp}/recipe.yaml' is not text")
+def recipe_not_text(tmp, teacher, run, request):
+    (tmp / "recipe.yaml").write_bytes(bytes(range(128, 256)))
+    return ["distill", "--recipe", str(tmp / "recipe.yaml"), "--out", str(tmp / "out")]
+
+
 @case("{tmp}/en.txt: empty text file")
-def empty_text_file(tmp, teacher, run):
+def empty_text_file(tmp, teacher, run, request):
     (tmp / "en.txt").write_text("\n\n")
     (tmp / "tr.txt").write_text("bir iki\n")
     return distill(tmp, teacher, "data.kind=text", f"data.text={{en: [{tmp}/en.txt], tr: [{tmp}/tr.txt]}}")
@@ -149,7 +205,7 @@ def empty_text_file(tmp, teacher, run):
 # ---- the output directory --------------------------------------------------------------------
 
 @case("{tmp}/out holds a finished run (summary.json, students, checkpoints); continue it with --resume, choose a new --out, or replace it with --overwrite")
-def out_holds_a_finished_run(tmp, teacher, run):
+def out_holds_a_finished_run(tmp, teacher, run, request):
     for name in ("students/en", "checkpoints/step1"):
         (tmp / "out" / name).mkdir(parents=True)
     (tmp / "out" / "summary.json").write_text(json.dumps({"steps": 1}))
@@ -157,13 +213,13 @@ def out_holds_a_finished_run(tmp, teacher, run):
 
 
 @case("{tmp}/out holds an earlier run (checkpoints); continue it with --resume")
-def out_holds_an_interrupted_run(tmp, teacher, run):
+def out_holds_an_interrupted_run(tmp, teacher, run, request):
     (tmp / "out" / "checkpoints" / "step1").mkdir(parents=True)
     return distill(tmp, teacher)
 
 
 @case("{tmp}/out/summary.json is not valid JSON")
-def resume_with_a_corrupt_summary(tmp, teacher, run):
+def resume_with_a_corrupt_summary(tmp, teacher, run, request):
     (tmp / "out").mkdir()
     (tmp / "out" / "summary.json").write_text("{")
     return distill(tmp, teacher) + ["--resume"]
@@ -175,40 +231,51 @@ RESUME = ("train.steps=3", "train.save_every=1")
 
 
 @case("{tmp}/out/checkpoints/step2/rank0.pt is missing from a complete checkpoint; remove {tmp}/out/checkpoints/step2 to resume from step1, or start afresh with --overwrite")
-def checkpoint_rank_file_missing(tmp, teacher, run):
+def checkpoint_rank_file_missing(tmp, teacher, run, request):
     (run() / "checkpoints" / "step2" / "rank0.pt").unlink()
     return distill(tmp, teacher, *RESUME) + ["--resume"]
 
 
 @case("{tmp}/out/checkpoints/step2/mp_rank_00_model_states.pt has 100 bytes")
-def checkpoint_model_states_truncated(tmp, teacher, run):
+def checkpoint_model_states_truncated(tmp, teacher, run, request):
     path = run() / "checkpoints" / "step2" / "mp_rank_00_model_states.pt"
     path.write_bytes(path.read_bytes()[:100])
     return distill(tmp, teacher, *RESUME) + ["--resume"]
 
 
 @case("cannot load {tmp}/out/checkpoints/step2/mp_rank_00_model_states.pt: ")
-def checkpoint_model_states_garbage(tmp, teacher, run):
+def checkpoint_model_states_garbage(tmp, teacher, run, request):
     path = run() / "checkpoints" / "step2" / "mp_rank_00_model_states.pt"
     path.write_bytes(bytes(path.stat().st_size))
     return distill(tmp, teacher, *RESUME) + ["--resume"]
 
 
 @case("cannot read {tmp}/out/checkpoints/step2/rank0.pt: ")
-def checkpoint_rank_file_garbage(tmp, teacher, run):
+def checkpoint_rank_file_garbage(tmp, teacher, run, request):
     path = run() / "checkpoints" / "step2" / "rank0.pt"
     path.write_bytes(bytes(path.stat().st_size))
     return distill(tmp, teacher, *RESUME) + ["--resume"]
 
 
 @case("{tmp}/out/checkpoints/step2 was written by 2 rank(s), this run has 1: resume with 2")
-def checkpoint_of_another_world_size(tmp, teacher, run):
+def checkpoint_of_another_world_size(tmp, teacher, run, request):
     step = run() / "checkpoints" / "step2"
     shutil.copy(step / "rank0.pt", step / "rank1.pt")
     marker = json.loads((step / "COMPLETE").read_text())
     marker["files"]["rank1.pt"] = marker["files"]["rank0.pt"]
     (step / "COMPLETE").write_text(json.dumps(marker))
     return distill(tmp, teacher, *RESUME) + ["--resume"]
+
+
+@pytest.fixture(scope="module")
+def prepared_shards(tmp_path_factory, synthetic_docs) -> Path:
+    from mdist.data.prep import ShardLimits, prepare
+
+    root = tmp_path_factory.mktemp("shards")
+    for lang, docs in synthetic_docs.items():
+        (root / f"{lang}.txt").write_text("".join(d + "\n\n" for d in docs))
+        prepare(lang, [root / f"{lang}.txt"], root / "out", ShardLimits(max_documents=30), progress=False)
+    return root / "out"
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +295,7 @@ def test_bad_input_stops_with_one_line_naming_it(name, tmp_path, tiny_teacher_di
     def run() -> Path:
         return Path(shutil.copytree(request.getfixturevalue("finished_run"), tmp_path / "out"))
 
-    argv = build(tmp_path, teacher, run)
+    argv = build(tmp_path, teacher, run, request)
     try:
         code = main(argv)
     except SystemExit as stop:  # argparse's own refusals

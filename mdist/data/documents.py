@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from mdist.errors import DataError
+
 INVALID_UTF8 = "invalid UTF-8"
 EMPTY = "empty document"
 TRUNCATED = "truncated xz stream"
 CORRUPT = "corrupt xz stream"
 EXAMPLES_PER_REASON = 10
+XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
 @dataclass
@@ -53,6 +56,9 @@ class SkipLog:
 def read_documents(path: Path, skips: SkipLog, progress: Callable[[int], None] = lambda nbytes: None) -> Iterator[Document]:
     """Yield the documents of one file; `progress(n)` gets the input bytes consumed since its last call."""
     with open(path, "rb") as raw:
+        if path.suffix == ".xz" and raw.read(len(XZ_MAGIC)) != XZ_MAGIC:
+            raise DataError(f"{path}: not an xz stream (the name ends in .xz); compress it with xz or drop the suffix")
+        raw.seek(0)
         stream = lzma.open(raw) if path.suffix == ".xz" else raw
         reported = 0
         lines: list[str] = []

@@ -92,7 +92,7 @@ class ShardBatchSource:
             path = manifest_path(Path(shard_dir), lang)
             if not path.is_file():
                 raise DataError(f"{path}: no manifest for language '{lang}'; run `mdist prep --lang {lang} --out {shard_dir} ...` first")
-            manifest = json.loads(path.read_text())
+            manifest = read_manifest(path)
             shards[lang] = [path.parent / shard["name"] for shard in manifest["shards"]]
             pretokenised[lang] = manifest["tokenizer"] == fingerprint
             if manifest["tokenizer"] and not pretokenised[lang]:
@@ -109,6 +109,8 @@ class ShardBatchSource:
                                 generator=torch.Generator().manual_seed(self.config.seed), worker_init_fn=ignore_stop_signals)
             self._items = iter(loader)
         worker, state, batches = next(self._items)
+        if isinstance(batches, DataError):  # a bad shard, named by the worker that met it
+            raise batches
         self.worker_states[worker] = state
         self.step += 1
         return batches
@@ -129,7 +131,10 @@ class ShardBatchSource:
         self.worker_states = {int(w): s for w, s in state["workers"].items()}
 
     def close(self) -> None:
-        """Stop the worker processes (they restart on the next `next_batches`)."""
+        """Stop the worker processes now (they restart on the next `next_batches`). Not left to garbage
+        collection: workers ignore SIGTERM, so one still alive at interpreter exit would block it."""
+        if self._items is not None and hasattr(self._items, "_shutdown_workers"):
+            self._items._shutdown_workers()  # what the iterator's __del__ does, done deterministically
         self._items = None
 
 
@@ -144,6 +149,12 @@ class _WorkerStreams(IterableDataset):
         workers, physical = (info.num_workers, info.id) if info else (1, 0)
         worker = (physical + self.rotation) % workers
         state = self.states.get(worker, {"item": 0, "langs": {}})
+        try:
+            yield from self._items(worker, workers, state)
+        except DataError as err:  # handed to the trainer as an item: raised in a worker, it would arrive wrapped in the worker's traceback
+            yield worker, None, err
+
+    def _items(self, worker: int, workers: int, state: dict):
         c = self.config
         streams = {lang: _LanguageStream(c, lang, index, worker, workers, state["langs"].get(lang)) for index, lang in enumerate(c.shards)}
         item = state["item"]
@@ -203,10 +214,14 @@ class _LanguageStream:
             samples.append(sample)
             if len(samples) == self.config.shuffle_block or end[1:] == (0, 0):
                 break
-        if self.config.pretokenised[self.lang]:
-            docs = [_npy_ids(sample["ids.npy"]) for sample in samples]
-        else:
-            docs = self.config.encoder([sample["txt"].decode("utf-8") for sample in samples])
+        try:
+            if self.config.pretokenised[self.lang]:
+                docs = [_npy_ids(sample["ids.npy"]) for sample in samples]
+            else:
+                docs = self.config.encoder([sample["txt"].decode("utf-8") for sample in samples])
+        except (KeyError, UnicodeDecodeError, ValueError) as err:
+            where = next((sample.get("__url__") for sample in samples), "a shard")
+            raise DataError(f"{where}: a sample without readable text or ids ({type(err).__name__}: {err}); re-create the shard with `mdist prep`") from None
         order = np.random.default_rng([*self.keys, 1, self.block]).permutation(len(docs))
         return [docs[i] for i in order], end
 
@@ -217,8 +232,18 @@ class _LanguageStream:
             order = np.random.default_rng([*self.keys, 0, epoch]).permutation(len(self.shards))
             previous = None
             for index in range(shard, len(order)):
-                samples = wds.tarfile_to_samples()([{"url": self.shards[order[index]]}])
-                for sample_no, found in enumerate(islice(samples, sample, None), sample + 1):
+                url = self.shards[order[index]]
+                samples = iter(islice(wds.tarfile_to_samples()([{"url": url}]), sample, None))
+                sample_no = sample
+                while True:
+                    try:
+                        found = next(samples, None)
+                    except Exception as err:  # tarfile and webdataset raise many types for a broken tar
+                        raise DataError(f"{url}: unreadable shard after {sample_no} sample(s) ({type(err).__name__}: {err.args[0] if err.args else err}); "
+                                        "re-create it with `mdist prep` (the run stops rather than skip data silently)") from None
+                    if found is None:
+                        break
+                    sample_no += 1
                     if previous is not None:
                         yield previous
                     previous = found, (epoch, index, sample_no)
@@ -226,6 +251,27 @@ class _LanguageStream:
             epoch, shard = epoch + 1, 0
             if previous is not None:
                 yield previous[0], (epoch, 0, 0)
+
+
+def read_manifest(path: Path) -> dict:
+    """A language's manifest, checked: JSON with its shards, each present with the size prep wrote."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        shards = [(shard["name"], shard["bytes"]) for shard in manifest["shards"]]
+        manifest["tokenizer"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a JSON manifest ({err}); re-run `mdist prep`") from None
+    except (KeyError, TypeError):
+        raise DataError(f"{path}: not a manifest written by `mdist prep` (it needs 'tokenizer' and 'shards' with name and bytes); re-run `mdist prep`") from None
+    if not shards:
+        raise DataError(f"{path}: lists no shards; re-run `mdist prep` with input documents")
+    for name, size in shards:
+        shard = path.parent / name
+        if not shard.is_file():
+            raise DataError(f"{shard}: listed in {path.name} but missing; re-run `mdist prep`")
+        if shard.stat().st_size != size:
+            raise DataError(f"{shard}: {shard.stat().st_size} bytes, prep wrote {size} (truncated or replaced); re-run `mdist prep`")
+    return manifest
 
 
 def _npy_ids(data: bytes) -> list[int]:
