@@ -97,10 +97,16 @@ def test_speed_options_equal_the_plain_run(sets, recipe_teacher_dir, one_rank, t
 
 
 @pytest.mark.skipif(shutil.which("deepspeed", path=str(BIN)) is None, reason="deepspeed launcher not installed")
-def test_deepspeed_launcher_two_ranks(tmp_path):
-    """`deepspeed --num_gpus 2` on a CPU machine (DS_ACCELERATOR=cpu): ZeRO-1, grad accumulation 2."""
+def test_deepspeed_launcher_two_ranks(recipe_teacher_dir, one_rank, tmp_path):
+    """`deepspeed --num_gpus 2` on a CPU machine (DS_ACCELERATOR=cpu): ZeRO-1, grad accumulation 2,
+    micro-batch 1: the same global batch of 4 per language as the one-rank run, and the same students."""
     cmd = [str(BIN / "deepspeed"), "--num_nodes", "1", "--num_gpus", "2", "--master_port", str(free_port()), "--module", "mdist", "distill",
-           *COMMON, "--out", str(tmp_path), "--set", "deepspeed.zero_stage=1", "--set", "train.grad_accum=2", "--set", "train.batch_size=1"]
+           *COMMON, "--out", str(tmp_path), "--set", f"teacher.path={recipe_teacher_dir}", "--set", "deepspeed.zero_stage=1",
+           "--set", "train.grad_accum=2", "--set", "train.batch_size=1"]
     _run(cmd)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["world_size"] == 2 and set(summary["students"]) == {"en", "tr"}
+    two = _students(tmp_path)
+    for name in one_rank:
+        for key, ref in one_rank[name].items():
+            torch.testing.assert_close(two[name][key], ref, rtol=1e-4, atol=1e-5, msg=f"{name}/{key}")
