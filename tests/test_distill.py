@@ -34,7 +34,7 @@ def tiny_run(tmp_path_factory):
 def test_outputs_and_summary(tiny_run):
     out, summary = tiny_run
     written = json.loads((out / "summary.json").read_text())
-    assert written["steps"] == 3 and 0 < written["tokens"] <= 3 * 2 * 4 * 32  # steps x languages x batch x length
+    assert written["steps"] == 3 and written["tokens"] == 3 * 2 * 4 * 32  # steps x languages x batch x length: packed, no padding
     assert set(written["students"]) == {"en", "tr"}
     for pair in ("en/en", "tr/tr"):
         assert {"mlm", "kl", "hid", "att", "emb", "loss"} <= set(written["final_losses"][pair])
@@ -58,25 +58,47 @@ def test_mlflow_run_has_params_and_step_metrics(tiny_run):
     assert client.get_experiment(run.info.experiment_id).artifact_location == (out / "mlartifacts").resolve().as_uri()
 
 
-def test_export_loads_without_mdist(tiny_run):
+def test_export_loads_without_mdist(tiny_run, tmp_path):
+    """The exported tr student, loaded by plain transformers in a process without mdist, computes the
+    logits the trained student computes (the final checkpoint's weights run through mdist's forward)."""
     out, _ = tiny_run
     script = (
         "import sys, torch\n"
         "from transformers import AutoModelForMaskedLM, AutoTokenizer\n"
-        f"m = AutoModelForMaskedLM.from_pretrained({str(out / 'students' / 'tr')!r})\n"
+        f"m = AutoModelForMaskedLM.from_pretrained({str(out / 'students' / 'tr')!r}).eval()\n"
         f"t = AutoTokenizer.from_pretrained({str(out / 'students' / 'tr')!r})\n"
-        "x = t(['deneme'], return_tensors='pt')\n"
-        "print(m(**x).logits.shape[-1], m.config.num_hidden_layers, 'mdist' in sys.modules)\n"
+        "x = t(['deneme bir iki', 'kelime'], return_tensors='pt', padding=True)\n"
+        "tied = m.lm_head.decoder.weight.data_ptr() == m.roberta.embeddings.word_embeddings.weight.data_ptr()\n"
+        "with torch.no_grad():\n"
+        f"    torch.save({{'ids': x['input_ids'], 'mask': x['attention_mask'], 'logits': m(**x).logits}}, {str(tmp_path / 'hf.pt')!r})\n"
+        "print(m.config.num_hidden_layers, tied, 'mdist' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd="/")
     assert done.returncode == 0, done.stderr
-    vocab, layers, imported = done.stdout.split()
-    assert int(layers) == 2 and imported == "False"
+    layers, tied, imported = done.stdout.split()
+    assert int(layers) == 2 and tied == "True" and imported == "False"
+    _assert_captured_qk_give_eager_attention(out / "students" / "tr")  # the post-LN family (XL: test_xlmr_xl_family_teacher)
     # shared embeddings and tied head: both students export the same embedding matrix
     en = load_file(out / "students" / "en" / "model.safetensors")
     tr = load_file(out / "students" / "tr" / "model.safetensors")
     key = "roberta.embeddings.word_embeddings.weight"
     torch.testing.assert_close(en[key], tr[key], rtol=0, atol=0)
+
+    from mdist.encode import encode
+    from mdist.students import StudentGroup
+    from mdist.teacher import load_teacher
+
+    cfg = load_run_config("tiny")
+    group = StudentGroup(load_teacher(out / "teacher")[0], cfg.students, cfg.teacher.tiny.hidden)
+    states = torch.load(out / "checkpoints" / "step3" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    group.load_state_dict(states)
+    hf = torch.load(tmp_path / "hf.pt")
+    student = group.students["tr"].eval()
+    with torch.no_grad():
+        got = encode(student, hf["ids"], hf["mask"], torch.zeros_like(hf["ids"]))  # every position "masked": the head runs everywhere
+        logits = got.head_hidden_ND @ got.decoder_weight_VD.T + got.decoder_bias_V
+    valid = hf["mask"].reshape(-1).bool()
+    torch.testing.assert_close(hf["logits"].reshape(-1, logits.shape[-1])[valid], logits[valid], rtol=1e-5, atol=1e-5)
 
 
 def test_joint_update_and_other_strategies(tmp_path):
@@ -143,6 +165,33 @@ def test_xlmr_xl_family_teacher(tmp_path, synthetic_docs):
     )
     XLMRobertaXLForMaskedLM(config).save_pretrained(str(teacher))
     summary = run_distillation(load_run_config("tiny", [f"teacher.path={teacher}", "train.steps=2"]), tmp_path / "run")
-    assert summary["final_losses"]["tr/tr"]["att"] > 0  # Q/K captured from the XL attention too
+    assert summary["final_losses"]["tr/tr"]["att"] > 0
     student = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "run" / "students" / "tr"))
     assert type(student).__name__ == "XLMRobertaXLForMaskedLM" and student.config.num_hidden_layers == 2
+    for path in (teacher, tmp_path / "run" / "students" / "tr"):  # Q/K captured from the XL (pre-LN) attention
+        _assert_captured_qk_give_eager_attention(path)
+
+
+def _assert_captured_qk_give_eager_attention(path: Path) -> None:
+    """softmax(QKᵀ/√d) of the Q/K mdist captures inside SDPA equals transformers' eager attention
+    probabilities (`output_attentions`), layer by layer, on a padded batch (valid query × key pairs)."""
+    from transformers import AutoModelForMaskedLM
+
+    from mdist.capture import ATTENTION_IMPLEMENTATION
+    from mdist.encode import encode
+
+    captured = AutoModelForMaskedLM.from_pretrained(str(path), attn_implementation=ATTENTION_IMPLEMENTATION).eval()
+    eager = AutoModelForMaskedLM.from_pretrained(str(path), attn_implementation="eager").eval()
+    ids = torch.randint(5, captured.config.vocab_size - 1, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    ids[1, 6:] = captured.config.pad_token_id
+    with torch.no_grad():
+        qk = encode(captured, ids, mask, torch.full_like(ids, -100)).qk
+        probs = eager(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+    assert len(qk) == len(probs) == captured.config.num_hidden_layers
+    valid = mask.bool()[:, None, :, None] & mask.bool()[:, None, None, :]  # (B, 1, Lq, Lk)
+    for layer, ((q, k), want) in enumerate(zip(qk, probs)):
+        scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+        got = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf")).softmax(-1)
+        torch.testing.assert_close(got[valid.expand_as(got)], want[valid.expand_as(want)], rtol=1e-5, atol=1e-6, msg=f"{path.name} layer {layer}")
