@@ -8,6 +8,7 @@ random numbers differently would differ. The uninterrupted reference runs beside
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -120,9 +121,16 @@ def test_interrupted_and_resumed_run_exports_the_same_bytes(case, corpus, tiny_t
     assert f"checkpoints/{tag} at step" in resumed
     _finish(reference)
     assert _students(tmp_path / "run") == _students(tmp_path / "reference")
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("run", "reference")]
+    assert summaries[0]["tokens"] == summaries[1]["tokens"] > 0  # the token count is restored, not restarted
     if case.data == "synthetic":
         from mlflow.tracking import MlflowClient  # one MLflow run across the interruption, finished by the resumed run
 
-        runs = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}").search_runs(["0", "1"])
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+        runs = client.search_runs(["0", "1"])
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        for name in ("tr/tr/loss", "lr", "tokens"):  # every step once: before the signal by the first process, after it by the resumed one
+            assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, name)) == list(range(STEPS)), name
+        tokens = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "tokens")}
+        assert tokens == {step: (step + 1) * 2 * 4 * 32 for step in range(STEPS)}  # languages x batch x length per step (packed)
 
