@@ -15,6 +15,10 @@ from typing import Any, Mapping
 log = logging.getLogger(__name__)
 
 ARTIFACTS_DIR = "mlartifacts"  # artifacts of the embedded store, under the run directory
+# MLflow's own defaults (120 s timeout, 7 retries with backoff) stall a step for minutes when the
+# server is gone; these bound each call to seconds (a user's own settings win).
+HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+QUIET_AFTER_FAILURE_S = 60.0  # after a failed call, skip calls this long: a dead server costs one timeout a minute
 
 
 def tracking_uri(run_dir: Path) -> str:
@@ -49,8 +53,11 @@ class Tracker:
         in its experiment (the MLflow UI shows evaluations and fine-tunings under their distillation run)."""
         self.run_id: str | None = None
         self._client = None
+        self._quiet_until = 0.0
         if not enabled:
             return
+        for name, value in HTTP_BOUNDS.items():
+            os.environ.setdefault(name, value)
         try:
             from mlflow.tracking import MlflowClient
 
@@ -70,14 +77,17 @@ class Tracker:
             self._client = None
 
     def _safe(self, method: str, *args, **kwargs) -> None:
-        if self._client is None:
+        if self._client is None or time.monotonic() < self._quiet_until:
             return
         try:
             getattr(self._client, method)(self.run_id, *args, **kwargs)
         except Exception as err:
-            log.warning("MLflow %s failed (run continues): %s: %s", method, type(err).__name__, err)
+            self._quiet_until = time.monotonic() + QUIET_AFTER_FAILURE_S
+            log.warning("MLflow %s failed (run continues; no MLflow calls for %.0f s): %s: %s", method, QUIET_AFTER_FAILURE_S, type(err).__name__, err)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        if self._client is None:  # tracking off: mlflow is not needed at all
+            return
         from mlflow.entities import Param
 
         flat = flatten(params)
@@ -86,6 +96,8 @@ class Tracker:
             self._safe("log_batch", params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self._client is None:
+            return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
