@@ -258,7 +258,7 @@ def read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         shards = [(shard["name"], shard["bytes"]) for shard in manifest["shards"]]
-        manifest["tokenizer"]
+        manifest["tokenizer"]  # present, null when the shards hold text only
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a JSON manifest ({err}); re-run `mdist prep`") from None
     except (KeyError, TypeError):
