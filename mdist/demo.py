@@ -88,7 +88,7 @@ def run_demo(out_dir: Path, pretrain_steps: int = PRETRAIN_STEPS, overrides: lis
     cfg = load_run_config("tiny", [*DEMO_OVERRIDES, *overrides])
     teacher_dir = pretrain_teacher(cfg, out_dir / "teacher", pretrain_steps)
     cfg.teacher.path = str(teacher_dir)
-    summary = run_distillation(cfg, out_dir)
+    summary = run_distillation(cfg, out_dir, overwrite=True)  # the demo replaces an earlier demo in OUT
 
     queries, candidates = SyntheticCorpus(seed=cfg.train.seed).parallel("tr", "en", HELD_OUT_PAIRS)
     eval_dir = out_dir / "heldout"

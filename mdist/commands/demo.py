@@ -7,7 +7,7 @@ from pathlib import Path
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="run the embedded default job on the CPU (no network, no files needed)")
-    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output directory")
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output directory (an earlier demo there is replaced)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key of the demo run")
     parser.set_defaults(run=run)
 
