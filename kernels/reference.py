@@ -43,9 +43,10 @@ def fused_linear_distill_loss_reference(
     """
     keep_N = labels != -100
     count = keep_N.sum().clamp(min=1)
-    logits_s_NV = F.linear(h_s, w_s, b_s).float()
+    upcast = torch.promote_types(h_s.dtype, torch.float32)  # bf16/fp16 -> fp32; float64 stays float64 (tests' ground truth)
+    logits_s_NV = F.linear(h_s, w_s, b_s).to(upcast)
     ce = (F.cross_entropy(logits_s_NV, labels.masked_fill(~keep_N, 0), reduction="none") * keep_N).sum() / count
-    logits_t_NV = F.linear(h_t, w_t, b_t).float()
+    logits_t_NV = F.linear(h_t, w_t, b_t).to(upcast)
     log_p_s = F.log_softmax(logits_s_NV / temperature, dim=-1)
     log_p_t = F.log_softmax(logits_t_NV / temperature, dim=-1)
     kl_N = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)

@@ -59,6 +59,8 @@ def test_all_padded_gives_zero_loss_and_grad():
 
 
 def test_bf16_student_fp32_teacher_and_incoming_gradient():
+    """Under the interpreter the kernel computes in fp32 (bf16 upcast): dtypes and host code only here;
+    test_kernels_bf16_cuda.py runs the bf16 path where CUDA is present."""
     h_s64, h_t64 = _inputs(2, 8, 40, seed=3)
     valid = _masks("ragged", 2, 8)
     leaf = h_s64.bfloat16().requires_grad_()

@@ -63,11 +63,20 @@ def test_without_bias(chunking):
     _assert_matches(student, teacher, labels, 2.0, **chunking)
 
 
-def test_near_equal_student_small_kl():
-    """KL near zero (student ≈ teacher) still matches: the online statistics do not cancel away the signal."""
+@pytest.mark.parametrize("chunking", CHUNKINGS, ids=["one_chunk", "row_chunks", "vocab_chunks"])
+def test_near_equal_student_small_kl(chunking):
+    """KL near zero (student ≈ teacher, KL ≈ 2e-5) still matches: the online statistics do not cancel
+    away the signal. The KL term is held to a relative tolerance of its own (an absolute one of 1e-6
+    would let 5 % through), tighter than float32 PyTorch's own error here (about 3e-3: log-softmax
+    differences of O(log V) numbers)."""
     student, teacher, labels = _inputs(11, 257, 32, 32)
-    teacher = [s + 1e-3 * torch.randn_like(s) for s in student]
-    _assert_matches(student, teacher, labels, 1.5, vocab_chunk=100, block_v=64)
+    gen = torch.Generator().manual_seed(1)
+    teacher = [s + 1e-3 * torch.randn(s.shape, generator=gen, dtype=s.dtype) for s in student]
+    (_, _, kl), _ = _run(fused_linear_distill_loss, [x.clone() for x in student], teacher, labels, 1.5, **chunking)
+    (_, _, want), _ = _run(fused_linear_distill_loss_reference, [x.clone() for x in student], teacher, labels, 1.5)
+    _assert_matches(student, teacher, labels, 1.5, **chunking)
+    assert 1e-6 < want.item() < 1e-4
+    assert abs(kl.item() - want.item()) < 1e-4 * want.item(), f"KL {kl.item():.8g} vs float64 {want.item():.8g}"
 
 
 @pytest.mark.parametrize("chunking", CHUNKINGS[::2], ids=["one_chunk", "vocab_chunks"])
@@ -99,7 +108,9 @@ def test_plain_return_is_the_loss():
 
 @pytest.mark.parametrize("chunking", CHUNKINGS[::2], ids=["one_chunk", "vocab_chunks"])
 def test_bfloat16_inputs_give_bfloat16_grads(chunking):
-    """bf16 logits chunks and bf16 d logits, as on the GPU; compared with float64 on the same rounded inputs."""
+    """bf16 logits chunks and bf16 d logits, as on the GPU; compared with float64 on the same rounded inputs.
+    Under the interpreter the kernels compute in fp32 (bf16 is upcast), so this checks dtypes and host
+    code, not bf16 arithmetic; test_kernels_bf16_cuda.py runs the bf16 path where CUDA is present."""
     student, teacher, labels = _inputs(9, 300, 32, 32)
     student, teacher = ([x.bfloat16() for x in xs] for xs in (student, teacher))
     leaves = [x.clone().requires_grad_() for x in student]
