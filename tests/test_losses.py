@@ -92,7 +92,7 @@ def test_masked_only_head_equals_full_logits_mlm(tiny_teacher_dir):
     assert out.head_hidden_ND.shape[0] == int((labels != -100).sum())
 
 
-def _reference_terms(s, t, mask, labels, pairs, T):
+def _reference_terms(s, t, mask, labels, pairs, T, hidden="mse"):
     """Independent float64 implementation of METHOD §3, written from the definitions."""
     valid = mask.bool()
     d = lambda x: x.double()  # noqa: E731
@@ -104,9 +104,13 @@ def _reference_terms(s, t, mask, labels, pairs, T):
     kl = (T**2) * (pt * (torch.log(pt) - torch.log_softmax(zs / T, -1))).sum(-1).mean()
     hid = 0.0
     att = 0.0
+    tokens = [(b, i) for b in range(mask.shape[0]) for i in range(mask.shape[1]) if valid[b, i]]
     for m, g in pairs:
-        diffs = [(d(s.hidden_states[m])[b, i] - d(t.hidden_states[g])[b, i]) for b in range(mask.shape[0]) for i in range(mask.shape[1]) if valid[b, i]]
-        hid = hid + torch.stack([x.pow(2).mean() for x in diffs]).mean()
+        hs, ht = d(s.hidden_states[m]), d(t.hidden_states[g])
+        if hidden == "mse":
+            hid = hid + torch.stack([(hs[b, i] - ht[b, i]).pow(2).mean() for b, i in tokens]).mean()
+        else:  # 1 - cos per token
+            hid = hid + torch.stack([1 - hs[b, i] @ ht[b, i] / (hs[b, i].norm() * ht[b, i].norm()) for b, i in tokens]).mean()
         qs, ks = map(d, s.qk[m - 1])
         qt, kt = map(d, t.qk[g - 1])
         sq = []
@@ -117,29 +121,58 @@ def _reference_terms(s, t, mask, labels, pairs, T):
                 a_t = qt[b, h, :n] @ kt[b, h, :n].T / math.sqrt(qt.shape[-1])
                 sq.append(((a_s - a_t) ** 2).flatten())
         att = att + torch.cat(sq).mean()
-    emb = torch.stack([(d(s.hidden_states[0])[b, i] - d(t.hidden_states[0])[b, i]).pow(2).mean() for b in range(mask.shape[0]) for i in range(mask.shape[1]) if valid[b, i]]).mean()
+    emb = torch.stack([(d(s.hidden_states[0])[b, i] - d(t.hidden_states[0])[b, i]).pow(2).mean() for b, i in tokens]).mean()
     return {"mlm": mlm, "kl": kl, "hid": hid, "att": att, "emb": emb}
 
 
-@pytest.mark.parametrize("kernels", ["torch", "triton"])
-@pytest.mark.parametrize("mapping", ["uniform", "last"])
-def test_every_term_matches_float64(tiny_teacher_dir, mapping, kernels):
+# Thesis table 3.1 written out for a 2-layer student of the 4-layer test teacher: terms, the
+# (student layer, teacher layer) pairs of its mapping, and the hidden loss. Not read from mdist.
+_ALL = ("mlm", "kl", "hid", "att", "emb")
+UNIFORM, TOP, BOTTOM, LAST = ((1, 2), (2, 4)), ((1, 3), (2, 4)), ((1, 1), (2, 2)), ((2, 4),)
+TABLE_3_1 = {
+    "hinton": (("mlm", "kl"), UNIFORM, "mse"),
+    "hinton_hid": (("mlm", "kl", "hid"), UNIFORM, "mse"),
+    "hinton_hid_att": (("mlm", "kl", "hid", "att"), UNIFORM, "mse"),
+    "monoshot": (_ALL, UNIFORM, "mse"),
+    "tinybert": (("hid", "att", "emb"), UNIFORM, "mse"),
+    "hinton_hidcos_att_emb": (_ALL, UNIFORM, "cos"),
+    "hinton_hidcos_att_emb_bottom": (_ALL, BOTTOM, "cos"),
+    "hinton_hid_att_emb_top": (_ALL, TOP, "mse"),
+    "hinton_hid_att_emb_bottom": (_ALL, BOTTOM, "mse"),
+    "monoalignment": (_ALL, LAST, "mse"),
+}
+
+
+def test_table_3_1_lists_every_strategy():
+    assert set(TABLE_3_1) == set(STRATEGIES)
+
+
+@pytest.mark.parametrize(
+    "strategy,kernels",
+    [(name, "torch") for name in TABLE_3_1]  # the fused kernels: each mapping and hidden loss once (CI time)
+    + [(name, "triton") for name in ("tinybert", "hinton_hidcos_att_emb_bottom", "hinton_hid_att_emb_top", "monoalignment")],
+)
+def test_every_term_matches_float64(tiny_teacher_dir, strategy, kernels):
+    terms_expected, pairs, hidden = TABLE_3_1[strategy]
     teacher, student = _models(tiny_teacher_dir)
     ids, mask, labels = _batch(teacher.config.vocab_size)
     with torch.no_grad():
         t = encode(teacher, ids, mask, labels)
     s = encode(student, ids, mask, labels)
-    weights = {"mlm": 0.1, "kl": 0.2, "hid": 0.3, "att": 0.25, "emb": 0.15}
-    loss_fn = DistillLoss.build("monoshot", weights, mapping, 2.0, 2, 4, kernels)
+    raw = [0.1, 0.2, 0.3, 0.25, 0.15][: len(terms_expected)]
+    weights = {k: w / sum(raw) for k, w in zip(terms_expected, raw)}
+    loss_fn = DistillLoss.build(strategy, weights, None, 2.0, 2, 4, kernels)
+    assert loss_fn.pairs == pairs
     total, terms = loss_fn(s, t, mask, labels)
+    assert set(terms) == set(terms_expected)
     with torch.no_grad():
-        ref = _reference_terms(s, t, mask, labels, loss_fn.pairs, 2.0)
+        ref = {k: v for k, v in _reference_terms(s, t, mask, labels, pairs, 2.0, hidden).items() if k in terms_expected}
     rel = 2e-5 if kernels == "torch" else 1e-4  # fused kernels: float32 online softmax over vocabulary chunks
     for name, value in ref.items():
         assert float(terms[name]) == pytest.approx(float(value), rel=rel, abs=1e-7), name
     assert float(total) == pytest.approx(sum(weights[k] * float(v) for k, v in ref.items()), rel=rel)
     total.backward()  # gradients reach the student
-    assert student.roberta.embeddings.word_embeddings.weight.grad is not None
+    assert student.roberta.encoder.layer[1].attention.self.query.weight.grad is not None
 
 
 def test_fused_and_torch_paths_give_the_same_gradients(tiny_teacher_dir):
