@@ -10,7 +10,7 @@ import pytest
 import webdataset as wds
 
 from mdist.commands import prep as prep_command
-from mdist.data.documents import EMPTY, INVALID_UTF8, TRUNCATED
+from mdist.data.documents import CORRUPT, EMPTY, INVALID_UTF8, TRUNCATED
 from mdist.data.prep import ShardLimits, prepare
 from mdist.manifests import manifest_path
 from mdist.data.synthetic import SyntheticCorpus
@@ -69,13 +69,38 @@ def test_bad_input_is_counted_with_reasons(tmp_path, docs):
     assert skipped["counts"][INVALID_UTF8] == 1 and skipped["examples"][INVALID_UTF8] == [f"{bad}:6"]
     assert skipped["counts"][EMPTY] == 3  # the blank line opening the file, then two extra separators
     assert skipped["examples"][EMPTY] == [f"{bad}:1", f"{bad}:9", f"{bad}:10"]
-    assert str(cut) in skipped["broken_files"] and skipped["counts"].get(TRUNCATED, 0) <= 1
     kept = [s["txt"].decode() for shard in manifest["shards"] for s in read_shard(tmp_path / "out" / shard["name"])]
     assert kept[:2] == ["first doc\nstill first", "last doc"]
     from_cut = [t.replace(" .\n", " . ") for t in kept[2:]]
     assert 0 < len(from_cut) < len(docs) and from_cut == docs[: len(from_cut)]
+    # the cut falls inside the next document: it is counted once, at its first line
+    assert skipped["counts"][TRUNCATED] == 1 and skipped["examples"][TRUNCATED] == [f"{cut}:{_first_line(docs, len(from_cut))}"]
+    assert skipped["broken_files"][str(cut)].startswith(TRUNCATED)
     assert manifest["input_documents"] == manifest["documents"] + sum(skipped["counts"].values())
-    assert [i["documents"] + i["skipped"] for i in manifest["inputs"]] == [6, len(from_cut) + skipped["counts"].get(TRUNCATED, 0)]
+    assert [i["documents"] + i["skipped"] for i in manifest["inputs"]] == [6, len(from_cut) + 1]
+
+
+def _first_line(docs: list[str], k: int) -> int:
+    """1-based line of document k's first line in cc100(docs)."""
+    return cc100(docs[:k]).count("\n") + 1
+
+
+def test_corrupt_xz_stream_is_counted_with_its_reason(tmp_path, docs):
+    """A corrupt xz stream (here: its footer, so the decoder fails after the data; more than one read
+    buffer of text, so documents come out before the error): the documents before it are kept, the one
+    it cuts off is counted as 'corrupt xz stream' at its first line, the file is listed as broken."""
+    text = cc100(docs * 3) + "cut off\nby the break\n"  # no closing blank line: a document is open at the end
+    data = bytearray(lzma.compress(text.encode()))
+    data[-8] ^= 0x55  # the footer's backward size
+    broken = tmp_path / "broken.txt.xz"
+    broken.write_bytes(bytes(data))
+    manifest = prepare("xx", [broken], tmp_path / "out", progress=False)
+    skipped = manifest["skipped"]
+    kept = [s["txt"].decode().replace(" .\n", " . ") for shard in manifest["shards"] for s in read_shard(tmp_path / "out" / shard["name"])]
+    assert 0 < len(kept) and kept == (docs * 3)[: len(kept)]
+    assert skipped["counts"] == {CORRUPT: 1} and skipped["examples"][CORRUPT] == [f"{broken}:{_first_line(docs * 3, len(kept))}"]
+    assert skipped["broken_files"][str(broken)].startswith(CORRUPT)
+    assert manifest["inputs"][0]["documents"] == len(kept) and manifest["inputs"][0]["skipped"] == 1
 
 
 def test_missing_file_and_existing_shards_are_user_errors(tmp_path, docs):
