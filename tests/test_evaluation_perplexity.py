@@ -73,6 +73,41 @@ def test_cli_perplexity_matches_hand_computation_on_text_and_shard(model_dir, tm
         assert result["masked_tokens"] == count > 0 and result["sequences"] == 14 and result["lang"] == "en"
 
 
+def test_cli_students_run_evaluates_the_language_student_and_logs_a_child_run(model_dir, tmp_path):
+    """`mdist eval perplexity --students RUN --lang tr`: the tr student of the run (not en's), the same
+    number as `--model` on its directory, logged as a child of the run's MLflow run."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from mdist.tracking import Tracker
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(model_dir, run_dir / "students" / "tr")
+    shutil.copytree(model_dir, run_dir / "students" / "en")
+    en = AutoModelForMaskedLM.from_pretrained(run_dir / "students" / "en")
+    with torch.no_grad():
+        en.lm_head.bias.add_(torch.linspace(-2, 2, en.config.vocab_size))  # en's student predicts differently
+    en.save_pretrained(run_dir / "students" / "en")
+    tracker = Tracker(run_dir, experiment="distill")
+    summary = {"students": {"tr": {"languages": ["tr"]}, "en": {"languages": ["en"]}}, "mlflow_run_id": tracker.run_id}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "held.txt").write_text("\n".join(sentences(6, 4)) + "\n")
+    common = ["eval", "perplexity", "--files", str(tmp_path / "held.txt"), "--seed", "1"]
+    results = {}
+    for name, args in {"students": ["--students", str(run_dir), "--lang", "tr"], "tr": ["--model", str(run_dir / "students" / "tr")],
+                       "en": ["--model", str(run_dir / "students" / "en")]}.items():
+        assert main(common + args + ["--out", str(tmp_path / f"{name}.json")]) == 0
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert results["students"]["pseudo_perplexity"] == results["tr"]["pseudo_perplexity"] != results["en"]["pseudo_perplexity"]
+    assert results["students"]["lang"] == "tr"
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    parent = client.get_run(tracker.run_id)
+    (child,) = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{tracker.run_id}'")
+    assert child.data.metrics["perplexity.tr"] == pytest.approx(results["students"]["pseudo_perplexity"])
+    assert child.data.metrics["perplexity.tr.loss"] == pytest.approx(results["students"]["loss"])
+
+
 def test_masking_is_seeded_and_bert_shaped():
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 1000, (200_000,), generator=g)
