@@ -131,6 +131,25 @@ def test_lamb_engine_step_is_lr_times_weight_norm(recipe_teacher_dir, tmp_path):
     assert checked == 2 * 6  # q, k, v, attention out, intermediate, output per layer
 
 
+@pytest.mark.parametrize("update,updates_per_step", [("sequential", 2), ("joint", 1)])
+def test_lr_schedule_advances_once_per_algorithm1_step(update, updates_per_step, recipe_teacher_dir, tmp_path, monkeypatch):
+    """The lr every optimiser step of a 5-step run used, in both update modes: warm-up 2, linear decay to
+    0 at step 5, one value per Algorithm-1 step (sequential: two students, two optimiser steps each)."""
+    from mdist.optim import GroupMaskedAdamW
+
+    used = []
+    step = GroupMaskedAdamW.step
+
+    def recording(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(GroupMaskedAdamW, "step", recording)
+    _run(tmp_path, recipe_teacher_dir, "train.steps=5", "train.warmup_steps=2", "train.lr=1e-3", f"train.update={update}")
+    per_step = [0.5e-3, 1e-3, 1e-3, 2e-3 / 3, 1e-3 / 3]  # (s+1)/2 during warm-up, then (5-s)/3
+    assert used == pytest.approx([lr for lr in per_step for _ in range(updates_per_step)], rel=1e-9)
+
+
 def test_slurm_variables_become_torch_distributed_ones(monkeypatch):
     from mdist.engine import LAUNCHER_VARIABLES, _slurm_environment
 
