@@ -195,3 +195,29 @@ def _assert_captured_qk_give_eager_attention(path: Path) -> None:
         scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
         got = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf")).softmax(-1)
         torch.testing.assert_close(got[valid.expand_as(got)], want[valid.expand_as(want)], rtol=1e-5, atol=1e-6, msg=f"{path.name} layer {layer}")
+
+
+def test_narrow_students_train_export_and_reload(tmp_path):
+    """students.hidden 16 < the teacher's 32: the learnable projections W (d' -> d) carry every distilled
+    hidden state and train (they move between checkpoints); the exports are 16 wide and load in plain
+    transformers (the projections are training-only and not exported)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    out = tmp_path / "run"
+    summary = run_distillation(load_run_config("tiny", ["students.hidden=16", "students.init=random", "train.steps=2", "train.save_every=1",
+                                                        "tracking.enabled=false"]), out)
+    assert all(summary["final_losses"][pair]["hid"] > 0 for pair in ("en/en", "tr/tr"))
+    states = [torch.load(out / "checkpoints" / f"step{k}" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"] for k in (1, 2)]
+    projections = [key for key in states[0] if key.startswith("projections.")]
+    assert len(projections) == 2 * 3  # per student: embeddings + 2 layers
+    for key in projections:
+        assert states[0][key].shape == (32, 16)
+        assert not torch.equal(states[0][key], states[1][key]), f"{key} did not train"
+    for name in ("en", "tr"):
+        model = AutoModelForMaskedLM.from_pretrained(str(out / "students" / name))
+        tokenizer = AutoTokenizer.from_pretrained(str(out / "students" / name))
+        assert model.config.hidden_size == 16 and model.config.num_hidden_layers == 2
+        assert not any("proj" in key for key in model.state_dict())
+        with torch.no_grad():
+            logits = model(**tokenizer(["bir iki"], return_tensors="pt")).logits
+        assert logits.shape[-1] == model.config.vocab_size and torch.isfinite(logits).all()
