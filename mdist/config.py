@@ -87,6 +87,7 @@ class TrainConfig:
     log_every: int = 10
     mlm_probability: float = 0.15
     compile: bool = False  # torch.compile each encoder layer (students; teacher unless ZeRO-3); not with student ZeRO-3
+    eval_every: int = 0  # held-out pseudo-perplexity (data.heldout) every N steps, at step 0 and at the end; 0: off
 
 
 @dataclass
@@ -99,6 +100,7 @@ class DataConfig:
     shards: Optional[str] = None  # directory with `<lang>.manifest.json` files written by `mdist prep`
     num_workers: int = 2  # DataLoader workers per rank (shards)
     shuffle_block: int = 1024  # documents shuffled together (shards)
+    heldout: dict[str, list[str]] = field(default_factory=dict)  # {lang: [files]}: held-out text scored every train.eval_every steps
 
 
 @dataclass
@@ -220,6 +222,7 @@ def _ranges(cfg: RunConfig) -> dict[str, tuple[Any, float, float, bool]]:
         "train.seed": (t.seed, 0, 2**32 - 1, False),  # numpy's seed range
         "train.save_every": (t.save_every, 0, inf, False), "train.grad_accum": (t.grad_accum, 1, inf, False),
         "train.log_every": (t.log_every, 1, inf, False), "train.mlm_probability": (t.mlm_probability, 0, 1, True),
+        "train.eval_every": (t.eval_every, 0, inf, False),
         "data.num_workers": (cfg.data.num_workers, 0, inf, False), "data.shuffle_block": (cfg.data.shuffle_block, 1, inf, False),
         "deepspeed.persistence_threshold": (cfg.deepspeed.persistence_threshold, 0, inf, False),
     }
@@ -333,6 +336,23 @@ def _validate(cfg: RunConfig) -> None:
             for path in paths:
                 if not Path(path).is_file():
                     raise ConfigError(f"config key 'data.text.{lang}': file '{path}' does not exist")
+    _check_heldout(cfg)
+
+
+def _check_heldout(cfg: RunConfig) -> None:
+    """`data.heldout` and `train.eval_every` come together; held-out languages are the run's own."""
+    if cfg.train.eval_every and not cfg.data.heldout:
+        raise ConfigError("config key 'train.eval_every' needs held-out text: set data.heldout ({lang: [files]})")
+    if cfg.data.heldout and not cfg.train.eval_every:
+        raise ConfigError("config key 'data.heldout' is set but train.eval_every is 0 (off); set train.eval_every to a number of steps")
+    for lang, paths in cfg.data.heldout.items():
+        if lang not in cfg.languages:
+            raise ConfigError(f"config key 'data.heldout.{lang}': '{lang}' is not a language of this run (languages: {', '.join(cfg.languages)})")
+        if not paths:
+            raise ConfigError(f"config key 'data.heldout.{lang}' lists no file")
+        for path in paths:
+            if not Path(path).is_file():
+                raise ConfigError(f"config key 'data.heldout.{lang}': file '{path}' does not exist")
 
 
 # ---------------------------------------------------------------- recipes and overrides

@@ -22,6 +22,7 @@ from mdist.engine import barrier, batch_geometry, device_for_rank, gathered, ini
 from mdist.encode import compile_encoder_layers
 from mdist.errors import DataError, NonFiniteLossError
 from mdist.export import export_students
+from mdist.heldout import HeldOut, read_heldout
 from mdist.losses import DistillLoss
 from mdist.optim import build_optimizer, student_param_groups, warmup_linear_decay
 from mdist.preemption import StopFlag
@@ -78,6 +79,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
     seed_everything(cfg.train.seed)
 
     docs = training_documents(cfg) if cfg.data.kind != "shards" else {}
+    heldout_texts = read_heldout(cfg)  # before any model: a bad held-out file stops the run at once
     teacher_path = out_dir / "teacher" if tiny else Path(cfg.teacher.path)
     if rank == 0 and tiny:
         build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), teacher_path, cfg.train.seed)
@@ -101,6 +103,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
             compile_encoder_layers(student)
 
     source = batch_source(cfg, docs, tokenizer, teacher.config.vocab_size, rank, world)
+    heldout = HeldOut.build(cfg, heldout_texts, tokenizer, group, device)  # None unless train.eval_every
     loss_fn = DistillLoss.build(cfg.strategy, cfg.loss.weights, cfg.loss.mapping, cfg.loss.temperature, cfg.students.layers, teacher.config.num_hidden_layers, cfg.loss.kernels)
     groups = student_param_groups(dict(group.students), group.projections, cfg.train.weight_decay)
     optimizer = build_optimizer(cfg.train.optimizer, groups, cfg.train.lr, offload=cfg.deepspeed.offload_optimizer)
@@ -118,6 +121,8 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
             param_group["lr"] = lr
         start_step, tokens_total, run_id = restored["step"], restored["tokens"], restored["mlflow_run_id"]
         last_terms = restored.get("losses", {})
+        if heldout is not None:
+            heldout.load_state_dict(restored.get("heldout", {}))
         if rank == 0:
             if restored["fallback"]:
                 print(restored["fallback"], flush=True)
@@ -130,13 +135,22 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
 
     def save(done: int) -> None:
         state = {"scheduler": scheduler.state_dict(), "tokens": tokens_total, "losses": last_terms, "mlflow_run_id": tracker.run_id}
+        if heldout is not None:
+            state["heldout"] = heldout.history
         checkpointer.save(engine, done, state, rank_state={"data": source.state_dict()})
 
     stop = StopFlag().install()
     preempted = None
     started = time.perf_counter()
     bar = tqdm(range(start_step, cfg.train.steps), desc="distill", disable=rank != 0, dynamic_ncols=True, initial=start_step, total=cfg.train.steps)
+
+    def evaluate_heldout(done: int) -> None:  # every rank scores (see mdist.heldout); rank 0 logs
+        if heldout is not None and heldout.due(done, cfg.train.steps):
+            tracker.log_metrics(heldout.evaluate(engine, done), done)
+
     try:
+        if start_step == 0:
+            evaluate_heldout(0)  # the initialised students
         for step in bar:
             step_start = time.perf_counter()
             batches = {lang: b.to(device) for lang, b in source.next_batches().items()}
@@ -154,6 +168,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
                     metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 tracker.log_metrics(metrics, step)
             done = step + 1
+            evaluate_heldout(done)  # before a save, so checkpoints hold the history up to `done`
             if stop.agreed():  # collective: every rank stops at the same step boundary
                 save(done)
                 preempted = done
@@ -186,6 +201,8 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
         "final_losses": last_terms,
         "mlflow_run_id": tracker.run_id,
     }
+    if heldout is not None:
+        summary["heldout"] = heldout.history  # {"<student>/<lang>": [{"step", "ppl", "loss"}, ...]}
     with gathered(group):  # ZeRO-3: full student tensors on every rank (collective), rank 0 writes
         if rank == 0:
             paths = export_students(group, tokenizer, out_dir)

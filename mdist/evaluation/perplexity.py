@@ -6,12 +6,20 @@ All sequences are masked up front, in input order, from one generator seeded wit
 score depends on the seed and the text but not on the batch size or device. Texts longer than the
 model's window are cut into consecutive windows, each framed by <s> ... </s>, so no token is dropped.
 
+The computation is `score_masked`: it takes the masked text (`MaskedText`, built once) and a function
+giving a model's logits at the masked positions, so the same code scores a model directory (`mdist
+eval perplexity`) and the students of a running distillation (`mdist.heldout`, every
+`train.eval_every` steps).
+
 Legend: B batch, L padded length, M masked positions in a batch, V vocabulary, D width.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +32,8 @@ from mdist.evaluation.texts import read_documents
 
 MASK_PROBABILITY = 0.15
 IGNORE = -100
+DEFAULT_SEED = 0  # `mdist eval perplexity --seed` and held-out evaluation during training
+DEFAULT_MAX_LENGTH = 512  # `--max-length`; the model's window applies too
 
 
 def load_masked_lm(path: Path, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -69,32 +79,80 @@ def masked_sequences(tokenizer: PreTrainedTokenizerBase, sequences: list[list[in
     return out
 
 
+@dataclass
+class MaskedText:
+    """Texts cut into windows and masked once, in input order, from a generator seeded with `seed`:
+    the fixed input of repeated evaluations (held-out perplexity during training scores the same
+    masked positions at every step). Sorted by length so batches waste little on padding."""
+
+    pairs: list[tuple[torch.Tensor, torch.Tensor]]  # (inputs_L, targets_L) per window
+    sequences: int
+    pad_id: int
+    seed: int
+
+    @classmethod
+    def build(cls, tokenizer: PreTrainedTokenizerBase, texts: list[str], vocab_size: int, length: int, seed: int) -> "MaskedText":
+        sequences = windows(tokenizer, texts, length)
+        pairs = masked_sequences(tokenizer, sequences, vocab_size, seed)
+        pairs.sort(key=lambda pair: len(pair[0]))  # the masks are already drawn
+        return cls(pairs, len(sequences), tokenizer.pad_token_id, seed)
+
+
+MaskedLogits = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs_BL, attention_BL, targets_BL) -> logits_MV
+
+
+def hf_masked_logits(model: PreTrainedModel) -> MaskedLogits:
+    """A Hugging Face XLM-R-family masked LM: the encoder, then the MLM head at masked positions only."""
+
+    def logits(inputs_BL: torch.Tensor, attention_BL: torch.Tensor, targets_BL: torch.Tensor) -> torch.Tensor:
+        hidden_BLD = model.base_model(input_ids=inputs_BL, attention_mask=attention_BL).last_hidden_state
+        return model.lm_head(hidden_BLD[targets_BL != IGNORE])
+
+    return logits
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module):
+    """`module` in eval mode (no dropout) inside the block; every submodule's own mode restored after."""
+    modes = [(sub, sub.training) for sub in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for sub, training in modes:
+            sub.training = training
+
+
 @torch.no_grad()
-def pseudo_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], seed: int = 0, batch_size: int = 16, max_length: int = 512) -> dict:
-    """{"pseudo_perplexity", "loss" (mean CE, nats), "masked_tokens", "sequences", "seed"}."""
-    sequences = windows(tokenizer, texts, max_tokens(model, max_length))
-    masked = masked_sequences(tokenizer, sequences, model.config.vocab_size, seed)
-    masked.sort(key=lambda pair: len(pair[0]))  # batches of similar length; the masks are already drawn
-    device = next(model.parameters()).device
+def score_masked(logits_fn: MaskedLogits, masked: MaskedText, device: torch.device, batch_size: int = 16) -> dict:
+    """{"pseudo_perplexity", "loss" (mean CE, nats), "masked_tokens", "sequences", "seed"} of a model,
+    given as the function computing its vocabulary logits at the masked positions (row-major in B, L).
+    Consumes no global random state; the caller puts the model in eval mode (`eval_mode`)."""
     total, count = 0.0, 0
-    for start in range(0, len(masked), batch_size):
-        batch = masked[start : start + batch_size]
-        inputs_BL = torch.nn.utils.rnn.pad_sequence([i for i, _ in batch], batch_first=True, padding_value=tokenizer.pad_token_id)
+    for start in range(0, len(masked.pairs), batch_size):
+        batch = masked.pairs[start : start + batch_size]
+        inputs_BL = torch.nn.utils.rnn.pad_sequence([i for i, _ in batch], batch_first=True, padding_value=masked.pad_id)
         targets_BL = torch.nn.utils.rnn.pad_sequence([t for _, t in batch], batch_first=True, padding_value=IGNORE)
         attention_BL = torch.nn.utils.rnn.pad_sequence([torch.ones(len(i), dtype=torch.long) for i, _ in batch], batch_first=True)
         chosen_BL = targets_BL != IGNORE
         if not chosen_BL.any():
             continue
-        hidden_BLD = model.base_model(input_ids=inputs_BL.to(device), attention_mask=attention_BL.to(device)).last_hidden_state
-        logits_MV = model.lm_head(hidden_BLD[chosen_BL.to(device)])  # the head at masked positions only
+        logits_MV = logits_fn(inputs_BL.to(device), attention_BL.to(device), targets_BL.to(device))
         total += F.cross_entropy(logits_MV.float(), targets_BL[chosen_BL].to(device), reduction="sum").item()
         count += int(chosen_BL.sum())
     if count == 0:
-        raise DataError(f"{len(sequences)} sequences gave no masked token at {MASK_PROBABILITY:.0%}; give more text")
-    return {"pseudo_perplexity": math.exp(total / count), "loss": total / count, "masked_tokens": count, "sequences": len(sequences), "seed": seed}
+        raise DataError(f"{masked.sequences} sequences gave no masked token at {MASK_PROBABILITY:.0%}; give more text")
+    return {"pseudo_perplexity": math.exp(total / count), "loss": total / count, "masked_tokens": count, "sequences": masked.sequences, "seed": masked.seed}
 
 
-def evaluate_perplexity(model_dir: Path, files: list[Path], seed: int = 0, batch_size: int = 16, max_length: int = 512, device: str = "cpu") -> dict:
+def pseudo_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], seed: int = DEFAULT_SEED, batch_size: int = 16, max_length: int = DEFAULT_MAX_LENGTH) -> dict:
+    """{"pseudo_perplexity", "loss" (mean CE, nats), "masked_tokens", "sequences", "seed"}."""
+    masked = MaskedText.build(tokenizer, texts, model.config.vocab_size, max_tokens(model, max_length), seed)
+    with eval_mode(model):
+        return score_masked(hf_masked_logits(model), masked, next(model.parameters()).device, batch_size)
+
+
+def evaluate_perplexity(model_dir: Path, files: list[Path], seed: int = DEFAULT_SEED, batch_size: int = 16, max_length: int = DEFAULT_MAX_LENGTH, device: str = "cpu") -> dict:
     """Pseudo-perplexity of the masked LM in `model_dir` on text files and webdataset shards."""
     texts = read_documents(files)
     model, tokenizer = load_masked_lm(model_dir, device)
