@@ -120,7 +120,7 @@ def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
     from mdist.config import load_run_config
     from mdist.data.masking import MaskingSpec
     from mdist.data.text import TextBatchSource
-    from mdist.engine import gathered, init_distributed, load_partitioned_teacher, shutdown_distributed, student_engine, teacher_engine
+    from mdist.engine import init_distributed, load_partitioned_teacher, shutdown_distributed, student_engine, teacher_engine
     from mdist.losses import DistillLoss
     from mdist.optim import build_optimizer, student_param_groups
     from mdist.run import training_documents
@@ -138,8 +138,7 @@ def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
         build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), tdir, 0)
     torch.distributed.barrier()
     teacher, tok = load_partitioned_teacher(tdir, world, 0) if teacher_zero3 else load_teacher(tdir)
-    with gathered(teacher):
-        group = StudentGroup(teacher, cfg.students, teacher.config.hidden_size)
+    group = StudentGroup(teacher, cfg.students, teacher.config.hidden_size)  # as `mdist distill`: teacher tensors gathered one by one
     keep = teacher_engine(teacher, world, 0) if teacher_zero3 else None
     optimizer = build_optimizer("adamw", student_param_groups(dict(group.students), group.projections, 0.01), 1e-3)
     engine = student_engine(group, optimizer, cfg, world)
@@ -191,7 +190,8 @@ def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
     measured["optimizer"] = _storage_bytes(states + masters, seen)
     measured["total"] = sum(measured.values())
     modelled_shape = Shape(vocab=teacher.config.vocab_size, hidden=64, ffn=256, positions=teacher.config.max_position_embeddings, layers=teacher.config.num_hidden_layers)
-    result = {"rank": rank, "world": world, "stage": stage, "teacher_zero3": teacher_zero3, "measured": measured,
+    whole_teacher = sum(getattr(p, "ds_numel", p.numel()) for p in teacher.parameters()) * 4  # fp32 bytes of all of it
+    result = {"rank": rank, "world": world, "stage": stage, "teacher_zero3": teacher_zero3, "measured": measured, "whole_teacher_bytes": whole_teacher,
               "model": per_rank(modelled_shape, cfg.students.layers, len(group.students), world, stage, teacher_zero3, gpu=False)}
     del keep
     shutdown_distributed()
@@ -199,7 +199,7 @@ def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
 
 
 def run_measurements(configs: list[tuple[int, bool]]) -> list[dict]:
-    from mdist.engine import without_launcher_variables
+    from mdist.engine import free_port, without_launcher_variables
 
     env = without_launcher_variables(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
@@ -208,7 +208,7 @@ def run_measurements(configs: list[tuple[int, bool]]) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for stage, tz3 in configs:
             result = Path(tmp) / f"r{stage}{int(tz3)}.json"
-            cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(29700 + stage * 2 + tz3),
+            cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
                    __file__, "--rank-measure", str(stage), str(int(tz3)), tmp, str(result)]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
             if done.returncode != 0:
