@@ -99,12 +99,19 @@ def test_accumulation_equals_one_big_micro_batch(update, recipe_teacher_dir, zer
             torch.testing.assert_close(acc[name][key], big[name][key], rtol=1e-4, atol=1e-5, msg=f"{name}/{key}")
 
 
-def test_offload_optimizer_equals_zero0(recipe_teacher_dir, zero0_run, tmp_path):
-    """ZeRO-1 with optimizer offload trains the same students as the plain ZeRO-0 run. On this CPU
-    machine the offloaded optimiser is torch's AdamW (group-masked) over DeepSpeed's CPU partitions:
-    DeepSpeed's `DeepSpeedCPUAdam`, the one a CUDA machine uses (`mdist.optim.build_optimizer`), is
-    not built or run here."""
-    students = _run(tmp_path, recipe_teacher_dir, "deepspeed.zero_stage=1", "deepspeed.offload_optimizer=true")
+@pytest.mark.parametrize(
+    "overrides",
+    [["deepspeed.zero_stage=1", "deepspeed.offload_optimizer=true"],
+     ["deepspeed.zero_stage=3", "deepspeed.offload_params=true", "deepspeed.offload_optimizer=true"]],
+    ids=["zero1_offload_optimizer", "zero3_offload_params"],
+)
+def test_offload_equals_zero0(overrides, recipe_teacher_dir, zero0_run, tmp_path):
+    """ZeRO-1 with optimizer offload, and ZeRO-3 with parameter (and optimizer) offload, train the same
+    students as the plain ZeRO-0 run. On this CPU machine the offloaded optimiser is torch's AdamW
+    (group-masked) over DeepSpeed's CPU partitions: DeepSpeed's `DeepSpeedCPUAdam`, the one a CUDA
+    machine uses (`mdist.optim.build_optimizer`), is not built or run here; and parameters already
+    live in CPU memory, so this checks DeepSpeed's offload code path, not a memory saving."""
+    students = _run(tmp_path, recipe_teacher_dir, *overrides)
     for name in zero0_run:
         for key, ref in zero0_run[name].items():
             torch.testing.assert_close(students[name][key], ref, rtol=1e-4, atol=1e-5, msg=f"{name}/{key}")
