@@ -124,3 +124,40 @@ def test_loader_leaves_the_global_rng_alone(corpus, workers):
     before = torch.get_rng_state()
     src.next_batches()
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_two_ranks_with_two_workers_each_read_one_shard_each(corpus, tmp_path):
+    """2 ranks × 2 DataLoader workers over 4 shards: every (rank, worker) stream reads exactly one shard,
+    a different one. Each shard's documents repeat one marker word (its own vocabulary piece), so the
+    tokens of every batch name the shard they came from; the worker that made a batch is the one whose
+    position moved."""
+    _, _, tokenizer = corpus
+    pieces = [p for p in tokenizer.convert_ids_to_tokens(range(len(tokenizer))) if p.startswith("▁") and p[1:].isalpha() and len(p) > 2]
+    markers = {}
+    for piece in pieces:  # four words that tokenise to one piece each
+        ids = tokenizer(" ".join([piece[1:]] * 3), add_special_tokens=False)["input_ids"]
+        if len(set(ids)) == 1 and len(ids) == 3 and ids[0] not in markers:
+            markers[ids[0]] = piece[1:]
+        if len(markers) == 4:
+            break
+    assert len(markers) == 4
+    text = "".join(" ".join([word] * 9) + "\n\n" for word in markers.values() for _ in range(3))  # 3 docs per shard
+    for lang in LANGS:
+        (tmp_path / f"{lang}.txt").write_text(text)
+        prepare(lang, [tmp_path / f"{lang}.txt"], tmp_path / "shards", ShardLimits(max_documents=3), tokenizer, progress=False)
+    read: dict[tuple[int, int], set[int]] = {}
+    for rank in (0, 1):
+        src = ShardBatchSource.from_dir(tmp_path / "shards", list(LANGS), tokenizer, seq_len=SEQ_LEN, batch_size=BATCH, seed=7, num_workers=2,
+                                        shuffle_block=2, masking=MaskingSpec.from_tokenizer(tokenizer, len(tokenizer)), rank=rank, world_size=2)
+        try:
+            for _ in range(8):
+                before = copy.deepcopy(src.worker_states)
+                batches = src.next_batches()
+                (worker,) = [w for w, state in src.worker_states.items() if before.get(w) != state]
+                ids = set(unmasked(batches["en"]).flatten().tolist()) - set(tokenizer.all_special_ids)
+                read.setdefault((rank, worker), set()).update(ids)
+        finally:
+            src.close()
+    assert sorted(read) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(len(ids) == 1 and ids <= markers.keys() for ids in read.values()), read  # one shard per stream
+    assert len(set().union(*read.values())) == 4  # and no two streams share one
