@@ -9,28 +9,14 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import subprocess
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
+from mdist.tracking.facts import source_commit as git_commit  # one implementation for runs and benchmarks
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-
-
-def git_commit() -> str:
-    """Short sha of HEAD, with "-dirty" when tracked files differ from it; "unknown" outside git."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=RESULTS.parent)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    try:
-        sha = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except OSError:
-        return "unknown"
-    return (sha or "unknown") + ("-dirty" if sha and dirty else "")
 
 
 def utc_stamp() -> str:

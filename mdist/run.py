@@ -18,7 +18,10 @@ from mdist.data.shards import ShardBatchSource
 from mdist.data.synthetic import SyntheticCorpus
 from mdist.data.text import TextBatchSource, read_text_corpus
 from mdist.checkpoint import Checkpointer, latest_tag
-from mdist.engine import barrier, batch_geometry, device_for_rank, gathered, init_distributed, load_partitioned_teacher, shutdown_distributed, student_engine, teacher_engine
+from mdist.engine import (
+    barrier, batch_geometry, device_for_rank, gathered, init_distributed, load_partitioned_teacher, render_student_config,
+    shutdown_distributed, student_engine, teacher_engine,
+)
 from mdist.encode import compile_encoder_layers
 from mdist.errors import DataError, NonFiniteLossError
 from mdist.export import export_students
@@ -30,6 +33,7 @@ from mdist.rundir import clear_outputs
 from mdist.students import StudentGroup
 from mdist.teacher import build_tiny_teacher, check_vocabulary, load_teacher, teacher_shape
 from mdist.tracking import Tracker
+from mdist.tracking.facts import parameter_count, source_commit, versions
 from mdist.train import distill_step
 
 
@@ -62,6 +66,23 @@ def batch_source(cfg: RunConfig, docs: dict[str, list[str]], tokenizer, vocab_si
             num_workers=cfg.data.num_workers, shuffle_block=cfg.data.shuffle_block, **common,
         )
     return TextBatchSource.from_documents(docs, tokenizer, cfg.train.seq_len, **common)
+
+
+def log_run_facts(tracker: Tracker, cfg: RunConfig, out_dir: Path, world: int, teacher, group: StudentGroup) -> None:
+    """Params: the resolved config flattened plus what it does not state; artifacts: the config and
+    the rendered DeepSpeed config (idempotent: a resumed run logs the same values again)."""
+    geo = batch_geometry(cfg, world)
+    tracker.log_params({
+        **cfg.to_dict(),
+        "run": {
+            "world_size": world, "global_batch_per_language": geo.global_batch, "languages": ",".join(cfg.languages),
+            "teacher_parameters": parameter_count(teacher), "student_parameters": parameter_count(*group.students.values()),
+            "git_commit": source_commit(), **{f"version.{k}": v for k, v in versions("mdist", "torch", "deepspeed", "transformers").items()},
+        },
+    })
+    for name, content in (("run_config.json", cfg.to_dict()), ("deepspeed_config.json", render_student_config(cfg, world))):
+        (out_dir / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+        tracker.log_artifact(out_dir / name)
 
 
 def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwrite: bool = False) -> dict:
@@ -129,9 +150,10 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
             print(f"resuming from {checkpoints / restored['tag']} at step {start_step}", flush=True)
     elif resume and rank == 0:
         print(f"no complete checkpoint in {checkpoints}; starting from step 0", flush=True)
-    tracker = Tracker(out_dir, cfg.tracking.experiment, enabled=cfg.tracking.enabled and rank == 0, run_id=run_id, run_name=out_dir.name)
-    if run_id is None:
-        tracker.log_params(cfg.to_dict())
+    tracker = Tracker(out_dir, cfg.tracking.experiment, enabled=cfg.tracking.enabled and rank == 0, run_id=run_id, run_name=out_dir.name,
+                      name="distill", fresh=not resume)
+    if rank == 0 and cfg.tracking.enabled:
+        log_run_facts(tracker, cfg, out_dir, world, teacher, group)
 
     def save(done: int) -> None:
         state = {"scheduler": scheduler.state_dict(), "tokens": tokens_total, "losses": last_terms, "mlflow_run_id": tracker.run_id}
@@ -164,6 +186,9 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
             if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
                 metrics = {f"{pair}/{term}": value for pair, terms in result.terms.items() for term, value in terms.items()}
                 metrics.update(lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_per_s, tokens=tokens_total)
+                grad_norm = engine.get_global_grad_norm()  # the last optimiser step's, where DeepSpeed reports it (ZeRO >= 1)
+                if grad_norm is not None:
+                    metrics["grad_norm"] = float(grad_norm)
                 if device.type == "cuda":
                     metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 tracker.log_metrics(metrics, step)
@@ -187,7 +212,8 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
         if rank == 0:
             print(f"received signal {stop.signum or 'on another rank'}: saved {checkpoints / f'step{preempted}'}; "
                   "continue with --resume", flush=True)
-        shutdown_distributed()  # MLflow run left RUNNING on purpose: --resume continues it
+        tracker.close(status=None)  # the MLflow run stays RUNNING on purpose: --resume continues it
+        shutdown_distributed()
         return {"steps": preempted, "preempted": True, "mlflow_run_id": tracker.run_id}
 
     summary = {
@@ -205,10 +231,14 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
         summary["heldout"] = heldout.history  # {"<student>/<lang>": [{"step", "ppl", "loss"}, ...]}
     with gathered(group):  # ZeRO-3: full student tensors on every rank (collective), rank 0 writes
         if rank == 0:
-            paths = export_students(group, tokenizer, out_dir)
+            facts = {"teacher": str(teacher_path), "strategy": cfg.strategy, "steps": cfg.train.steps, "tokens": tokens_total}
+            paths = export_students(group, tokenizer, out_dir, facts)
             for name, path in paths.items():
                 summary["students"][name]["path"] = str(path)
             (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+            tracker.log_artifact(out_dir / "summary.json")
+            for path in paths.values():
+                tracker.log_artifact(path / "README.md")
     tracker.close()
     shutdown_distributed()  # final barrier + destroy the process group (see mdist.engine)
     return summary

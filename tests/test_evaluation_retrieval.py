@@ -67,7 +67,7 @@ def test_cli_retrieval_writes_json_and_png_and_plot_merges(parallel, tmp_path, c
     assert "bertscore: layer_0=" in capsys.readouterr().out
 
 
-def test_cli_students_run_logs_to_its_mlflow_run(parallel, tmp_path):
+def test_cli_students_run_logs_a_child_of_its_mlflow_run(parallel, tmp_path):
     root, model = parallel
     run_dir = tmp_path / "run"
     for name in ("tr", "en"):
@@ -79,7 +79,10 @@ def test_cli_students_run_logs_to_its_mlflow_run(parallel, tmp_path):
     assert main(["eval", "retrieval", "--students", str(run_dir), "--lang", "tr", "--src-file", str(root / "q.tr"), "--trg-file", str(root / "c.en"), "--out", str(out)]) == 0
     from mlflow.tracking import MlflowClient
 
-    logged = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}").get_run(tracker.run_id).data.metrics
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    parent = client.get_run(tracker.run_id)
+    (child,) = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{tracker.run_id}'")
+    logged = child.data.metrics
     assert logged["retrieval.tr.bertscore.top4"] == json.loads(out.read_text())["bertscore"]["top4"]
     assert len([k for k in logged if k.startswith("retrieval.tr.")]) == 2 * len(KEYS)
 

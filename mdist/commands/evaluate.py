@@ -54,7 +54,7 @@ def _common(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument("--max-length", type=at_least(3), default=512, help="longest input in tokens (model limit applies too)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--mlflow-run-dir", type=Path, help="log to the MLflow store of this run directory (or MLFLOW_TRACKING_URI)")
-    parser.add_argument("--mlflow-run-id", help="existing MLflow run to log to (default: a new run in experiment 'mdist-eval')")
+    parser.add_argument("--mlflow-run-id", help="existing MLflow run to log to (default: a new run; with --students a child of the distillation run)")
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
@@ -120,19 +120,19 @@ def _student_run(args: argparse.Namespace):
 
 
 def _log(args: argparse.Namespace, run, metrics: dict[str, float], artifacts: list[Path]) -> None:
-    """Log to the run given by --mlflow-run-dir/--mlflow-run-id, else to the --students run's own MLflow run."""
+    """Log to the run given by --mlflow-run-id (in --mlflow-run-dir's store), else to a new run: with
+    --students a child of the distillation run (the MLflow UI shows it under that run)."""
     from mdist.tracking import Tracker
 
     run_dir = args.mlflow_run_dir or (run.run_dir if run else None)
     if run_dir is None:
         return
-    run_id = args.mlflow_run_id or (run.mlflow_run_id if run and not args.mlflow_run_dir else None)
-    tracker = Tracker(run_dir, experiment="mdist-eval", run_id=run_id, run_name=f"eval {args.evaluation}")
+    parent = run.mlflow_run_id if run and not args.mlflow_run_dir and not args.mlflow_run_id else None
+    tracker = Tracker(run_dir, experiment="mdist-eval", run_id=args.mlflow_run_id, run_name=f"eval {args.evaluation}", parent_run_id=parent)
     tracker.log_metrics(metrics, step=0)
     for path in artifacts:
         tracker.log_artifact(path)
-    if run_id is None:  # a run we opened; someone else's run stays as its owner left it
-        tracker.close()
+    tracker.close(status=None if args.mlflow_run_id else "FINISHED")  # someone else's run stays as its owner left it
 
 
 def _key(label: str) -> str:

@@ -1,0 +1,69 @@
+"""`mdist runs`: a table of distillation runs (terminal and Markdown), loss plots, and `mdist runs sync RUN_DIR`."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from mdist.errors import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("runs", help="compare distillation runs from a tracking store; 'runs sync RUN_DIR' sends waiting records")
+    parser.add_argument("action", nargs="?", choices=["list", "sync"], default="list", help="list (default) or sync")
+    parser.add_argument("run_dir", nargs="?", type=Path, help="sync: the run directory whose waiting MLflow records are sent")
+    parser.add_argument("--store", type=Path, metavar="RUN_DIR", help="the embedded store of a run directory (default: MLFLOW_TRACKING_URI)")
+    parser.add_argument("--tracking-uri", help="a tracking server or store URI (overrides MLFLOW_TRACKING_URI)")
+    parser.add_argument("--experiment", action="append", help="only runs of this experiment (repeatable)")
+    parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this tag value (repeatable)")
+    parser.add_argument("--out", type=Path, help="also write the table as Markdown to this file")
+    parser.add_argument("--plot", type=Path, help="draw the loss curves of the listed runs into this PNG")
+    parser.add_argument("--metric", default=r"/loss$", help="regular expression of the metrics --plot draws (default: each pair's total loss)")
+    parser.set_defaults(run=run)
+
+
+def _uri(args: argparse.Namespace) -> str:
+    from mdist.tracking import tracking_uri
+
+    if args.tracking_uri:
+        return args.tracking_uri
+    if args.store is not None:
+        if not (args.store / "mlflow.db").is_file():
+            raise FileNotFoundError(f"'{args.store / 'mlflow.db'}' does not exist (is '{args.store}' a run directory?)")
+        return f"sqlite:///{(args.store / 'mlflow.db').resolve()}"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return tracking_uri(Path("."))
+    raise ConfigError("runs: give --store RUN_DIR or --tracking-uri URI (or set MLFLOW_TRACKING_URI)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mdist.tracking import client_for
+    from mdist.tracking.runs import markdown, plot_losses, runs_table, sync
+
+    if args.action == "sync":
+        if args.run_dir is None or not args.run_dir.is_dir():
+            raise FileNotFoundError(f"runs sync: '{args.run_dir}' is not a run directory")
+        sent = sync(args.run_dir, args.tracking_uri)
+        for path, count, run_id in sent:
+            print(f"{path.name}: sent {count} record(s) to run {run_id}")
+        if not sent:
+            print(f"nothing waits in {args.run_dir}")
+        return 0
+    tags = {}
+    for item in args.tag:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--tag expects KEY=VALUE, got '{item}'")
+        tags[key] = value
+    client = client_for(_uri(args))
+    rows = runs_table(client, args.experiment, tags)
+    text = markdown(rows)
+    print(text, end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    if args.plot:
+        curves = plot_losses(client, [row["run_id"] for row in rows], args.metric, args.plot)
+        print(f"wrote {args.plot} ({curves} curves)")
+    return 0

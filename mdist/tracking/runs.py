@@ -1,0 +1,118 @@
+"""`mdist runs`: distillation runs side by side, from any tracking store, and `mdist runs sync`.
+
+One row per distillation run (a run with a `strategy` param and no parent): strategy, teacher,
+students, steps, tokens, the final loss per (student, language), and the scores of its child runs
+(`mdist eval` retrieval, `mdist finetune` zero-shot transfer).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from mdist.tracking.journal import Journal, journals
+from mdist.tracking.sender import send_pending
+from mdist.tracking.tracker import client_for
+
+PARENT = "mlflow.parentRunId"
+COLUMNS = ["run", "id", "status", "strategy", "teacher", "students", "steps", "tokens", "final loss", "retrieval", "downstream"]
+
+
+def search(client, experiments: list[str] | None, tags: dict[str, str]) -> list:
+    """Runs of the named experiments (default: all) whose tags have the given values."""
+    found = client.search_experiments()
+    ids = [e.experiment_id for e in found if experiments is None or e.name in experiments]
+    if not ids:
+        return []
+    where = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    return list(client.search_runs(ids, filter_string=where, max_results=5000))
+
+
+def _short(value: float) -> str:
+    return f"{value:.3f}".lstrip("0") if 0 <= value < 1 else f"{value:.3g}"
+
+
+def _bare(value: str) -> str:
+    """"['en', 'tr']" -> "en,tr" (a list param as MLflow stores it)."""
+    return re.sub(r"[\[\]' ]", "", value)
+
+
+def summarise(run, children: list) -> dict[str, str]:
+    params, metrics = run.data.params, run.data.metrics
+    groups = " ".join(f"{key.rsplit('.', 1)[1]}:{_bare(value)}" for key, value in sorted(params.items()) if key.startswith("students.groups."))
+    losses = sorted((k[: -len("/loss")], v) for k, v in metrics.items() if k.endswith("/loss"))
+    retrieval, downstream = [], []
+    for child in children:
+        for key, value in sorted(child.data.metrics.items()):
+            hit = re.fullmatch(r"retrieval\.(.+)\.(cosine|bertscore)\.all", key)
+            if hit:
+                retrieval.append(f"{hit[1]} {'bert' if hit[2] == 'bertscore' else 'cos'} {_short(value)}")
+            hit = re.fullmatch(r"(\w+)\.(\w+)\.zero_shot\.\w+", key)
+            if hit:
+                downstream.append(f"{hit[1]}-{hit[2]} {child.data.params.get('strategy', '?')} {_short(value)}")
+    return {
+        "run_id": run.info.run_id, "run": run.info.run_name or "", "id": run.info.run_id[:8], "status": run.info.status,
+        "strategy": params.get("strategy", ""), "teacher": Path(params.get("teacher.path", "")).name,
+        "students": groups, "steps": params.get("train.steps", ""),
+        "tokens": f"{metrics['tokens']:,.0f}" if "tokens" in metrics else "",
+        "final loss": " · ".join(f"{pair} {value:.3f}" for pair, value in losses),
+        "retrieval": " · ".join(retrieval), "downstream": " · ".join(downstream),
+    }
+
+
+def runs_table(client, experiments: list[str] | None = None, tags: dict[str, str] | None = None) -> list[dict[str, str]]:
+    runs = search(client, experiments, tags or {})
+    children: dict[str, list] = {}
+    for run in search(client, None, {}):  # children may live in another experiment than their parent
+        if PARENT in run.data.tags:
+            children.setdefault(run.data.tags[PARENT], []).append(run)
+    distillations = [r for r in runs if "strategy" in r.data.params and PARENT not in r.data.tags]
+    return [summarise(run, children.get(run.info.run_id, [])) for run in distillations]
+
+
+def markdown(rows: list[dict[str, str]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_losses(client, run_ids: list[str], pattern: str, out: Path) -> int:
+    """Loss curves (metrics matching `pattern`) of the given runs in one PNG; returns the curve count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    curves = 0
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        for key in sorted(k for k in run.data.metrics if re.search(pattern, k)):
+            history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+            ax.plot([m.step for m in history], [m.value for m in history], label=f"{run.info.run_name or run_id[:8]} {key}")
+            curves += 1
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return curves
+
+
+def sync(run_dir: Path, uri: str | None = None) -> list[tuple[Path, int, str]]:
+    """Send every journal's waiting records (to `uri`, else the store each run logged to);
+    returns (journal, records sent, run id). A distillation summary without a run id gets it."""
+    sent = []
+    for path in journals(run_dir):
+        journal = Journal(path)
+        count = send_pending(client_for(uri or journal.header["uri"]), journal)
+        sent.append((path, count, journal.run_id))
+        summary_file = run_dir / "summary.json"
+        if path.stem == "distill" and summary_file.is_file():
+            summary = json.loads(summary_file.read_text(encoding="utf-8"))
+            if summary.get("mlflow_run_id") is None:
+                summary["mlflow_run_id"] = journal.run_id
+                summary_file.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return sent

@@ -1,0 +1,80 @@
+"""Sending a journal's records to MLflow: the run is created when first reachable, records go in
+order and in batches, and each batch is marked sent only once MLflow has taken it. A batch MLflow
+refuses as invalid (HTTP 4xx, e.g. a param whose value changed) is skipped with a warning and
+counted, so one bad record never holds back the rest; any other failure leaves it to be retried."""
+from __future__ import annotations
+
+import logging
+
+from mdist.tracking.journal import Journal
+
+log = logging.getLogger(__name__)
+
+METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
+PARAMS_PER_BATCH = 100
+
+
+def ensure_run(client, journal: Journal) -> str:
+    """The journal's MLflow run, created now (with its original start time) if it does not exist yet."""
+    if journal.run_id:
+        return journal.run_id
+    header = journal.header
+    tags = dict(header.get("tags") or {})
+    if header.get("parent_run_id"):
+        exp_id = client.get_run(header["parent_run_id"]).info.experiment_id
+        tags.update({"mlflow.parentRunId": header["parent_run_id"], "mdist.distillation_run_id": header["parent_run_id"]})
+    else:
+        exp = client.get_experiment_by_name(header["experiment"])
+        exp_id = exp.experiment_id if exp else client.create_experiment(header["experiment"], artifact_location=header.get("artifact_location"))
+    run = client.create_run(exp_id, start_time=header.get("start_time"), run_name=header.get("run_name"), tags=tags)
+    journal.mark(run_id=run.info.run_id)
+    return run.info.run_id
+
+
+def _refused(err: Exception) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException) and 400 <= err.get_http_status_code() < 500
+
+
+def _send(journal: Journal, records: int, call, *args, **kwargs) -> None:
+    try:
+        call(*args, **kwargs)
+    except Exception as err:
+        if not _refused(err):
+            raise
+        journal.state["refused"] = journal.state.get("refused", 0) + records
+        log.warning("MLflow refused %d record(s) of %s, skipped: %s", records, journal.path, str(err).splitlines()[0])
+
+
+def send_pending(client, journal: Journal) -> int:
+    """Send every unsent record; returns how many. A failure raises with what was sent kept as sent."""
+    from mlflow.entities import Metric, Param
+
+    run_id = ensure_run(client, journal)
+    pending = journal.pending()
+    i = 0
+    while i < len(pending):
+        seq, record = pending[i]
+        kind = record["kind"]
+        if kind == "metrics":
+            metrics, j = [], i
+            while j < len(pending) and pending[j][1]["kind"] == "metrics" and len(metrics) < METRICS_PER_BATCH:
+                r = pending[j][1]
+                metrics += [Metric(k, v, r["timestamp"], r["step"]) for k, v in r["metrics"].items()]
+                j += 1
+            for start in range(0, len(metrics), METRICS_PER_BATCH):
+                _send(journal, j - i, client.log_batch, run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
+        else:
+            j = i + 1
+            if kind == "params":
+                items = [Param(k, str(v)[:6000]) for k, v in record["params"].items()]
+                for start in range(0, len(items), PARAMS_PER_BATCH):
+                    _send(journal, 1, client.log_batch, run_id, params=items[start : start + PARAMS_PER_BATCH])
+            elif kind == "artifact":
+                _send(journal, 1, client.log_artifact, run_id, record["path"])
+            elif kind == "status":
+                _send(journal, 1, client.set_terminated, run_id, record["status"], end_time=record["timestamp"])
+        journal.mark(sent=pending[j - 1][0] + 1)
+        i = j
+    return len(pending)
