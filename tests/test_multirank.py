@@ -110,3 +110,14 @@ def test_deepspeed_launcher_two_ranks(recipe_teacher_dir, one_rank, tmp_path):
     for name in one_rank:
         for key, ref in one_rank[name].items():
             torch.testing.assert_close(two[name][key], ref, rtol=1e-4, atol=1e-5, msg=f"{name}/{key}")
+
+
+def test_zero3_teacher_is_never_whole_on_a_rank(recipe_teacher_dir, tmp_path):
+    """Loading the partitioned teacher, initialising students from it and running it: each of 2 ranks
+    holds its half and at most a few full tensors at once, never the whole teacher."""
+    _run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), str(ROOT / "tests" / "zero3_teacher_peak.py"),
+          str(recipe_teacher_dir), str(tmp_path / "peak.json")])
+    peak = json.loads((tmp_path / "peak.json").read_text())
+    assert peak["shard"] <= peak["whole"] / 2 + 64  # its half (shards are padded to equal sizes)
+    assert peak["largest"] <= peak["peak_gathered"] < 3 * peak["largest"]  # tensor by tensor, a module's few at most
+    assert peak["shard"] + peak["peak_gathered"] < 0.8 * peak["whole"], peak
