@@ -176,6 +176,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
         for step in bar:
             step_start = time.perf_counter()
             batches = {lang: b.to(device) for lang, b in source.next_batches().items()}
+            lr = scheduler.get_last_lr()[0]  # the rate this step trained with
             result = distill_step(engine, optimizer, teacher, loss_fn, batches, cfg.train.update, step, cfg.train.grad_accum)
             scheduler.step()
             tokens_total += result.tokens * world
@@ -185,7 +186,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
             bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
             if step % cfg.train.log_every == 0 or step == cfg.train.steps - 1:
                 metrics = {f"{pair}/{term}": value for pair, terms in result.terms.items() for term, value in terms.items()}
-                metrics.update(lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_per_s, tokens=tokens_total)
+                metrics.update(lr=lr, tokens_per_s=tokens_per_s, tokens=tokens_total)
                 grad_norm = engine.get_global_grad_norm()  # the last optimiser step's, where DeepSpeed reports it (ZeRO >= 1)
                 if grad_norm is not None:
                     metrics["grad_norm"] = float(grad_norm)
