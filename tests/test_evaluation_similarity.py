@@ -78,12 +78,14 @@ def scored(tiny_dir):
 
 
 def test_scores_match_float64_loop(scored):
-    assert len(scored) == 6 + 5  # layer_0..layer_5 and the five sets
+    assert len(scored) == 6 + 6  # layer_0..layer_5 and the six sets (all, every_second_odd/even, top4, middle4, bottom4)
     for name, s in scored.items():
         torch.testing.assert_close(s["cos"].double(), s["cos_ref"], atol=2e-5, rtol=0, msg=lambda m: f"{name}: {m}")
         for max_elements in (2**26, 50):  # one block; a block per sentence pair or so
             f1 = bertscore_f1(s["q"], s["c"], max_elements)
-            torch.testing.assert_close(f1.double(), s["bs_ref"], atol=2e-5, rtol=0, msg=lambda m: f"{name} {max_elements}: {m}")
+            # F1 = 2pr/(p+r) is ill-conditioned where p ≈ −r (|F1| > 1 here): float32 rounding, which varies
+            # with the CPU's thread count, is amplified there, hence the relative part of the tolerance
+            torch.testing.assert_close(f1.double(), s["bs_ref"], atol=2e-5, rtol=1e-4, msg=lambda m: f"{name} {max_elements}: {m}")
 
 
 def test_bertscore_masks_padding_when_all_cosines_are_negative():

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from mdist.errors import DataError
-from mdist.tracking import ARTIFACTS_DIR
+from mdist.tracking import ARTIFACTS_DIR, QUEUE_DIR
 from mdist.transfer.runner import RESULT_FILE
 from mdist.transfer.tasks import TASKS
 
@@ -22,8 +22,8 @@ def load_results(runs_dir: Path) -> list[tuple[Path, dict]]:
         raise FileNotFoundError(f"'{runs_dir}' is not a directory")
     results = []
     for path in sorted(runs_dir.rglob(RESULT_FILE)):
-        if ARTIFACTS_DIR in path.relative_to(runs_dir).parts:
-            continue  # the copy logged to an embedded MLflow store beside the result
+        if {ARTIFACTS_DIR, QUEUE_DIR} & set(path.relative_to(runs_dir).parts):
+            continue  # copies logged to MLflow: in the embedded store, or in the tracking journal
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
