@@ -104,11 +104,13 @@ def run_demo(out_dir: Path, pretrain_steps: int = PRETRAIN_STEPS, overrides: lis
     summary["demo"] = {"retrieval": results, "chance": chance, "pairs": HELD_OUT_PAIRS, "seconds": time.perf_counter() - started}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
-    tracker = Tracker(out_dir, cfg.tracking.experiment, run_id=summary["mlflow_run_id"])
+    # an evaluation run under the distillation run, named as `mdist eval retrieval` names its metrics
+    tracker = Tracker(out_dir, "mdist-eval", run_name="eval retrieval", parent_run_id=summary["mlflow_run_id"])
     for model, result in results.items():
         key = model.split()[0]
-        tracker.log_metrics({f"retrieval/{key}/{score}/{rep}": acc for score in ("cosine", "bertscore") for rep, acc in result[score].items()}, cfg.train.steps)
-    tracker.log_metrics({"retrieval/chance": chance}, cfg.train.steps)
+        tracker.log_metrics({f"retrieval.{key}.{score}.{rep}": acc for score in ("cosine", "bertscore") for rep, acc in result[score].items()}, 0)
+    tracker.log_metrics({"retrieval.chance": chance}, 0)
+    tracker.close()
     print(format_table(results, chance))
 
     transfer = transfer_step(out_dir, summary["mlflow_run_id"], cfg.train.seed)
