@@ -84,7 +84,8 @@ def test_bitfit_changes_only_biases_and_the_head(students, examples, strategy):
 @pytest.mark.parametrize("strategy", ["adapter-trg", "adapter-src", "adapter-joint"])
 def test_adapters_leave_every_base_weight_bit_identical(students, examples, strategy):
     models, _ = _train(students, strategy, examples)
-    for model, path in [(m, p) for m, p in zip(models.trained, students if len(models.trained) == 2 else [students[0] if strategy.endswith("src") else students[1]])]:
+    paths = {"adapter-src": [students[0]], "adapter-trg": [students[1]], "adapter-joint": list(students)}[strategy]
+    for model, path in zip(models.trained, paths, strict=True):
         fresh = _state(_fresh(path, strategy))
         changed = _changed(fresh, model)
         assert changed and all(".adapter." in n or n.startswith("head.") for n in changed)
