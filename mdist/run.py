@@ -70,7 +70,7 @@ def batch_source(cfg: RunConfig, docs: dict[str, list[str]], tokenizer, vocab_si
 
 def log_run_facts(tracker: Tracker, cfg: RunConfig, out_dir: Path, world: int, teacher, group: StudentGroup) -> None:
     """Params: the resolved config flattened plus what it does not state; artifacts: the config and
-    the rendered DeepSpeed config (idempotent: a resumed run logs the same values again)."""
+    the rendered DeepSpeed config (a resumed run keeps the params it first logged: the journal writes each once)."""
     geo = batch_geometry(cfg, world)
     tracker.log_params({
         **cfg.to_dict(),
@@ -238,8 +238,8 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
                 summary["students"][name]["path"] = str(path)
             (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
             tracker.log_artifact(out_dir / "summary.json")
-            for path in paths.values():
-                tracker.log_artifact(path / "README.md")
+            for name, path in paths.items():
+                tracker.log_artifact(path / "README.md", f"students/{name}")  # one model card per student
     tracker.close()
     shutdown_distributed()  # final barrier + destroy the process group (see mdist.engine)
     return summary

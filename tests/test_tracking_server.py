@@ -131,7 +131,9 @@ def test_server_never_back_then_runs_sync_pushes_a_complete_run(server, tmp_path
     assert params["run.git_commit"] and params["run.version.torch"] and params["run.version.deepspeed"]
     for key in ("en/en/loss", "tr/tr/att", "en/en/kl", "tr/tr/emb", "lr", "tokens_per_s", "tokens"):
         assert _steps(client, run_id, key) == [0, 1, 2], key
-    assert {"summary.json", "run_config.json", "deepspeed_config.json", "README.md"} <= {a.path for a in client.list_artifacts(run_id)}
+    assert {"summary.json", "run_config.json", "deepspeed_config.json", "students"} <= {a.path for a in client.list_artifacts(run_id)}
+    assert {a.path for a in client.list_artifacts(run_id, "students/tr")} == {"students/tr/README.md"}  # a card per student
+    assert {a.path for a in client.list_artifacts(run_id, "students/en")} == {"students/en/README.md"}
     assert run.info.status == "FINISHED"
     assert main(["runs", "sync", str(run_dir)]) == 0  # nothing twice
     assert _steps(client, run_id, "lr") == [0, 1, 2]

@@ -101,12 +101,13 @@ class Journal:
         if new:
             self.append({"kind": "metrics", "step": step, "timestamp": int(time.time() * 1000), "metrics": new})
 
-    def log_artifact(self, path: Path) -> None:
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Queue a copy of `path` (taken now), to go under `artifact_path` in the run's artifacts."""
         seq = len(self.records)
         copy = self.artifacts / str(seq) / path.name
         copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, copy)
-        self.append({"kind": "artifact", "path": str(copy)})
+        self.append({"kind": "artifact", "path": str(copy), "artifact_path": artifact_path})
 
     def pending(self) -> list[tuple[int, dict]]:
         """(sequence number, record) of every record not yet sent, in order."""

@@ -72,7 +72,7 @@ def send_pending(client, journal: Journal) -> int:
                 for start in range(0, len(items), PARAMS_PER_BATCH):
                     _send(journal, 1, client.log_batch, run_id, params=items[start : start + PARAMS_PER_BATCH])
             elif kind == "artifact":
-                _send(journal, 1, client.log_artifact, run_id, record["path"])
+                _send(journal, 1, client.log_artifact, run_id, record["path"], record.get("artifact_path"))
             elif kind == "status":
                 _send(journal, 1, client.set_terminated, run_id, record["status"], end_time=record["timestamp"])
         journal.mark(sent=pending[j - 1][0] + 1)

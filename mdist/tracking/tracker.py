@@ -138,8 +138,8 @@ class Tracker:
         """Metrics of `step`; those this run logged before at this step (a resumed run) are dropped."""
         self._queue("log_metrics", metrics, step)
 
-    def log_artifact(self, path: Path) -> None:
-        self._queue("log_artifact", Path(path))
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self._queue("log_artifact", Path(path), artifact_path)
 
     def close(self, status: str | None = "FINISHED") -> int:
         """Mark the run `status` (None: leave it RUNNING, e.g. pre-empted), send what waits for up to
