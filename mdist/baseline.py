@@ -11,7 +11,7 @@ from transformers import AutoModelForMaskedLM
 from mdist.errors import ConfigError, TeacherError
 from mdist.strategies import layer_mapping
 from mdist.students import init_from_teacher
-from mdist.teacher import check_teacher_dir, check_vocabulary, load_tokenizer
+from mdist.teacher import check_teacher_dir, load_teacher_tokenizer
 
 BASELINE_INITS = ("uniform", "top", "bottom")
 
@@ -24,8 +24,7 @@ def export_baseline(teacher_dir: Path, layers: int, init: str, out_dir: Path) ->
     teacher_layers = config.get("num_hidden_layers", 0)
     if not 1 <= layers <= teacher_layers:
         raise ConfigError(f"--layers must be between 1 and the teacher's {teacher_layers} layers, got {layers}")
-    tokenizer = load_tokenizer(teacher_dir)
-    check_vocabulary(tokenizer, config.get("vocab_size", 0), f"teacher '{teacher_dir}'")
+    tokenizer = load_teacher_tokenizer(teacher_dir, config)
     try:
         teacher = AutoModelForMaskedLM.from_pretrained(str(teacher_dir))
     except Exception as err:
