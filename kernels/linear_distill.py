@@ -5,12 +5,18 @@
 
 over rows with label ≠ −100 (`fused_linear_distill_loss_reference` is the contract).
 
-How: logits are made chunk by chunk (row chunk × vocabulary chunk) by cuBLAS; two Triton kernels do
+How: logits are made chunk by chunk (row chunk × vocabulary chunk) by cuBLAS; Triton kernels do
 the rest in one read each. `_stats_kernel` folds a chunk into per-row online log-sum-exp statistics
-(student at T=1 and at T, teacher at T, the teacher-weighted logit gap for KL, the label's logit);
-`_grad_kernel` overwrites the student chunk with d loss / d logits, which two matmuls turn into
-d h_s and d w_s. Gradients are made in the forward pass (the loss is a scalar), so backward is one
-multiply per gradient.
+(student at T=1 and at T, teacher at T, the teacher-weighted logit gap for KL, the label's logit),
+`_combine_kernel` merges them into the running ones; `_grad_kernel` overwrites the student chunk
+with d loss / d logits, which two matmuls turn into d h_s and d w_s. Gradients are made in the
+forward pass (the loss is a scalar), so backward is one multiply per gradient.
+
+Why a row's statistics are split over programs: one program per row walking 250 000 columns left
+about 500 programs per chunk, too few to hide memory latency (16 ms of kernel time per step on an
+H100, issue #12). Each program now takes `split_v` columns and writes partial statistics, and the
+gradient kernel runs one program per (row, block). At T = 1 the student's two softmaxes coincide
+and are computed once (`SAME_T`).
 
 Why rows are chunked before the vocabulary: with the whole vocabulary in one chunk each row chunk's
 logits are computed once (4 matmuls in all: z_s, z_t, d h_s, d w_s). Splitting the vocabulary too
@@ -35,7 +41,8 @@ import triton.language as tl
 from .runtime import check_device
 
 CHUNK_BYTES = 256 * 2**20  # per logits buffer (student and teacher each hold one)
-BLOCK_V = 1024  # vocabulary columns per kernel step
+BLOCK_V = 1024  # vocabulary columns per kernel step (and per gradient program)
+SPLIT_V = 8192  # vocabulary columns per statistics program (so a row's statistics run in parallel)
 ROW_ALIGN = 128  # logits buffer rows start at multiples of 128 elements (256 B in bf16)
 
 # Rows of the (9, N) fp32 statistics buffer. KL = E_t[g] + log E_t[exp(-g)] with g = (z_t - z_s)/T
@@ -47,25 +54,29 @@ M_S1, L_S1, M_ST, L_ST, M_TT, L_TT, X_TT, Z_Y, X_EG = range(9)
 
 @triton.jit
 def _stats_kernel(
-    zs_ptr, zt_ptr, s_zs, s_zt, n_cols, col0, row0, N, labels_ptr, stats_ptr, inv_T,
-    BLOCK: tl.constexpr,
+    zs_ptr, zt_ptr, s_zs, s_zt, n_cols, col0, labels_ptr, row0, part_ptr, inv_T,
+    SPLIT: tl.constexpr, BLOCK: tl.constexpr, SAME_T: tl.constexpr,
 ):
-    """Fold one (R, C) logits chunk into row (row0 + program) 's running statistics (online log-sum-exp)."""
+    """Statistics of one row's columns [s·SPLIT, (s+1)·SPLIT) of an (R, C) logits chunk, program (r, s),
+    into partials (9, R, S); `_combine_kernel` folds them into the running statistics."""
     r = tl.program_id(0).to(tl.int64)  # r · row stride passes 2³¹ for large chunks
-    n = row0 + r
-    label = tl.load(labels_ptr + n)
-    m_s1 = tl.load(stats_ptr + 0 * N + n)
-    l_s1 = tl.load(stats_ptr + 1 * N + n)
-    m_sT = tl.load(stats_ptr + 2 * N + n)
-    l_sT = tl.load(stats_ptr + 3 * N + n)
-    m_tT = tl.load(stats_ptr + 4 * N + n)
-    l_tT = tl.load(stats_ptr + 5 * N + n)
-    x_tT = tl.load(stats_ptr + 6 * N + n)
-    z_y = tl.load(stats_ptr + 7 * N + n)
-    x_eg = tl.load(stats_ptr + 8 * N + n)
-    for v0 in range(0, n_cols, BLOCK):
+    s = tl.program_id(1)
+    R, S = tl.num_programs(0), tl.num_programs(1)
+    label = tl.load(labels_ptr + row0 + r)
+    m_s1 = float("-inf")
+    l_s1 = 0.0
+    m_sT = float("-inf")
+    l_sT = 0.0
+    m_tT = float("-inf")
+    l_tT = 0.0
+    x_tT = 0.0
+    z_y = 0.0
+    x_eg = 0.0
+    start = s * SPLIT
+    end = tl.minimum(start + SPLIT, n_cols)  # every block below starts before n_cols: never all padding
+    for v0 in range(start, end, BLOCK):
         offs = v0 + tl.arange(0, BLOCK)
-        ok = offs < n_cols
+        ok = offs < end
         zs = tl.load(zs_ptr + r * s_zs + offs, mask=ok, other=0.0).to(tl.float32)
         zt = tl.load(zt_ptr + r * s_zt + offs, mask=ok, other=0.0).to(tl.float32)
         z_y += tl.sum(tl.where(ok & (offs == label - col0), zs, 0.0))
@@ -75,10 +86,11 @@ def _stats_kernel(
         m_new = tl.maximum(m_s1, tl.max(zs))
         l_s1 = l_s1 * tl.exp(m_s1 - m_new) + tl.sum(tl.exp(zs - m_new))
         m_s1 = m_new
-        zsT = zs * inv_T
-        m_new = tl.maximum(m_sT, tl.max(zsT))
-        l_sT = l_sT * tl.exp(m_sT - m_new) + tl.sum(tl.exp(zsT - m_new))
-        m_sT = m_new
+        if not SAME_T:
+            zsT = zs * inv_T
+            m_new = tl.maximum(m_sT, tl.max(zsT))
+            l_sT = l_sT * tl.exp(m_sT - m_new) + tl.sum(tl.exp(zsT - m_new))
+            m_sT = m_new
         ztT = zt * inv_T
         m_new = tl.maximum(m_tT, tl.max(ztT))
         alpha = tl.exp(m_tT - m_new)
@@ -89,24 +101,62 @@ def _stats_kernel(
         em1 = tl.where(tl.abs(gap) < 1e-2, -gap * (1.0 - gap * 0.5 * (1.0 - gap / 3.0)), tl.exp(-gap) - 1.0)
         x_eg = x_eg * alpha + tl.sum(pt * em1)
         m_tT = m_new
-    tl.store(stats_ptr + 0 * N + n, m_s1)
-    tl.store(stats_ptr + 1 * N + n, l_s1)
-    tl.store(stats_ptr + 2 * N + n, m_sT)
-    tl.store(stats_ptr + 3 * N + n, l_sT)
-    tl.store(stats_ptr + 4 * N + n, m_tT)
-    tl.store(stats_ptr + 5 * N + n, l_tT)
-    tl.store(stats_ptr + 6 * N + n, x_tT)
-    tl.store(stats_ptr + 7 * N + n, z_y)
-    tl.store(stats_ptr + 8 * N + n, x_eg)
+    if SAME_T:
+        m_sT = m_s1
+        l_sT = l_s1
+    at = part_ptr + r * S + s
+    RS = R * S
+    tl.store(at + 0 * RS, m_s1)
+    tl.store(at + 1 * RS, l_s1)
+    tl.store(at + 2 * RS, m_sT)
+    tl.store(at + 3 * RS, l_sT)
+    tl.store(at + 4 * RS, m_tT)
+    tl.store(at + 5 * RS, l_tT)
+    tl.store(at + 6 * RS, x_tT)
+    tl.store(at + 7 * RS, z_y)
+    tl.store(at + 8 * RS, x_eg)
+
+
+@triton.jit
+def _combine_kernel(part_ptr, stats_ptr, row0, N, R, S, BLOCK_S: tl.constexpr):
+    """Fold row r's S partials into its running statistics (row0 + r of the (9, N) buffer)."""
+    r = tl.program_id(0).to(tl.int64)
+    n = row0 + r
+    offs = tl.arange(0, BLOCK_S)
+    ok = offs < S
+    at = part_ptr + r * S + offs
+    RS = R * S
+    for k in tl.static_range(0, 4, 2):  # (max, sum) pairs of the student at T=1 and at T
+        m_run = tl.load(stats_ptr + k * N + n)
+        l_run = tl.load(stats_ptr + (k + 1) * N + n)
+        m_p = tl.load(at + k * RS, mask=ok, other=float("-inf"))
+        l_p = tl.load(at + (k + 1) * RS, mask=ok, other=0.0)
+        m = tl.maximum(m_run, tl.max(m_p))
+        tl.store(stats_ptr + (k + 1) * N + n, l_run * tl.exp(m_run - m) + tl.sum(l_p * tl.exp(m_p - m)))
+        tl.store(stats_ptr + k * N + n, m)
+    m_run = tl.load(stats_ptr + 4 * N + n)  # teacher: the weighted sums share its max
+    m_p = tl.load(at + 4 * RS, mask=ok, other=float("-inf"))
+    m = tl.maximum(m_run, tl.max(m_p))
+    alpha_run = tl.exp(m_run - m)
+    alpha_p = tl.exp(m_p - m)
+    for k in tl.static_range(5, 9):
+        part = tl.load(at + k * RS, mask=ok, other=0.0)
+        run = tl.load(stats_ptr + k * N + n)
+        if k == 7:  # the label's logit: a plain sum
+            tl.store(stats_ptr + k * N + n, run + tl.sum(part))
+        else:
+            tl.store(stats_ptr + k * N + n, run * alpha_run + tl.sum(part * alpha_p))
+    tl.store(stats_ptr + 4 * N + n, m)
 
 
 @triton.jit
 def _grad_kernel(
     zs_ptr, zt_ptr, s_zs, s_zt, n_cols, col0, row0, N, labels_ptr, lse_ptr, count_ptr,
     ce_weight, kl_scale, inv_T,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, SAME_T: tl.constexpr,
 ):
-    """Overwrite student logits with d loss / d logits = ce_w·(p_s − onehot)/n + kl_w·T·(p_s^T − p_t^T)/n."""
+    """Overwrite one (row, block) of student logits with d loss / d logits
+    = ce_w·(p_s − onehot)/n + kl_w·T·(p_s^T − p_t^T)/n."""
     r = tl.program_id(0).to(tl.int64)  # r · row stride passes 2³¹ for large chunks
     n = row0 + r
     label = tl.load(labels_ptr + n)
@@ -117,16 +167,18 @@ def _grad_kernel(
     lse_s1 = tl.load(lse_ptr + 0 * N + n)
     lse_sT = tl.load(lse_ptr + 1 * N + n)
     lse_tT = tl.load(lse_ptr + 2 * N + n)
-    for v0 in range(0, n_cols, BLOCK):
-        offs = v0 + tl.arange(0, BLOCK)
-        ok = offs < n_cols
-        zs = tl.load(zs_ptr + r * s_zs + offs, mask=ok, other=0.0).to(tl.float32)
-        zt = tl.load(zt_ptr + r * s_zt + offs, mask=ok, other=0.0).to(tl.float32)
-        p_s1 = tl.exp(zs - lse_s1)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n_cols
+    zs = tl.load(zs_ptr + r * s_zs + offs, mask=ok, other=0.0).to(tl.float32)
+    zt = tl.load(zt_ptr + r * s_zt + offs, mask=ok, other=0.0).to(tl.float32)
+    p_s1 = tl.exp(zs - lse_s1)
+    if SAME_T:
+        p_sT = p_s1
+    else:
         p_sT = tl.exp(zs * inv_T - lse_sT)
-        p_tT = tl.exp(zt * inv_T - lse_tT)
-        g = a * (p_s1 - tl.where(offs == label - col0, 1.0, 0.0)) + c * (p_sT - p_tT)
-        tl.store(zs_ptr + r * s_zs + offs, g.to(zs_ptr.dtype.element_ty), mask=ok)
+    p_tT = tl.exp(zt * inv_T - lse_tT)
+    g = a * (p_s1 - tl.where(offs == label - col0, 1.0, 0.0)) + c * (p_sT - p_tT)
+    tl.store(zs_ptr + r * s_zs + offs, g.to(zs_ptr.dtype.element_ty), mask=ok)
 
 
 def _check_shapes(h_s, w_s, b_s, h_t, w_t, b_t, labels):
@@ -158,7 +210,7 @@ def _logits(h_RD, w_VD, b_V, v0, v1, buf_RP):
     return torch.addmm(b_V[v0:v1], h_RD, w_CD.T, out=out_RC)
 
 
-def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_grad, row_chunk, vocab_chunk, block_v):
+def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_grad, row_chunk, vocab_chunk, block_v, split_v):
     """Loss, unweighted CE and T²·KL means, and (d h_s, d w_s, d b_s) when `need_grad` (else Nones)."""
     check_device(_stats_kernel, h_s, "fused_linear_distill_loss")
     _check_shapes(h_s, w_s, b_s, h_t, w_t, b_t, labels)
@@ -166,11 +218,15 @@ def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_gra
     C = V if vocab_chunk is None else max(1, min(vocab_chunk, V))
     R = row_chunk or max(16, CHUNK_BYTES // (C * max(h_s.element_size(), h_t.element_size())) // 16 * 16)
     block = min(block_v, triton.next_power_of_2(C))
+    split = max(block, split_v // block * block)  # columns per statistics program: a multiple of the block
+    S = triton.cdiv(C, split)
+    same_T = T == 1.0
     labels = labels.contiguous()
     keep_N = labels != -100
     count = keep_N.sum().clamp(min=1).float()
     stats = torch.zeros(9, N, device=h_s.device, dtype=torch.float32)
     stats[[M_S1, M_ST, M_TT]] = float("-inf")
+    partials = torch.empty(9 * min(R, N) * S, device=h_s.device, dtype=torch.float32)  # (9, rows, splits) per call
     lse = torch.empty(3, N, device=h_s.device, dtype=torch.float32)
     buf_s = logits_buffer(min(R, N), C, h_s.dtype, h_s.device)
     buf_t = logits_buffer(min(R, N), C, h_t.dtype, h_t.device)
@@ -186,10 +242,14 @@ def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_gra
 
         for v0 in range(0, V, C):  # pass 1: statistics over the whole vocabulary
             zs_RC, zt_RC = chunk(v0)
-            _stats_kernel[(r1 - r0,)](
-                zs_RC, zt_RC, zs_RC.stride(0), zt_RC.stride(0), zs_RC.shape[1], v0, r0, N, labels, stats, 1.0 / T,
-                BLOCK=block,
+            n_cols = zs_RC.shape[1]
+            grid = (r1 - r0, triton.cdiv(n_cols, split))
+            part = partials[: 9 * grid[0] * grid[1]]
+            _stats_kernel[grid](
+                zs_RC, zt_RC, zs_RC.stride(0), zt_RC.stride(0), n_cols, v0, labels, r0, part, 1.0 / T,
+                SPLIT=split, BLOCK=block, SAME_T=same_T,
             )
+            _combine_kernel[(r1 - r0,)](part, stats, r0, N, r1 - r0, grid[1], BLOCK_S=triton.next_power_of_2(grid[1]))
         s = stats[:, r0:r1]
         lse[:, r0:r1] = s[[M_S1, M_ST, M_TT]] + s[[L_S1, L_ST, L_TT]].log()
         if not need_grad:
@@ -198,10 +258,10 @@ def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_gra
         for v0 in range(0, V, C):  # pass 2: d logits chunk by chunk (one chunk: reuse pass 1's logits)
             if C != V:
                 zs_RC, zt_RC = chunk(v0)
-            _grad_kernel[(r1 - r0,)](
+            _grad_kernel[(r1 - r0, triton.cdiv(zs_RC.shape[1], block))](
                 zs_RC, zt_RC, zs_RC.stride(0), zt_RC.stride(0), zs_RC.shape[1], v0, r0, N, labels, lse, count,
                 float(ce_weight), float(kl_weight) * T, 1.0 / T,
-                BLOCK=block,
+                BLOCK=block, SAME_T=same_T,
             )
             g_RC, v1 = zs_RC, v0 + zs_RC.shape[1]
             if dh_acc_RD is None:
@@ -227,10 +287,10 @@ class _FusedLinearDistill(torch.autograd.Function):
     """Loss and its components in forward (gradients computed there too); backward scales them."""
 
     @staticmethod
-    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, row_chunk, vocab_chunk, block_v):
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, row_chunk, vocab_chunk, block_v, split_v):
         need_grad = any(ctx.needs_input_grad[:3])
         loss, ce, kl, grads = _run(
-            h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_grad, row_chunk, vocab_chunk, block_v
+            h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_grad, row_chunk, vocab_chunk, block_v, split_v
         )
         ctx.save_for_backward(*grads)
         ctx.mark_non_differentiable(ce, kl)
@@ -242,12 +302,12 @@ class _FusedLinearDistill(torch.autograd.Function):
             g.mul_(grad_loss.to(g.dtype)) if g is not None and need else None
             for g, need in zip(ctx.saved_tensors, ctx.needs_input_grad[:3])
         ]
-        return (*grads,) + (None,) * 10
+        return (*grads,) + (None,) * 11
 
 
 def fused_linear_distill_loss(
     h_s, w_s, b_s, h_t, w_t, b_t, labels, temperature, ce_weight, kl_weight, return_components=False,
-    *, row_chunk=None, vocab_chunk=None, block_v=BLOCK_V,
+    *, row_chunk=None, vocab_chunk=None, block_v=BLOCK_V, split_v=SPLIT_V,
 ):
     """Fused `fused_linear_distill_loss_reference`: h (N, D), w (V, D), b (V) or None, labels (N) with −100 = ignore.
 
@@ -258,7 +318,7 @@ def fused_linear_distill_loss(
     """
     loss, ce, kl = _FusedLinearDistill.apply(
         h_s, w_s, b_s, h_t.detach(), w_t.detach(), None if b_t is None else b_t.detach(), labels,
-        float(temperature), float(ce_weight), float(kl_weight), row_chunk, vocab_chunk, block_v,
+        float(temperature), float(ce_weight), float(kl_weight), row_chunk, vocab_chunk, block_v, split_v,
     )
     if return_components:
         return loss, ce, kl

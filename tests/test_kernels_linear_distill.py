@@ -11,8 +11,11 @@ import torch
 
 from mdist.kernels import fused_linear_distill_loss, fused_linear_distill_loss_reference
 
-# whole vocabulary per chunk; several row chunks; vocabulary chunks (V not a multiple) with several kernel steps
-CHUNKINGS = [dict(), dict(row_chunk=5), dict(row_chunk=4, vocab_chunk=70, block_v=32)]
+# whole vocabulary per chunk; several row chunks; vocabulary chunks (V not a multiple) with several kernel
+# steps and several statistics programs per row and chunk (the last one partial); whole-vocabulary
+# chunks whose rows' statistics are split over several programs
+CHUNKINGS = [dict(), dict(row_chunk=5), dict(row_chunk=4, vocab_chunk=70, block_v=32, split_v=32), dict(block_v=32, split_v=64)]
+IDS = ["one_chunk", "row_chunks", "vocab_chunks", "split_rows"]
 
 
 def _inputs(N, V, D_s, D_t, bias=True, ignored=(2, 5), seed=0):
@@ -50,7 +53,7 @@ def _assert_matches(student, teacher, labels, T, **kw):
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5 * w.abs().max().item())
 
 
-@pytest.mark.parametrize("chunking", CHUNKINGS, ids=["one_chunk", "row_chunks", "vocab_chunks"])
+@pytest.mark.parametrize("chunking", CHUNKINGS, ids=IDS)
 @pytest.mark.parametrize("T", [1.0, 2.5])
 def test_matches_reference(chunking, T):
     student, teacher, labels = _inputs(13, 300, 24, 40)
@@ -63,7 +66,7 @@ def test_without_bias(chunking):
     _assert_matches(student, teacher, labels, 2.0, **chunking)
 
 
-@pytest.mark.parametrize("chunking", CHUNKINGS, ids=["one_chunk", "row_chunks", "vocab_chunks"])
+@pytest.mark.parametrize("chunking", CHUNKINGS, ids=IDS)
 def test_near_equal_student_small_kl(chunking):
     """KL near zero (student ≈ teacher, KL ≈ 2e-5) still matches: the online statistics do not cancel
     away the signal. The KL term is held to a relative tolerance of its own (an absolute one of 1e-6
@@ -132,7 +135,7 @@ def test_mismatched_shapes_are_refused():
         fused_linear_distill_loss(student[0], student[1][:49], student[2], *teacher, labels, 1.0, 1.0, 1.0)
 
 
-@pytest.mark.parametrize("chunking", CHUNKINGS, ids=["one_chunk", "row_chunks", "vocab_chunks"])
+@pytest.mark.parametrize("chunking", CHUNKINGS, ids=IDS)
 def test_padded_logits_columns_never_enter_loss_or_gradients(monkeypatch, chunking):
     """Logits buffers are allocated with padded rows and filled with NaN here: a single padding
     element read by a kernel or a GEMM would turn the loss or a gradient into NaN."""
