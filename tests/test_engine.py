@@ -73,6 +73,46 @@ def test_lamb_masks_inactive_groups_and_uses_trust_ratio():
     torch.testing.assert_close(c.detach().double(), 100.0 - 0.1 * 10.0 * torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64), rtol=1e-6, atol=1e-5)
 
 
+def _three_groups():
+    """Two groups owned by student x (decay and not), one by y; gradients set."""
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(*shape, generator=gen)) for shape in ((4, 3), (5,), (3, 2), (2,))]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    groups = [{"params": params[:2], "owners": ["x"], "weight_decay": 0.1}, {"params": params[2:3], "owners": ["x"], "weight_decay": 0.0},
+              {"params": params[3:], "owners": ["y"], "weight_decay": 0.1}]
+    return params, groups
+
+
+@pytest.mark.parametrize("gpu,fused", [(True, True), (False, False)])
+def test_adamw_takes_the_fused_kernel_on_gpu_machines(monkeypatch, gpu, fused):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert build_optimizer("adamw", _three_groups()[1], lr=0.1).defaults["fused"] is fused
+
+
+def test_fused_adamw_runs_one_kernel_per_active_group_and_matches_the_loop():
+    """The launch-light update (issue #12): one fused AdamW call per active group whatever its tensor
+    count, the inactive group untouched, the same weights as torch's per-tensor AdamW."""
+    from torch.profiler import ProfilerActivity, profile
+
+    params, groups = _three_groups()
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for ref, p in zip(reference, params):
+        ref.grad = p.grad.clone()
+    fused = build_optimizer("adamw_fused", groups, lr=0.1)
+    loop = torch.optim.AdamW([{"params": reference[:2], "weight_decay": 0.1}, {"params": reference[2:3], "weight_decay": 0.0}], lr=0.1, foreach=False)
+    set_active_students(fused, ["x"])
+    before = params[3].detach().clone()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fused.step()
+    calls = [e.count for e in prof.key_averages() if e.key == "aten::_fused_adamw_"]
+    assert calls == [2]  # two active groups, four tensors: one call each
+    loop.step()
+    for ref, p in zip(reference[:3], params[:3]):
+        torch.testing.assert_close(p.detach(), ref.detach(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(params[3].detach(), before) and not fused.state[params[3]]
+
+
 # ------------------------------------------------------------------ short real runs (one process)
 
 def _run(out: Path, teacher: Path, *overrides: str) -> dict:
