@@ -3,11 +3,13 @@
 Anchors from issue 6 (forward + backward, bf16): attention-score MSE over 6 layer pairs at B=16, H=12,
 L=512, D=64 with padding; vocabulary KL+CE at V=250 002, D=768, N=4 915. Also the hidden-state MSE of
 MonoShot's 7 pairs (6 mapped layers + embeddings) at batch 64 × 512, D=768, with padding. `--sweep`
-adds the fused attention kernel at other tile sizes (rows × columns), to choose the defaults from a
-recorded run. Prints a table and appends one row per variant to benchmarks/RESULTS.md. Without CUDA it
-runs a tiny interpreter smoke test (no timings).
+adds the fused kernels at other settings, to choose the defaults from a recorded run: attention tile
+sizes (rows × columns), the vocabulary op's row chunk and statistics split, the hidden MSE's tile
+columns. `--skip REGEX` leaves out variants by name (`--skip compiled` saves the compile time).
+Prints a table and appends one row per variant to benchmarks/RESULTS.md. Without CUDA it runs a tiny
+interpreter smoke test (no timings).
 
-    python benchmarks/kernels.py [--only attention|vocab|hidden] [--sweep] [--iters 20] [--no-record]
+    python benchmarks/kernels.py [--only attention|vocab|hidden] [--sweep] [--skip REGEX] [--iters 20] [--no-record]
 
 Legend: P layer pairs, B batch, H heads, L sequence, D width, N masked rows, V vocabulary.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 import torch
 
@@ -56,17 +59,24 @@ def hidden_case(device, P=7, B=64, L=512, D=768, seed=0):
     return student, teacher, torch.arange(L, device=device)[None, :] < lengths_B[:, None]
 
 
-def hidden_variants(kernels, student, teacher, valid_BL):
+def hidden_variants(kernels, student, teacher, valid_BL, sweep=False):
     leaves = [x.clone().requires_grad_() for x in student]
 
-    def summed(fn):
-        return lambda *hs: sum(fn(h, t, valid_BL) for h, t in zip(hs, teacher))
+    def summed(fn, **kw):
+        return lambda *hs: sum(fn(h, t, valid_BL, **kw) for h, t in zip(hs, teacher))
 
-    return {
+    variants = {
         "eager reference": (summed(kernels.hidden_mse_reference), leaves),
         "compiled reference": (torch.compile(summed(kernels.hidden_mse_reference)), leaves),
         "fused (one pass per pair)": (summed(kernels.hidden_mse), leaves),
     }
+    for cols in HIDDEN_COLS_SWEEP if sweep else []:
+        variants[f"fused, tiles of {cols} columns"] = (summed(kernels.hidden_mse, block_cols=cols), leaves)
+    return variants
+
+
+HIDDEN_COLS_SWEEP = [128, 256, 512]  # block_cols (the default is 1024)
+VOCAB_SWEEP = [(1024, 8192), (2048, 8192), (None, 4096), (None, 16384)]  # (row_chunk, split_v); None: the defaults
 
 
 TILE_SWEEP = [(64, 64), (64, 128), (128, 64), (128, 128), (256, 64)]  # (block_rows, block_cols)
@@ -87,7 +97,7 @@ def attention_variants(kernels, stacked, mask_BL, sweep=False):
         "compiled reference": (torch.compile(eager), leaves),
         "gram identity, compiled": (torch.compile(gram), leaves),
         "fused per pair (no copy, 2 launches a pair)": (per_pair(kernels.attention_score_mse), leaves),
-        "fused multi (stacks pairs)": (
+        "fused multi (no copy, one autograd node)": (
             lambda qs, ks: kernels.attention_score_mse_multi(
                 [(qs[p], ks[p], q_t[p], k_t[p]) for p in range(qs.shape[0])], mask_BL
             ),
@@ -106,18 +116,23 @@ def attention_variants(kernels, stacked, mask_BL, sweep=False):
     return variants
 
 
-def vocab_variants(kernels, student, teacher, labels, T=2.0):
+def vocab_variants(kernels, student, teacher, labels, T=2.0, sweep=False):
     leaves = [x.clone().requires_grad_() for x in student]
 
     def with_ref(fn, **kw):
         return lambda h, w, b: fn(h, w, b, *teacher, labels, T, 1.0, 1.0, **kw)
 
-    return {
+    variants = {
         "eager reference": (with_ref(kernels.fused_linear_distill_loss_reference), leaves),
         "compiled reference": (torch.compile(with_ref(kernels.fused_linear_distill_loss_reference)), leaves),
         "fused, whole-vocab chunks": (with_ref(kernels.fused_linear_distill_loss), leaves),
+        "fused, whole-vocab chunks, T=1": (lambda h, w, b: kernels.fused_linear_distill_loss(h, w, b, *teacher, labels, 1.0, 1.0, 1.0), leaves),
         "fused, vocab_chunk=32768": (with_ref(kernels.fused_linear_distill_loss, vocab_chunk=32768), leaves),
     }
+    for rows, split in VOCAB_SWEEP if sweep else []:
+        kw = {k: v for k, v in (("row_chunk", rows), ("split_v", split)) if v is not None}
+        variants[f"fused, whole-vocab chunks, {', '.join(f'{k}={v}' for k, v in kw.items())}"] = (with_ref(kernels.fused_linear_distill_loss, **kw), leaves)
+    return variants
 
 
 def measure(fn, leaves, iters):
@@ -173,7 +188,8 @@ def smoke():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["attention", "vocab", "hidden"])
-    parser.add_argument("--sweep", action="store_true", help="also time the fused attention kernel at other tile sizes")
+    parser.add_argument("--sweep", action="store_true", help="also time the fused kernels at other tile sizes, row chunks and splits")
+    parser.add_argument("--skip", default=None, help="regular expression: variants whose name matches are not run (e.g. 'compiled' to save compile time)")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
@@ -190,14 +206,16 @@ def main():
         variants = attention_variants(kernels, *attention_case("cuda"), sweep=args.sweep)
         cases.append(("attention MSE, 6 pairs B16 H12 L512 D64 pad", variants))
     if args.only in (None, "vocab"):
-        cases.append(("vocab KL+CE, N4915 V250002 D768", vocab_variants(kernels, *vocab_case("cuda"))))
+        cases.append(("vocab KL+CE, N4915 V250002 D768", vocab_variants(kernels, *vocab_case("cuda"), sweep=args.sweep)))
     if args.only in (None, "hidden"):
-        cases.append(("hidden MSE, 7 pairs B64 L512 D768 pad", hidden_variants(kernels, *hidden_case("cuda"))))
+        cases.append(("hidden MSE, 7 pairs B64 L512 D768 pad", hidden_variants(kernels, *hidden_case("cuda"), sweep=args.sweep)))
     stamp, revision = utc_stamp(), git_commit()  # once: other work may commit while the rows run
     print(markdown_header(HEADER))
     rows = []
     for kernel, variants in cases:
         for name, (fn, leaves) in variants.items():
+            if args.skip and re.search(args.skip, name):
+                continue
             try:
                 ms, gib, loss = measure(fn, leaves, args.iters)
                 row = [stamp, device, revision, kernel, name, f"{ms:.2f}", f"{gib:.2f}", f"{loss:.6g}"]

@@ -18,6 +18,7 @@ import triton.language as tl
 from .runtime import check_device
 
 TILE_ELEMENTS = 4096  # R·C per program step
+BLOCK_COLS = 1024  # the most columns per tile (fewer when D is smaller); `benchmarks/kernels.py --sweep` times others
 
 
 @triton.jit
@@ -56,7 +57,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 class _MaskedMSE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h_s, h_t, valid):
+    def forward(ctx, h_s, h_t, valid, block_cols):
         check_device(_masked_mse_kernel, h_s, "hidden_mse")
         D = h_s.shape[-1]
         s_RD, t_RD = _rows(h_s), _rows(h_t)
@@ -67,7 +68,7 @@ class _MaskedMSE(torch.autograd.Function):
         else:
             mask = valid.reshape(-1).to(device=h_s.device, dtype=torch.int8)
             count = mask.sum(dtype=torch.float32).clamp(min=1)
-        block_c = min(triton.next_power_of_2(D), 1024)
+        block_c = min(triton.next_power_of_2(D), block_cols)
         block_r = max(1, TILE_ELEMENTS // block_c)
         grid = (triton.cdiv(n_rows, block_r),)
         grad = torch.empty((n_rows, D), device=h_s.device, dtype=h_s.dtype)
@@ -84,10 +85,10 @@ class _MaskedMSE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_out.to(grad.dtype)), None, None
+        return grad.mul_(grad_out.to(grad.dtype)), None, None, None
 
 
-def hidden_mse(h_s: torch.Tensor, h_t: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def hidden_mse(h_s: torch.Tensor, h_t: torch.Tensor, valid: torch.Tensor | None = None, *, block_cols: int = BLOCK_COLS) -> torch.Tensor:
     """Fused `hidden_mse_reference`: h (…, D) of equal shape, valid (…) bool True = real token; grads to h_s.
 
     Backward may be called once (the saved gradient is scaled in place).
@@ -96,4 +97,4 @@ def hidden_mse(h_s: torch.Tensor, h_t: torch.Tensor, valid: torch.Tensor | None 
         raise ValueError(f"hidden_mse: student {tuple(h_s.shape)} and teacher {tuple(h_t.shape)} differ (project the student first)")
     if valid is not None and valid.shape != h_s.shape[:-1]:
         raise ValueError(f"hidden_mse: mask {tuple(valid.shape)} does not match the tokens of {tuple(h_s.shape)}")
-    return _MaskedMSE.apply(h_s, h_t.detach(), valid)
+    return _MaskedMSE.apply(h_s, h_t.detach(), valid, block_cols)
