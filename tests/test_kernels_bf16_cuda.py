@@ -44,6 +44,30 @@ def test_attention_score_mse_bf16():
     _assert_within_torch_bf16_error(attention_score_mse, attention_score_mse_reference, [q_s, k_s], [q_t, k_t, mask], atol=1e-3)
 
 
+def test_attention_score_mse_multi_bf16():
+    """Three layer pairs as the encoder hands them over (transposed views, not stacked)."""
+    from mdist.kernels import attention_score_mse_multi, attention_score_mse_reference
+
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    B, H, L, D = 2, 4, 160, 64
+    views = [torch.randn(B, L, H, D, generator=gen, device="cuda").bfloat16().transpose(1, 2) for _ in range(12)]
+    mask = torch.ones(B, L, dtype=torch.bool, device="cuda")
+    mask[1, 100:] = False
+
+    def pairs(args):  # 6 student tensors, 6 teacher tensors, the mask
+        return [(args[2 * p], args[2 * p + 1], args[6 + 2 * p], args[7 + 2 * p]) for p in range(3)], args[12]
+
+    def multi(*args):
+        qk, mask_BL = pairs(args)
+        return attention_score_mse_multi(qk, mask_BL)
+
+    def reference(*args):
+        qk, mask_BL = pairs(args)
+        return sum(attention_score_mse_reference(*pair, mask_BL) for pair in qk)
+
+    _assert_within_torch_bf16_error(multi, reference, views[:6], [*views[6:], mask], atol=1e-3)
+
+
 def test_hidden_mse_bf16():
     from mdist.kernels import hidden_mse, hidden_mse_reference
 
@@ -54,8 +78,9 @@ def test_hidden_mse_bf16():
     _assert_within_torch_bf16_error(hidden_mse, hidden_mse_reference, [h_s], [h_t, valid], atol=1e-3)
 
 
-@pytest.mark.parametrize("vocab_chunk", [None, 3000])
-def test_fused_linear_distill_bf16(vocab_chunk):
+@pytest.mark.parametrize("T", [2.0, 1.0])  # 1.0: the student's two softmaxes computed once
+@pytest.mark.parametrize("vocab_chunk", [None, 3000])  # V = 10 003: two statistics splits per row, then four chunks
+def test_fused_linear_distill_bf16(vocab_chunk, T):
     from mdist.kernels import fused_linear_distill_loss, fused_linear_distill_loss_reference
 
     gen = torch.Generator(device="cuda").manual_seed(2)
@@ -65,7 +90,7 @@ def test_fused_linear_distill_bf16(vocab_chunk):
     b_s, b_t = ((0.1 * torch.randn(V, generator=gen, device="cuda")).bfloat16() for _ in range(2))
     labels = torch.randint(0, V, (N,), generator=gen, device="cuda")
     labels[::7] = -100
-    scalars = [labels, 2.0, 0.5, 0.5]
+    scalars = [labels, T, 0.5, 0.5]
     _assert_within_torch_bf16_error(
         fused_linear_distill_loss, fused_linear_distill_loss_reference, [h_s, w_s, b_s], [h_t, w_t, b_t, *scalars], atol=1e-3,
         **({} if vocab_chunk is None else {"vocab_chunk": vocab_chunk}),
