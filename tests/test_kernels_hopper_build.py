@@ -45,18 +45,20 @@ def test_attention_score_mse_launches_build_for_h100(dtype, D_s, D_t):
     _assert_fits_h100(launches, {"_score_mse_rows_kernel"})
 
 
-def test_fused_linear_distill_launches_build_for_h100():
-    N, V, D = 40, 3000, 64
+@pytest.mark.parametrize("T", [2.0, 1.0])  # 1.0: the SAME_T specialisations
+def test_fused_linear_distill_launches_build_for_h100(T):
+    N, V, D = 40, 20_000, 64  # V over SPLIT_V: several statistics programs per row
     h_s = torch.randn(N, D, dtype=torch.bfloat16, requires_grad=True)
     w_s = torch.randn(V, D, dtype=torch.bfloat16, requires_grad=True)
     b_s = torch.zeros(V, dtype=torch.bfloat16, requires_grad=True)
     h_t, w_t, b_t = torch.randn(N, D, dtype=torch.bfloat16), torch.randn(V, D, dtype=torch.bfloat16), torch.zeros(V, dtype=torch.bfloat16)
     labels = torch.randint(0, V, (N,))
     labels[::3] = -100
-    with recorded_launches(linear_distill, "_stats_kernel", "_grad_kernel") as launches:
-        linear_distill.fused_linear_distill_loss(h_s, w_s, b_s, h_t, w_t, b_t, labels, 2.0, 1.0, 1.0)
+    with recorded_launches(linear_distill, "_stats_kernel", "_combine_kernel", "_grad_kernel") as launches:
+        linear_distill.fused_linear_distill_loss(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, 1.0, 1.0)
     assert launches[0].constexprs["BLOCK"] == linear_distill.BLOCK_V
-    _assert_fits_h100(launches, {"_stats_kernel", "_grad_kernel"})
+    assert launches[0].constexprs["SAME_T"] == (T == 1.0)
+    _assert_fits_h100(launches, {"_stats_kernel", "_combine_kernel", "_grad_kernel"})
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

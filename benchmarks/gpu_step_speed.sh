@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issue 12's GPU checks in one call (about 7 minutes on an H100/H200): the CUDA-only tests, the step
+# throughput (floor, mdist, the fast path with the fused encoder, naive HF), the kernel timings with
+# the vocabulary op's sweep, and one profiled fast-path step. Each benchmark prints its table and
+# appends it to benchmarks/RESULTS.md; a step that fails or runs out of time is reported and the
+# next one still runs. Needs torch, triton and transformers only (no deepspeed, mlflow, webdataset).
+#
+#   bash benchmarks/gpu_step_speed.sh [LOG_DIR]     # LOG_DIR (default .) gets log.txt and a copy of RESULTS.md
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOG_DIR=${1:-.}
+mkdir -p "$LOG_DIR"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+
+step() {  # step SECONDS NAME COMMAND...: run with a time limit, keep going on failure
+  local limit=$1 name=$2; shift 2
+  echo "=== $name ($(date -u +%H:%M:%S), limit ${limit}s)"
+  timeout "$limit" "$@"
+  local rc=$?
+  [ $rc -eq 0 ] || echo "=== $name: exit $rc"
+  cp benchmarks/RESULTS.md "$LOG_DIR/RESULTS.md"
+}
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+  $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
+  step 120 "CUDA tests" $PY -m pytest -q -x -p no:cacheprovider tests/test_kernels_bf16_cuda.py tests/test_fused_encoder.py -k "not distill"
+  step 150 "throughput, batch 64" $PY benchmarks/throughput.py --batches 64 --students 1 2 --variants floor mdist "mdist + fused encoder"
+  step 90 "throughput, batch 16" $PY benchmarks/throughput.py --batches 16 --students 1 --variants floor mdist "mdist + fused encoder" "naive HF"
+  step 60 "kernels: vocabulary op sweep" $PY benchmarks/kernels.py --only vocab --sweep --skip compiled --iters 10
+  step 45 "kernels: attention" $PY benchmarks/kernels.py --only attention --skip "compiled|eager" --iters 10
+  step 60 "kernels: hidden MSE sweep" $PY benchmarks/kernels.py --only hidden --sweep --iters 10
+  step 60 "profile of the fast path" $PY benchmarks/throughput.py --batches 64 --students 1 --variants "mdist + fused encoder" --profile --no-record
+  echo "=== done $(date -u +%H:%M:%S)"
+} 2>&1 | tee "$LOG_DIR/log.txt"
