@@ -2,7 +2,9 @@
 
 Runs the encoder with SDPA while capturing every layer's Q and K, keeps all hidden states, and
 runs the MLM head's transform only at masked positions; the vocabulary projection (decoder weight
-and bias) is handed to the loss, which never needs full-sequence logits.
+and bias) is handed to the loss, which never needs full-sequence logits. A model marked by
+`mdist.fused_encoder.enable_fused_encoder` carries its own forward (`FUSED_ENCODE`), which `encode`
+runs instead, so this module does not import it.
 Legend: B batch, L sequence, D hidden, H heads, Dh head width, N masked positions, V vocabulary.
 """
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
+
+FUSED_ENCODE = "_mdist_fused_encode"  # the attribute holding a marked model's encode function
 
 
 @dataclass
@@ -51,16 +55,24 @@ def head_transform(model: PreTrainedModel, hidden_ND: torch.Tensor) -> torch.Ten
     return head.layer_norm(torch.nn.functional.gelu(head.dense(hidden_ND)))
 
 
-def encode(model: PreTrainedModel, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor) -> EncoderOutput:
-    qk_sink: list = []
-    out = model.base_model(input_ids=input_ids_BL, attention_mask=attention_mask_BL, output_hidden_states=True, qk_sink=qk_sink)
+def encoder_output(model: PreTrainedModel, hidden_states: tuple[torch.Tensor, ...], qk: list, last_BLD: torch.Tensor, labels_BL: torch.Tensor) -> EncoderOutput:
+    """The EncoderOutput of one encoder pass: the MLM head's transform at the masked positions of `last_BLD`."""
     masked_N = labels_BL.reshape(-1) != -100
-    last_BLD = out.last_hidden_state  # for pre-LN models (XL) this includes the final LayerNorm
     hidden_last_ND = last_BLD.reshape(-1, last_BLD.shape[-1])[masked_N]
     return EncoderOutput(
-        hidden_states=out.hidden_states,
-        qk=qk_sink,
+        hidden_states=hidden_states,
+        qk=qk,
         head_hidden_ND=head_transform(model, hidden_last_ND),
         decoder_weight_VD=model.lm_head.decoder.weight,
         decoder_bias_V=model.lm_head.decoder.bias,
     )
+
+
+def encode(model: PreTrainedModel, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor) -> EncoderOutput:
+    fused = getattr(model, FUSED_ENCODE, None)
+    if fused is not None:
+        return fused(model, input_ids_BL, attention_mask_BL, labels_BL)
+    qk_sink: list = []
+    out = model.base_model(input_ids=input_ids_BL, attention_mask=attention_mask_BL, output_hidden_states=True, qk_sink=qk_sink)
+    # for pre-LN models (XL) the last hidden state includes the final LayerNorm
+    return encoder_output(model, out.hidden_states, qk_sink, out.last_hidden_state, labels_BL)
