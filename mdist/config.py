@@ -87,6 +87,7 @@ class TrainConfig:
     log_every: int = 10
     mlm_probability: float = 0.15
     compile: bool = False  # torch.compile each encoder layer (students; teacher unless ZeRO-3); not with student ZeRO-3
+    encoder: str = "hf"  # hf | fused (mdist.fused_encoder: one compiled layer; students, teacher unless ZeRO-3); not with student ZeRO-3 or train.compile
     eval_every: int = 0  # held-out pseudo-perplexity (data.heldout) every N steps, at step 0 and at the end; 0: off
 
 
@@ -289,6 +290,7 @@ def _validate(cfg: RunConfig) -> None:
         "loss.kernels": (cfg.loss.kernels, ("torch", "triton")),
         "train.update": (cfg.train.update, ("sequential", "joint")),
         "train.optimizer": (cfg.train.optimizer, ("adamw", "adamw_fused", "lamb")),
+        "train.encoder": (cfg.train.encoder, ("hf", "fused")),
         "data.kind": (cfg.data.kind, ("shards", "text", "synthetic")),
     }
     for key, (value, allowed) in choices.items():
@@ -315,6 +317,16 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(
             "config key 'train.compile' needs deepspeed.zero_stage 0, 1 or 2 (ZeRO-3 gathers each layer's parameters "
             "in module hooks, which compiled layers would trace into their graphs)"
+        )
+    if cfg.train.encoder == "fused" and cfg.deepspeed.zero_stage == 3:
+        raise ConfigError(
+            "config key 'train.encoder': fused needs deepspeed.zero_stage 0, 1 or 2 (the fused layer reads parameters "
+            "directly, bypassing ZeRO-3's gather hooks)"
+        )
+    if cfg.train.encoder == "fused" and cfg.train.compile:
+        raise ConfigError(
+            "config key 'train.compile' compiles the Hugging Face layers, which train.encoder: fused replaces with its own "
+            "compiled layer; set one of them"
         )
     if cfg.teacher.path != TINY_RANDOM:
         teacher_dir = Path(cfg.teacher.path)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mdist.config import TINY_RANDOM, RunConfig, check_against_teacher, tiny_teacher_shape
+from mdist.config import TINY_RANDOM, RunConfig, TrainConfig, check_against_teacher, tiny_teacher_shape
 from mdist.data.masking import MaskingSpec
 from mdist.data.shards import ShardBatchSource
 from mdist.data.synthetic import SyntheticCorpus
@@ -25,6 +25,7 @@ from mdist.engine import (
 from mdist.encode import compile_encoder_layers
 from mdist.errors import DataError, NonFiniteLossError
 from mdist.export import export_students
+from mdist.fused_encoder import enable_fused_encoder
 from mdist.heldout import HeldOut, read_heldout
 from mdist.losses import DistillLoss
 from mdist.optim import build_optimizer, student_param_groups, warmup_linear_decay
@@ -41,6 +42,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def speed_up_encoder(model, train: TrainConfig) -> None:
+    """`train.compile` or `train.encoder: fused` (the config refuses both together) on one model, in place."""
+    if train.compile:
+        compile_encoder_layers(model)
+    if train.encoder == "fused":
+        enable_fused_encoder(model)
 
 
 def training_documents(cfg: RunConfig) -> dict[str, list[str]]:
@@ -117,11 +126,9 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
         teacher = teacher_ds.module
     else:
         teacher.to(device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-        if cfg.train.compile:
-            compile_encoder_layers(teacher)
-    if cfg.train.compile:
-        for student in group.students.values():
-            compile_encoder_layers(student)
+        speed_up_encoder(teacher, cfg.train)
+    for student in group.students.values():
+        speed_up_encoder(student, cfg.train)
 
     source = batch_source(cfg, docs, tokenizer, teacher.config.vocab_size, rank, world)
     heldout = HeldOut.build(cfg, heldout_texts, tokenizer, group, device)  # None unless train.eval_every

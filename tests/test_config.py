@@ -57,6 +57,9 @@ def test_thesis_recipes_carry_table_4_2(tmp_path, recipe, strategy):
         ("data.kind=text", "config key 'data.text' has no files for language(s) en, tr"),
         ("loss.mapping=sideways", "config key 'loss.mapping': unknown mapping 'sideways'"),
         (("train.compile=true", "deepspeed.zero_stage=3"), "config key 'train.compile' needs deepspeed.zero_stage 0, 1 or 2"),
+        ("train.encoder=flash", "config key 'train.encoder': 'flash' is not one of hf, fused"),
+        (("train.encoder=fused", "deepspeed.zero_stage=3"), "config key 'train.encoder': fused needs deepspeed.zero_stage 0, 1 or 2"),
+        (("train.encoder=fused", "train.compile=true"), "config key 'train.compile' compiles the Hugging Face layers, which train.encoder: fused replaces"),
         (("train.optimizer=adamw_fused", "deepspeed.zero_stage=2", "deepspeed.offload_optimizer=true"), "adamw_fused steps on the device"),
     ],
 )
