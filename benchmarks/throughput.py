@@ -15,6 +15,9 @@ and the tied head, as in mdist). Three kinds of step for every (batch, students)
 - "+ compile": the same step with `mdist.encode.compile_encoder_layers` applied to the teacher and
   the students (what `train.compile: true` does); it is compared with the floor + compile, so "over
   floor" stays the cost of distillation on the same encoder.
+- "+ fused encoder": the mdist step with `mdist.fused_encoder.enable_fused_encoder` on the teacher and
+  the students (what `train.encoder: fused` does: every layer one compiled function, Q/K/V one GEMM);
+  it is compared with the plain floor, so "over floor" shows what the fused layer saves.
 
 DeepSpeed stand-in: the GPU machine has no DeepSpeed, so `SingleGpuEngine` makes the calls
 `distill_step` makes on DeepSpeed's engine. On one GPU without ZeRO that is all the engine does,
@@ -58,6 +61,7 @@ from mdist.config import LossConfig, StudentsConfig, TrainConfig
 from mdist.data.batch import TokenBatch
 from mdist.data.masking import MaskingSpec, mask_tokens
 from mdist.encode import compile_encoder_layers
+from mdist.fused_encoder import enable_fused_encoder
 from mdist.losses import DistillLoss
 from mdist.optim import build_optimizer, student_param_groups
 from mdist.students import StudentGroup
@@ -125,9 +129,9 @@ class SingleGpuEngine:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def build_models(s: Shapes, langs: list[str], attention: str, dtype: torch.dtype, device: str, compiled: bool) -> tuple[XLMRobertaForMaskedLM, StudentGroup]:
+def build_models(s: Shapes, langs: list[str], attention: str, dtype: torch.dtype, device: str, compiled: bool, fused: bool) -> tuple[XLMRobertaForMaskedLM, StudentGroup]:
     """Random frozen teacher and a student group (one student per language) running `attention`,
-    with compiled layer blocks when `compiled`."""
+    with compiled layer blocks when `compiled`, mdist's fused layer when `fused`."""
     config = XLMRobertaConfig(
         vocab_size=s.vocab, hidden_size=s.hidden, num_hidden_layers=s.teacher_layers, num_attention_heads=s.heads,
         intermediate_size=s.ffn, max_position_embeddings=s.seq_len + PAD + 1, type_vocab_size=1,
@@ -140,6 +144,8 @@ def build_models(s: Shapes, langs: list[str], attention: str, dtype: torch.dtype
         model.set_attn_implementation(attention)
         if compiled:
             compile_encoder_layers(model)
+        if fused:
+            enable_fused_encoder(model)
     return freeze(teacher).to(dtype), group.to(dtype).train()
 
 
@@ -227,12 +233,14 @@ class Variant:
     attention: str  # transformers attention implementation
     build_step: Callable
     compiled: bool = False  # compile_encoder_layers on teacher and students
+    fused: bool = False  # enable_fused_encoder on teacher and students
 
 
 # Each floor comes before the variants compared with it (same `compiled`).
 VARIANTS = {
     "floor": Variant("sdpa", floor_step),
     "mdist": Variant(ATTENTION_IMPLEMENTATION, mdist_step),
+    "mdist + fused encoder": Variant(ATTENTION_IMPLEMENTATION, mdist_step, fused=True),
     "floor + compile": Variant("sdpa", floor_step, compiled=True),
     "mdist + compile": Variant(ATTENTION_IMPLEMENTATION, mdist_step, compiled=True),
     "naive HF": Variant("eager", naive_step),
@@ -280,9 +288,9 @@ class Timing:
 def measure(variant: Variant, s: Shapes, langs: list[str], batch: int, kernels: str, args, device: str, dtype: torch.dtype) -> Timing:
     """Build fresh models for `variant`, warm up (compilation included), then time `args.steps` steps;
     peak memory over the timed steps."""
-    if variant.compiled:
+    if variant.compiled or variant.fused:
         torch._dynamo.reset()  # each variant compiles afresh (in its untimed warm-up), not from another's cache
-    teacher, group = build_models(s, langs, variant.attention, dtype, device, variant.compiled)
+    teacher, group = build_models(s, langs, variant.attention, dtype, device, variant.compiled, variant.fused)
     batches = synthetic_batches(s, langs, batch, device)
     loss = LossConfig()
     loss_fn = DistillLoss.build("monoshot", loss.weights, loss.mapping, loss.temperature, s.student_layers, s.teacher_layers, kernels)

@@ -44,7 +44,7 @@ def test_throughput_smoke_prints_every_row(gpu_machine_env):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if re.match(r"\| \d{4}-", line)]
     got = {(cells[3].strip(), cells[4].strip(), cells[5].strip()) for cells in rows}
-    steps = ("floor", "mdist (triton)", "floor + compile", "mdist (triton) + compile", "naive HF")
+    steps = ("floor", "mdist (triton)", "mdist (triton) + fused encoder", "floor + compile", "mdist (triton) + compile", "naive HF")
     want = {(step, f"{batch} × 24", str(students)) for step in steps for batch in (2, 4) for students in (1, 2)}
     assert got == want and len(rows) == len(want)
     for cells in rows:
