@@ -4,7 +4,8 @@ untouched, one graph for every layer, and a `mdist distill` run with `train.enco
 
 References: the Hugging Face model in eager attention (its logits, hidden states and attention
 probabilities; Q and K recomputed from its hidden states through its own query/key modules) and
-mdist's `encode` on the Hugging Face path.
+mdist's `encode` on the Hugging Face path. On a CUDA machine the models run there (bf16 unpadded:
+SDPA's flash kernel).
 Legend: B batch, L sequence, H heads, K head width, N masked positions.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mdist.run import run_distillation
 
 FAMILIES = {"xlmr": (XLMRobertaConfig, XLMRobertaForMaskedLM), "xlmr_xl": (XLMRobertaXLConfig, XLMRobertaXLForMaskedLM)}
 PAD = 1
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def tiny_model(family: str, dropout: float = 0.0, layers: int = 3):
@@ -42,7 +44,7 @@ def tiny_model(family: str, dropout: float = 0.0, layers: int = 3):
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.1 * torch.randn_like(param))
-    return model
+    return model.to(DEVICE)
 
 
 def batch(padded: bool):
@@ -54,7 +56,7 @@ def batch(padded: bool):
         ids_BL[mask_BL == 0] = PAD
     labels_BL = torch.full_like(ids_BL, -100)
     labels_BL[:, 3] = ids_BL[:, 3]
-    return ids_BL, mask_BL, labels_BL
+    return ids_BL.to(DEVICE), mask_BL.to(DEVICE), labels_BL.to(DEVICE)
 
 
 def eager_reference(model, ids_BL, mask_BL, labels_BL):
@@ -79,7 +81,7 @@ def loss(hidden_states, qk, logits_NV) -> torch.Tensor:
     """Touches every output with fixed random weights (squares of LayerNorm outputs would be nearly constant)."""
     gen = torch.Generator().manual_seed(2)
     terms = [*hidden_states, *(q @ k.transpose(-1, -2) for q, k in qk), logits_NV]
-    return sum((t * torch.randn(t.shape, generator=gen)).mean() for t in terms)
+    return sum((t * torch.randn(t.shape, generator=gen).to(t.device)).mean() for t in terms)
 
 
 def assert_outputs_close(got, want, rtol: float, atol: float):
@@ -148,10 +150,11 @@ def test_fused_equals_hugging_face_eager_and_encode(family, padded, layer_calls)
 
 
 def test_bf16_matches_the_hugging_face_path():
+    """Unpadded, as training batches are packed (on the GPU: no mask, the flash kernel)."""
     hf = tiny_model("xlmr").to(torch.bfloat16)
     hf.set_attn_implementation(ATTENTION_IMPLEMENTATION)
     fused = enable_fused_encoder(copy.deepcopy(hf))
-    inputs = batch(padded=True)
+    inputs = batch(padded=False)
     got, want = mdist_outputs(fused, *inputs), mdist_outputs(hf, *inputs)
     assert got[0][-1].dtype == torch.bfloat16
     assert_outputs_close(got, want, rtol=2e-2, atol=3e-2)
