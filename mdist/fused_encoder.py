@@ -26,10 +26,11 @@ def enable_fused_encoder(model: PreTrainedModel) -> PreTrainedModel:
     if type(model) not in PRE_LN:
         raise ValueError(f"the fused encoder supports {', '.join(cls.__name__ for cls in PRE_LN)}, not {type(model).__name__}")
     config = model.config
-    if config.is_decoder or config.hidden_act not in GELU_APPROXIMATE:
+    positions = getattr(config, "position_embedding_type", "absolute")  # older transformers also had relative ones
+    if config.is_decoder or config.hidden_act not in GELU_APPROXIMATE or positions != "absolute":
         raise ValueError(
-            f"the fused encoder runs bidirectional encoders with activation {' or '.join(GELU_APPROXIMATE)}, "
-            f"not is_decoder={config.is_decoder}, hidden_act={config.hidden_act!r}"
+            f"the fused encoder runs bidirectional encoders with absolute positions and activation {' or '.join(GELU_APPROXIMATE)}, "
+            f"not is_decoder={config.is_decoder}, position_embedding_type={positions!r}, hidden_act={config.hidden_act!r}"
         )
     setattr(model, FUSED_ENCODE, fused_encode)
     return model

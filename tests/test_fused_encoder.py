@@ -195,7 +195,7 @@ def test_dropout_in_training_mode_only():
         assert (trained - evaluated).abs().max() > 0.1
 
 
-def test_state_dict_and_modules_unchanged_and_other_classes_refused():
+def test_state_dict_and_modules_unchanged_and_other_models_refused():
     model = tiny_model("xlmr_xl")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     modules = [name for name, _ in model.named_modules()]
@@ -206,6 +206,10 @@ def test_state_dict_and_modules_unchanged_and_other_classes_refused():
     assert [name for name, _ in model.named_modules()] == modules
     with pytest.raises(ValueError, match="not XLMRobertaModel"):
         enable_fused_encoder(XLMRobertaModel(model.config))
+    relu = tiny_model("xlmr")
+    relu.config.hidden_act = "relu"
+    with pytest.raises(ValueError, match="hidden_act='relu'"):
+        enable_fused_encoder(relu)
 
 
 def test_distill_runs_with_the_fused_encoder(tmp_path, layer_calls):
