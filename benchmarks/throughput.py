@@ -248,7 +248,7 @@ VARIANTS = {
 
 
 PROFILE_CATEGORIES = [  # (category, kernel/op name pattern); first match wins
-    ("vocabulary KL+CE kernels", r"_stats_kernel|_grad_kernel"),
+    ("vocabulary KL+CE kernels", r"_stats_kernel|_combine_kernel|_grad_kernel"),
     ("attention-score / hidden loss kernels", r"_score_mse|hidden_mse|_mse_kernel"),
     ("SDPA attention", r"flash|fmha|cudnn|scaled_dot_product|attention"),
     ("GEMMs (encoder and vocabulary)", r"gemm|cutlass|xmma|nvjet|sm90|aten::(mm|addmm|bmm|baddbmm)$"),
