@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12's GPU checks in one call (about 7 minutes on an H100/H200): the CUDA-only tests, the step
+# Issue 12's GPU checks in one call (at most 10 minutes on an H100/H200): the CUDA-only tests, the step
 # throughput (floor, mdist, the fast path with the fused encoder, naive HF), the kernel timings with
 # the vocabulary op's sweep, and one profiled fast-path step. Each benchmark prints its table and
 # appends it to benchmarks/RESULTS.md; a step that fails or runs out of time is reported and the
@@ -26,12 +26,13 @@ step() {  # step SECONDS NAME COMMAND...: run with a time limit, keep going on f
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
   $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -2
-  step 120 "CUDA tests" $PY -m pytest -q -x -p no:cacheprovider tests/test_kernels_bf16_cuda.py tests/test_fused_encoder.py -k "not distill"
-  step 150 "throughput, batch 64" $PY benchmarks/throughput.py --batches 64 --students 1 2 --variants floor mdist "mdist + fused encoder"
-  step 90 "throughput, batch 16" $PY benchmarks/throughput.py --batches 16 --students 1 --variants floor mdist "mdist + fused encoder" "naive HF"
+  step 60 "CUDA kernel tests" $PY -m pytest -q -p no:cacheprovider tests/test_kernels_bf16_cuda.py
+  step 170 "throughput, batch 64" $PY benchmarks/throughput.py --batches 64 --students 1 2 --variants floor mdist "mdist + fused encoder"
+  step 100 "throughput, batch 16" $PY benchmarks/throughput.py --batches 16 --students 1 --variants floor mdist "mdist + fused encoder" "naive HF"
   step 60 "kernels: vocabulary op sweep" $PY benchmarks/kernels.py --only vocab --sweep --skip compiled --iters 10
-  step 45 "kernels: attention" $PY benchmarks/kernels.py --only attention --skip "compiled|eager" --iters 10
-  step 60 "kernels: hidden MSE sweep" $PY benchmarks/kernels.py --only hidden --sweep --iters 10
   step 60 "profile of the fast path" $PY benchmarks/throughput.py --batches 64 --students 1 --variants "mdist + fused encoder" --profile --no-record
+  step 30 "kernels: attention" $PY benchmarks/kernels.py --only attention --skip "compiled|eager" --iters 10
+  step 40 "kernels: hidden MSE sweep" $PY benchmarks/kernels.py --only hidden --sweep --skip eager --iters 10
+  step 80 "fused encoder tests on CUDA" $PY -m pytest -q -p no:cacheprovider tests/test_fused_encoder.py -k "not distill"
   echo "=== done $(date -u +%H:%M:%S)"
 } 2>&1 | tee "$LOG_DIR/log.txt"
