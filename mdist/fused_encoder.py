@@ -4,7 +4,10 @@ The Hugging Face layer runs as modules: three Q/K/V GEMMs and separate bias, GEL
 residual and LayerNorm kernels, with attention behind transformers' dispatch (which dynamo cannot
 compile whole). Here one function computes a whole layer from its parameter tensors, Q/K/V as one
 GEMM, and is compiled once per process for every layer of every model (teacher and students): one
-graph per grad mode, input shape and padding case, not per layer. The module tree, parameter names
+graph per grad mode and padding case, not per layer or per shape: the first shape compiles static,
+and a dimension seen to change (held-out batches padded to their longest, a narrower student) is
+recompiled once as dynamic. Static-only graphs would fill torch's recompile limit (8) with held-out
+shapes at step 0, and the training shape would then run uncompiled. The module tree, parameter names
 and state dict stay the Hugging Face ones, so checkpoints, exports and optimisers do not change.
 The fused path reads parameters directly, bypassing ZeRO-3's gather hooks: not for ZeRO-3 models.
 Legend: B batch, L sequence, D hidden, H heads, K head width (Dh), F feed-forward width.
@@ -40,7 +43,8 @@ def _layer_norm(x_BLD: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor], ep
     return F.layer_norm(x_BLD, x_BLD.shape[-1:], *norm, eps)
 
 
-@torch.compile(dynamic=False)
+@torch.compile  # dynamic=None: the first shape static; a dimension seen to change is compiled dynamic once
+
 def _layer(x_BLD, mask_B11L, q, k, v, attn_out, norm1, ffn_in, ffn_out, norm2, heads: int, eps: float, approximate: str,
            p_attn: float, p_attn_out: float, p_ffn_out: float, training: bool, pre_ln: bool):
     """One encoder layer; every weight argument is a (weight, bias) pair. Post-LN (XLM-R):

@@ -148,6 +148,26 @@ def test_fused_equals_hugging_face_eager_and_encode(family, padded, layer_calls)
     assert counters["stats"]["unique_graphs"] == 2
 
 
+def test_varying_lengths_compile_twice_and_never_fall_back(layer_calls):
+    """Held-out batches are padded to their longest window, so lengths vary at step 0: the layer
+    compiles once static and once dynamic, and every further length reuses the dynamic graph (static
+    graphs would pass torch's recompile limit of 8 and run the rest, training included, uncompiled)."""
+    fused = enable_fused_encoder(tiny_model("xlmr", layers=1).eval())
+    torch._dynamo.reset()
+    counters.clear()
+    lengths = range(6, 36, 3)  # 10 lengths, past the recompile limit
+    with torch.no_grad():
+        for length in lengths:
+            ids_BL = torch.randint(5, 59, (2, length), device=DEVICE)
+            labels_BL = torch.full_like(ids_BL, -100)
+            labels_BL[:, 1] = ids_BL[:, 1]
+            out = encode(fused, ids_BL, torch.ones_like(ids_BL), labels_BL)
+            assert out.hidden_states[-1].shape == (2, length, 32)
+    assert len(layer_calls) == len(lengths)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
 def test_bf16_matches_the_hugging_face_path():
     """Unpadded, as training batches are packed (on the GPU: no mask, the flash kernel)."""
     hf = tiny_model("xlmr").to(torch.bfloat16)
