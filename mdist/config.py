@@ -83,7 +83,7 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 0  # 0: only the final checkpoint
     grad_accum: int = 1  # micro-batches per optimiser step; global batch = batch_size × grad_accum × world
-    optimizer: str = "adamw"  # adamw (thesis) | adamw_fused (same update, torch's fused kernel) | lamb (large batches; ZeRO stage 0 only)
+    optimizer: str = "adamw"  # adamw (thesis; torch's fused kernel on a GPU machine) | adamw_fused (the fused kernel on any device) | lamb (large batches; ZeRO stage 0 only)
     log_every: int = 10
     mlm_probability: float = 0.15
     compile: bool = False  # torch.compile each encoder layer (students; teacher unless ZeRO-3); not with student ZeRO-3
