@@ -22,7 +22,9 @@ and the tied head, as in mdist). Three kinds of step for every (batch, students)
 DeepSpeed stand-in: the GPU machine has no DeepSpeed, so `SingleGpuEngine` makes the calls
 `distill_step` makes on DeepSpeed's engine. On one GPU without ZeRO that is all the engine does,
 except that DeepSpeed's bf16 mode keeps fp32 master weights; here every variant steps its bf16
-weights directly. Optimiser settings (lr, weight decay, clipping) are `TrainConfig`'s defaults.
+weights directly. Optimiser settings (lr, weight decay, clipping) are `TrainConfig`'s defaults;
+mdist's steps use `mdist.optim.build_optimizer` (its `adamw` is torch's fused AdamW on a GPU), the
+baselines a plain torch AdamW (multi-tensor unless `--optimizer adamw_fused`).
 
 Model FLOPs per token (issue 6), MFU = tokens/s · FLOPs per token / peak dense bf16 FLOP/s (--peak-flops):
     forward(layers) = 2·P_body + 4·L·d·layers + 2·(d² + d·V)·0.15
@@ -367,7 +369,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3; smoke 0)")
     parser.add_argument("--kernels", choices=["triton", "torch"], help="mdist's loss path (default triton; smoke: triton under TRITON_INTERPRET=1, else torch)")
     parser.add_argument("--update", choices=["sequential", "joint"], default=TrainConfig().update, help="mdist's update mode (the baselines step after every pair)")
-    parser.add_argument("--optimizer", choices=["adamw", "adamw_fused"], default="adamw", help="every variant's AdamW: torch's multi-tensor default or its fused kernel")
+    parser.add_argument("--optimizer", choices=["adamw", "adamw_fused"], default="adamw", help="the optimiser by mdist's name; the baselines' AdamW is torch's multi-tensor default unless adamw_fused (mdist's adamw is fused on a GPU either way)")
     parser.add_argument("--peak-flops", type=float, default=989e12, help="peak dense bf16 FLOP/s for MFU (H100 SXM: 989e12)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     parser.add_argument("--profile", action="store_true", help="also profile one step per row and print its kernel time by category")
