@@ -1,6 +1,7 @@
 """Two ranks on the CPU over gloo: ZeRO-2 / ZeRO-3 students with a ZeRO-3 (partitioned) teacher
 train and export, and equal a one-rank run of the same global batch; the `deepspeed` launcher works;
-compiled encoder layers (`train.compile`) and the fused AdamW, at ZeRO-2, equal the plain one-rank run.
+compiled encoder layers (`train.compile`), the fused encoder (`train.encoder: fused`) and the fused AdamW,
+at ZeRO-2, equal the plain one-rank run.
 
 Equality needs identical math on both sides, so the teacher (and hence the students) has dropout 0
 and the strategy averages over valid tokens only (`tinybert`: hid + att + emb; the synthetic corpus
@@ -79,12 +80,13 @@ def test_two_ranks_zero_students_zero3_teacher_equal_one_rank(stage, recipe_teac
 
 @pytest.mark.parametrize(
     "sets",
-    [("train.compile=true",), ("train.optimizer=adamw_fused",)],
-    ids=["compiled_layers", "fused_adamw"],
+    [("train.compile=true",), ("train.encoder=fused",), ("train.optimizer=adamw_fused",)],
+    ids=["compiled_layers", "fused_encoder", "fused_adamw"],
 )
 def test_speed_options_equal_the_plain_run(sets, recipe_teacher_dir, one_rank, tmp_path):
-    """Inside a ZeRO-2 engine: torch.compile'd teacher and student layers (inductor on the CPU), or
-    the fused AdamW kernel (with the group masking), train the same students as the plain run."""
+    """Inside a ZeRO-2 engine: torch.compile'd teacher and student layers (inductor on the CPU), mdist's
+    fused encoder layer, or the fused AdamW kernel (with the group masking), train the same students
+    as the plain run."""
     cmd = [sys.executable, "-m", "mdist", "distill", *COMMON, "--out", str(tmp_path), "--set", f"teacher.path={recipe_teacher_dir}",
            "--set", "train.batch_size=4", "--set", "deepspeed.zero_stage=2"]
     for s in sets:
