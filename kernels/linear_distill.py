@@ -63,11 +63,11 @@ def _stats_kernel(
     s = tl.program_id(1)
     R, S = tl.num_programs(0), tl.num_programs(1)
     label = tl.load(labels_ptr + row0 + r)
-    m_s1 = float("-inf")
+    m_s1 = tl.full([], float("-inf"), tl.float32)  # a tensor from the start: loop-carried values keep one type
     l_s1 = 0.0
-    m_sT = float("-inf")
+    m_sT = tl.full([], float("-inf"), tl.float32)
     l_sT = 0.0
-    m_tT = float("-inf")
+    m_tT = tl.full([], float("-inf"), tl.float32)
     l_tT = 0.0
     x_tT = 0.0
     z_y = 0.0

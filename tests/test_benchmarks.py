@@ -40,12 +40,13 @@ def gpu_machine_env(tmp_path) -> dict:
 
 def test_throughput_smoke_prints_every_row(gpu_machine_env):
     env = gpu_machine_env
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), "--smoke"], capture_output=True, text=True, env=env, timeout=300)
+    # one batch size: every variant, 1 and 2 students (each compiled variant compiles per row: CI time)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "throughput.py"), "--smoke", "--batches", "2"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if re.match(r"\| \d{4}-", line)]
     got = {(cells[3].strip(), cells[4].strip(), cells[5].strip()) for cells in rows}
     steps = ("floor", "mdist (triton)", "mdist (triton) + fused encoder", "floor + compile", "mdist (triton) + compile", "naive HF")
-    want = {(step, f"{batch} × 24", str(students)) for step in steps for batch in (2, 4) for students in (1, 2)}
+    want = {(step, "2 × 24", str(students)) for step in steps for students in (1, 2)}
     assert got == want and len(rows) == len(want)
     for cells in rows:
         assert cells[1].strip().endswith(" cores")  # the CPU's name, not a step's
