@@ -14,6 +14,8 @@ Legend: B batch, L sequence, D hidden, H heads, K head width (Dh), F feed-forwar
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, XLMRobertaForMaskedLM, XLMRobertaXLForMaskedLM
@@ -22,6 +24,10 @@ from mdist.encode import FUSED_ENCODE, EncoderOutput, encoder_output
 
 PRE_LN = {XLMRobertaForMaskedLM: False, XLMRobertaXLForMaskedLM: True}  # XL normalises before each block
 GELU_APPROXIMATE = {"gelu": "none", "gelu_pytorch_tanh": "tanh"}  # config.hidden_act -> F.gelu(approximate=)
+# torch.compile backend of the layer, read at import: inductor (default; Triton kernels on a GPU), or
+# e.g. aot_eager, which traces and differentiates the same graph without generating kernels
+# (debugging; the CPU test suite, where inductor's C++ kernels are not what a GPU run executes)
+BACKEND_ENV = "MDIST_FUSED_BACKEND"
 
 
 def enable_fused_encoder(model: PreTrainedModel) -> PreTrainedModel:
@@ -43,9 +49,7 @@ def _layer_norm(x_BLD: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor], ep
     return F.layer_norm(x_BLD, x_BLD.shape[-1:], *norm, eps)
 
 
-@torch.compile  # dynamic=None: the first shape static; a dimension seen to change is compiled dynamic once
-
-def _layer(x_BLD, mask_B11L, q, k, v, attn_out, norm1, ffn_in, ffn_out, norm2, heads: int, eps: float, approximate: str,
+def _layer_eager(x_BLD, mask_B11L, q, k, v, attn_out, norm1, ffn_in, ffn_out, norm2, heads: int, eps: float, approximate: str,
            p_attn: float, p_attn_out: float, p_ffn_out: float, training: bool, pre_ln: bool):
     """One encoder layer; every weight argument is a (weight, bias) pair. Post-LN (XLM-R):
     x = LN1(x + drop(attn(x) W_o)); x = LN2(x + drop(gelu(x W_i) W_f)). Pre-LN (XL): x = x + drop(attn(LN1(x)) W_o);
@@ -63,6 +67,10 @@ def _layer(x_BLD, mask_B11L, q, k, v, attn_out, norm1, ffn_in, ffn_out, norm2, h
     h_BLF = F.gelu(F.linear(ffn_in_BLD, *ffn_in), approximate=approximate)
     out_BLD = F.dropout(F.linear(h_BLF, *ffn_out), p_ffn_out, training) + attn_BLD
     return (out_BLD if pre_ln else _layer_norm(out_BLD, norm2, eps)), q_BHLK, k_BHLK
+
+
+# dynamic=None: the first shape static; a dimension seen to change is compiled dynamic once
+_layer = torch.compile(_layer_eager, backend=os.environ.get(BACKEND_ENV, "inductor"))
 
 
 def _pair(linear) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Shared fixtures: tiny teachers and tokenizers built in-process; real data from ../shared/data when present.
 
 Triton kernels run on the CPU only under the interpreter, which must be chosen before `mdist.kernels`
-is first imported (by any test module), hence here.
+is first imported (by any test module), hence here; likewise the fused encoder's compile backend.
 """
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # The fused encoder layer compiles through aot_eager on the CPU: the same traced and differentiated
+    # graph, without inductor's C++ kernels (a GPU run executes Triton ones; tests/test_fused_encoder.py
+    # keeps one inductor case). Saves CI a C++ compile per graph.
+    os.environ.setdefault("MDIST_FUSED_BACKEND", "aot_eager")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".torch_extensions"))
 

@@ -116,6 +116,24 @@ def layer_calls(monkeypatch) -> list[tuple[bool, bool]]:
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_fused_equals_hugging_face_eager_and_encode(family, padded, layer_calls):
+    """With the session's backend (inductor on a GPU; aot_eager on the CPU, see conftest.py)."""
+    check_fused_equals_hugging_face(family, padded, layer_calls)
+
+
+def test_inductor_backend_equals_hugging_face(monkeypatch):
+    """The default backend on this machine too: inductor's generated kernels, forward and backward."""
+    calls = []
+    compiled = torch.compile(fused_encoder._layer_eager, backend="inductor")
+
+    def recording(x_BLD, mask_B11L, *args):
+        calls.append((mask_B11L is not None, torch.is_grad_enabled()))
+        return compiled(x_BLD, mask_B11L, *args)
+
+    monkeypatch.setattr(fused_encoder, "_layer", recording)
+    check_fused_equals_hugging_face("xlmr_xl", True, calls)
+
+
+def check_fused_equals_hugging_face(family: str, padded: bool, layer_calls: list):
     eager = tiny_model(family)
     hf = copy.deepcopy(eager)
     hf.set_attn_implementation(ATTENTION_IMPLEMENTATION)
