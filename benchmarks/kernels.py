@@ -97,7 +97,7 @@ def attention_variants(kernels, stacked, mask_BL, sweep=False):
         "compiled reference": (torch.compile(eager), leaves),
         "gram identity, compiled": (torch.compile(gram), leaves),
         "fused per pair (no copy, 2 launches a pair)": (per_pair(kernels.attention_score_mse), leaves),
-        "fused multi (no copy, one autograd node)": (
+        "fused multi (stacks pairs)": (
             lambda qs, ks: kernels.attention_score_mse_multi(
                 [(qs[p], ks[p], q_t[p], k_t[p]) for p in range(qs.shape[0])], mask_BL
             ),

@@ -214,14 +214,21 @@ def attention_score_mse_stacked(
 
 
 def attention_score_mse_multi(pairs, key_padding_mask=None, *, block_rows=BLOCK_ROWS, block_cols=BLOCK_COLS):
-    """Sum over layer pairs [(q_s, k_s, q_t, k_t), ...] of each pair's mean, as the encoder made them: no copy.
+    """Sum over layer pairs [(q_s, k_s, q_t, k_t), ...] of each pair's mean; pairs of equal shape are
+    stacked along the batch and share two launches.
 
-    Two launches per pair, one autograd node and one padding computation for all. Stacking the pairs
-    into one launch would copy every Q/K (2.2 ms of a batch-64 step on an H100, issue #12), while a
-    pair at batch 16 × 512 already fills the GPU with 1 536 programs per launch.
+    Stacking copies the inputs once, and still wins: on an H200 (RESULTS.md, 2026-11-28) the kernel
+    took 1.08 ms for six pre-stacked pairs at batch 16 × 512 against 3.92 ms with two launches per pair.
     """
-    flat = [x if i % 4 < 2 else x.detach() for pair in pairs for i, x in enumerate(pair)]
-    return _AttentionScoreMSE.apply(key_padding_mask, 1, block_rows, block_cols, *flat)
+    groups = {}
+    for pair in pairs:
+        groups.setdefault(tuple((x.shape, x.dtype) for x in pair), []).append(pair)
+    total = None
+    for group in groups.values():
+        q_s, k_s, q_t, k_t = (torch.cat(xs) for xs in zip(*group))  # (P·B, H, L, D)
+        loss = _AttentionScoreMSE.apply(key_padding_mask, len(group), block_rows, block_cols, q_s, k_s, q_t.detach(), k_t.detach())
+        total = loss if total is None else total + loss
+    return total
 
 
 def attention_score_mse_gram(q_s, k_s, q_t, k_t, key_padding_mask=None):

@@ -200,14 +200,36 @@ def logits_buffer(rows: int, columns: int, dtype: torch.dtype, device: torch.dev
     return torch.empty(rows, padded_stride(columns), device=device, dtype=dtype)
 
 
+def _aligned_parts(columns: int) -> list[tuple[int, int]]:
+    """[0, columns) as a part whose width is a multiple of ROW_ALIGN and the short rest.
+
+    Padding the buffer rows was not enough: on an H200 (RESULTS.md, 2026-11-28) a whole-vocabulary
+    chunk still ran 51.5 ms against 30.1 ms for 32 768-column chunks, because cuBLAS also picks
+    its narrow kernels when a GEMM dimension (250 002) is not a multiple of 8. Each GEMM of the op
+    is therefore two: the aligned bulk and a tail of under ROW_ALIGN columns."""
+    bulk = columns // ROW_ALIGN * ROW_ALIGN
+    return [(0, columns)] if bulk in (0, columns) else [(0, bulk), (bulk, columns)]
+
+
 def _logits(h_RD, w_VD, b_V, v0, v1, buf_RP):
     """One (R, C) logits chunk written into the reused buffer (no allocation per chunk): a view of
     its first R rows and C columns, row stride P, so every row starts aligned."""
-    w_CD = w_VD[v0:v1]
-    out_RC = buf_RP[: h_RD.shape[0], : w_CD.shape[0]]
-    if b_V is None:
-        return torch.mm(h_RD, w_CD.T, out=out_RC)
-    return torch.addmm(b_V[v0:v1], h_RD, w_CD.T, out=out_RC)
+    out_RC = buf_RP[: h_RD.shape[0], : min(v1, w_VD.shape[0]) - v0]  # the last chunk may be short
+    for c0, c1 in _aligned_parts(out_RC.shape[1]):
+        w_CD, out = w_VD[v0 + c0 : v0 + c1], out_RC[:, c0:c1]
+        if b_V is None:
+            torch.mm(h_RD, w_CD.T, out=out)
+        else:
+            torch.addmm(b_V[v0 + c0 : v0 + c1], h_RD, w_CD.T, out=out)
+    return out_RC
+
+
+def _backward_gemms(g_RC, h_RD, w_VD, v0, dh_RD, dw_VD, accumulate_dw):
+    """dh_RD = g · w[v0:v0+C] and d w[v0:v0+C] = (or += when `accumulate_dw`) gᵀ · h, in aligned parts."""
+    for c0, c1 in _aligned_parts(g_RC.shape[1]):
+        g_part = g_RC[:, c0:c1]
+        dh_RD.addmm_(g_part, w_VD[v0 + c0 : v0 + c1], beta=1.0 if c0 else 0.0)
+        dw_VD[v0 + c0 : v0 + c1].addmm_(g_part.T, h_RD, beta=1.0 if accumulate_dw else 0.0)
 
 
 def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_grad, row_chunk, vocab_chunk, block_v, split_v):
@@ -264,11 +286,10 @@ def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_gra
                 BLOCK=block, SAME_T=same_T,
             )
             g_RC, v1 = zs_RC, v0 + zs_RC.shape[1]
-            if dh_acc_RD is None:
-                torch.mm(g_RC, w_s, out=dh_s[r0:r1])
-            else:
-                dh_acc_RD += (g_RC @ w_s[v0:v1]).float()
-            dw_s[v0:v1].addmm_(g_RC.T, hs_RD, beta=0.0 if r0 == 0 else 1.0)
+            dh_RD = dh_s[r0:r1] if dh_acc_RD is None else torch.empty_like(hs_RD)  # one chunk: straight into d h
+            _backward_gemms(g_RC, hs_RD, w_s, v0, dh_RD, dw_s, accumulate_dw=r0 > 0)
+            if dh_acc_RD is not None:
+                dh_acc_RD += dh_RD.float()
             if db_s is not None:
                 db_s[v0:v1] += g_RC.sum(0, dtype=torch.float32)
         if dh_acc_RD is not None:

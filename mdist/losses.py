@@ -65,7 +65,7 @@ class DistillLoss:
             )
         if "att" in w:
             qk_pairs = [(*student.qk[m - 1], *teacher.qk[g - 1]) for m, g in self.pairs]
-            if self.kernels == "triton":  # all mapped layer pairs in one autograd node, Q/K as captured (no copy)
+            if self.kernels == "triton":  # all mapped layer pairs of one shape stacked into two launches
                 terms["att"] = loss_ops.attention_score_mse_multi(qk_pairs, key_padding_mask=valid_BL)
             else:
                 terms["att"] = sum(loss_ops.attention_score_mse_reference(*qk, key_padding_mask=valid_BL) for qk in qk_pairs)

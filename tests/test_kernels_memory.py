@@ -69,16 +69,3 @@ def test_linear_distill_holds_one_row_chunk_of_logits(monkeypatch):
     assert largest <= max(V * D, 16 * linear_distill.padded_stride(150)) < N * V, largest  # V×D: the weight gradient itself
     assert _largest(lambda: fused_linear_distill_loss_reference(*leaves, h_t, w_t, b_t, labels, 2.0, 0.5, 0.5)) >= N * V
 
-
-def test_attention_score_mse_multi_copies_no_inputs():
-    """Layer pairs go to the kernel as the encoder made them: nothing of P stacked pairs' size is made
-    (only each pair's own gradients, B·H·L·D each)."""
-    P, B, H, L, D = 4, 2, 2, 32, 8
-    gen = torch.Generator().manual_seed(0)
-    pairs = [[torch.randn(B, H, L, D, generator=gen) for _ in range(4)] for _ in range(P)]
-    for pair in pairs:
-        pair[0].requires_grad_(), pair[1].requires_grad_()
-    mask = torch.ones(B, L, dtype=torch.bool)
-    mask[1, 20:] = False
-    largest = _largest(lambda: attention_score_mse_multi(pairs, mask))
-    assert largest <= B * H * L * D < P * B * H * L * D, f"a tensor of {largest} elements: stacked inputs?"
