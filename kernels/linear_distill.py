@@ -40,7 +40,10 @@ import triton.language as tl
 
 from .runtime import check_device
 
-CHUNK_BYTES = 256 * 2**20  # per logits buffer (student and teacher each hold one)
+# Per logits buffer (student and teacher each hold one): ~1 070 rows of V = 250 002 in bf16. From the
+# H200 sweep (RESULTS.md, 2026-11-28): 1 024-row chunks 25.6 ms and 1.32 GiB extra, ~528 rows 27.5 ms,
+# 2 048 rows 26.5 ms and 2.28 GiB (over the 1.5 GiB).
+CHUNK_BYTES = 512 * 2**20
 BLOCK_V = 1024  # vocabulary columns per kernel step (and per gradient program)
 SPLIT_V = 8192  # vocabulary columns per statistics program (so a row's statistics run in parallel)
 ROW_ALIGN = 128  # logits buffer rows start at multiples of 128 elements (256 B in bf16)

@@ -59,7 +59,7 @@ def test_linear_distill_holds_one_row_chunk_of_logits(monkeypatch):
     b_s, b_t = (0.1 * torch.randn(V, generator=gen) for _ in range(2))
     labels = torch.randint(0, V, (N,), generator=gen)
     leaves = [x.requires_grad_() for x in (h_s, w_s, b_s)]
-    # the default row chunk, from a chunk budget of 16 rows (at real size: 256 MiB, ~500 rows of V = 250 002)
+    # the default row chunk, from a chunk budget of 16 rows (at real size: 512 MiB, ~1 070 rows of V = 250 002)
     monkeypatch.setattr(linear_distill, "CHUNK_BYTES", 16 * V * 4)
     rows = 16
     largest = _largest(lambda: fused_linear_distill_loss(*leaves, h_t, w_t, b_t, labels, 2.0, 0.5, 0.5))
