@@ -145,55 +145,41 @@ def _check_shapes(q_s, k_s, q_t, k_t, key_padding_mask, n_pairs):
 
 
 class _AttentionScoreMSE(torch.autograd.Function):
-    """Sum of each layer pair's mean squared score difference over groups of (q_s, k_s, q_t, k_t), each
-    (G, H, L, D) with G = n_stacked·B pairs stacked on dim 0; two launches per group, the padding
-    statistics made once for all groups."""
+    """Sum over P stacked layer pairs of each pair's mean squared score difference; G = P·B on dim 0."""
 
     @staticmethod
-    def forward(ctx, key_padding_mask, n_stacked, block_r, block_c, *tensors):
-        groups = [tensors[i : i + 4] for i in range(0, len(tensors), 4)]
-        G, _, L, _ = groups[0][0].shape
-        device = groups[0][0].device
-        check_device(_score_mse_rows_kernel, groups[0][0], "attention_score_mse")
-        for group in groups:
-            _check_shapes(*group, key_padding_mask, n_stacked)
+    def forward(ctx, q_s, k_s, q_t, k_t, key_padding_mask, n_pairs, block_r, block_c):
+        G, H, L, _ = q_s.shape
+        check_device(_score_mse_rows_kernel, q_s, "attention_score_mse")
+        _check_shapes(q_s, k_s, q_t, k_t, key_padding_mask, n_pairs)
+        grad_dtype = q_s.dtype
+        # The interpreter's tl.dot multiplies bf16 bit patterns (triton-lang/triton#11584): upcast there.
+        if interpreted(_score_mse_rows_kernel) and torch.bfloat16 in (q_s.dtype, q_t.dtype):
+            q_s, k_s, q_t, k_t = (x.float() for x in (q_s, k_s, q_t, k_t))
         if key_padding_mask is None:
             mask_BL = end_B = None
-            pairs_per_head = torch.full((), float(G // n_stacked * L * L), device=device, dtype=torch.float64)
+            count = torch.full((), float(G // n_pairs * H * L * L), device=q_s.device, dtype=torch.float32)
         else:
-            mask_BL = key_padding_mask.to(device=device, dtype=torch.int8).contiguous()
+            mask_BL = key_padding_mask.to(device=q_s.device, dtype=torch.int8).contiguous()
             n_B = mask_BL.sum(1, dtype=torch.float64)
-            pairs_per_head = (n_B * n_B).sum()
-            pos_L = torch.arange(1, L + 1, device=device, dtype=torch.int32)
+            count = (H * (n_B * n_B).sum()).clamp(min=1).float()
+            pos_L = torch.arange(1, L + 1, device=q_s.device, dtype=torch.int32)
             end_B = (pos_L * mask_BL).amax(1).to(torch.int32)  # one past the last real token
-        grad_q, grad_k = ctx.needs_input_grad[4], ctx.needs_input_grad[5]
-        total, grads = None, []
-        for q_s, k_s, q_t, k_t in groups:
-            H, grad_dtype = q_s.shape[1], q_s.dtype
-            # The interpreter's tl.dot multiplies bf16 bit patterns (triton-lang/triton#11584): upcast there.
-            if interpreted(_score_mse_rows_kernel) and torch.bfloat16 in (q_s.dtype, q_t.dtype):
-                q_s, k_s, q_t, k_t = (x.float() for x in (q_s, k_s, q_t, k_t))
-            count = (H * pairs_per_head).clamp(min=1).float()
-            wide = max(q_s.element_size(), q_t.element_size()) >= 4  # fp32 tiles: halve rows to fit shared memory
-            br = min(block_r // 2 if wide else block_r, max(16, triton.next_power_of_2(L)))
-            bc = min(block_c, max(16, triton.next_power_of_2(L)))
-            partial, dq_s = _launch(q_s, k_s, q_t, k_t, mask_BL, end_B, count, True, grad_q, br, bc)
-            dk_s = _launch(k_s, q_s, k_t, q_t, mask_BL, end_B, count, False, True, br, bc)[1] if grad_k else None
-            grads += [None if d is None else d.to(grad_dtype) for d in (dq_s, dk_s)]
-            loss = partial.sum() / count
-            total = loss if total is None else total + loss
-        ctx.save_for_backward(*(g for g in grads if g is not None))
-        ctx.present = [g is not None for g in grads]
-        return total
+        grad_q, grad_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        wide = max(q_s.element_size(), q_t.element_size()) >= 4  # fp32 tiles: halve rows to fit shared memory
+        br = min(block_r // 2 if wide else block_r, max(16, triton.next_power_of_2(L)))
+        bc = min(block_c, max(16, triton.next_power_of_2(L)))
+        partial, dq_s = _launch(q_s, k_s, q_t, k_t, mask_BL, end_B, count, True, grad_q, br, bc)
+        dk_s = _launch(k_s, q_s, k_t, q_t, mask_BL, end_B, count, False, True, br, bc)[1] if grad_k else None
+        ctx.save_for_backward(*(None if d is None else d.to(grad_dtype) for d in (dq_s, dk_s)))
+        return partial.sum() / count
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved = iter(ctx.saved_tensors)
-        grads = [(g := next(saved)).mul_(grad_out.to(g.dtype)) if present else None for present in ctx.present]
-        per_input = []
-        for i in range(0, len(grads), 2):
-            per_input += [grads[i], grads[i + 1], None, None]  # d q_s, d k_s; the teacher's are constants
-        return (None, None, None, None, *per_input)
+        dq_s, dk_s = ctx.saved_tensors
+        dq_s = dq_s.mul_(grad_out.to(dq_s.dtype)) if dq_s is not None else None
+        dk_s = dk_s.mul_(grad_out.to(dk_s.dtype)) if dk_s is not None else None
+        return dq_s, dk_s, None, None, None, None, None, None
 
 
 def attention_score_mse(q_s, k_s, q_t, k_t, key_padding_mask=None, *, block_rows=BLOCK_ROWS, block_cols=BLOCK_COLS):
@@ -201,7 +187,8 @@ def attention_score_mse(q_s, k_s, q_t, k_t, key_padding_mask=None, *, block_rows
 
     Backward may be called once (the saved gradients are scaled in place).
     """
-    return _AttentionScoreMSE.apply(key_padding_mask, 1, block_rows, block_cols, q_s, k_s, q_t.detach(), k_t.detach())
+    q_t, k_t = q_t.detach(), k_t.detach()
+    return _AttentionScoreMSE.apply(q_s, k_s, q_t, k_t, key_padding_mask, 1, block_rows, block_cols)
 
 
 def attention_score_mse_stacked(
@@ -210,23 +197,24 @@ def attention_score_mse_stacked(
     """Layer pairs already stacked as (P, B, H, L, D): the sum over P of each pair's mean, in two launches, no copy."""
     P, B = q_s.shape[:2]
     flat = [x.reshape(P * B, *x.shape[2:]) for x in (q_s, k_s, q_t.detach(), k_t.detach())]
-    return _AttentionScoreMSE.apply(key_padding_mask, P, block_rows, block_cols, *flat)
+    return _AttentionScoreMSE.apply(*flat, key_padding_mask, P, block_rows, block_cols)
 
 
 def attention_score_mse_multi(pairs, key_padding_mask=None, *, block_rows=BLOCK_ROWS, block_cols=BLOCK_COLS):
-    """Sum over layer pairs [(q_s, k_s, q_t, k_t), ...] of each pair's mean; pairs of equal shape are
-    stacked along the batch and share two launches.
+    """Sum over layer pairs [(q_s, k_s, q_t, k_t), ...] of each pair's mean; pairs of equal shape share two launches.
 
     Stacking copies the inputs once, and still wins: on an H200 (RESULTS.md, 2026-11-28) the kernel
-    took 1.08 ms for six pre-stacked pairs at batch 16 × 512 against 3.92 ms with two launches per pair.
+    took 1.08 ms for six pre-stacked pairs at batch 16 × 512 against 3.92 ms with two launches per
+    pair. A caller that writes Q/K into a (P, B, H, L, D) buffer can use `attention_score_mse_stacked`
+    and skip the copy.
     """
     groups = {}
     for pair in pairs:
         groups.setdefault(tuple((x.shape, x.dtype) for x in pair), []).append(pair)
     total = None
     for group in groups.values():
-        q_s, k_s, q_t, k_t = (torch.cat(xs) for xs in zip(*group))  # (P·B, H, L, D)
-        loss = _AttentionScoreMSE.apply(key_padding_mask, len(group), block_rows, block_cols, q_s, k_s, q_t.detach(), k_t.detach())
+        stacked = [torch.stack(xs) for xs in zip(*group)]
+        loss = attention_score_mse_stacked(*stacked, key_padding_mask, block_rows=block_rows, block_cols=block_cols)
         total = loss if total is None else total + loss
     return total
 
