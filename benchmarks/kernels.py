@@ -26,17 +26,22 @@ from recording import append_table, device_name, git_commit, markdown_header, ma
 HEADER = ("date (UTC)", "device", "commit", "kernel", "variant", "fwd+bwd ms", "extra peak GiB", "loss")
 
 
-def attention_case(device, P=6, B=16, H=12, L=512, D=64, seed=0):
-    """Student Q/K (leaves, per pair and pre-stacked), teacher Q/K, and a ragged padding mask (lengths L/2..L)."""
+def attention_case(device, P=6, B=16, H=12, L=512, D=64, seed=0, layout="contiguous"):
+    """Per pair: student and teacher Q/K, each (B, H, L, D), and a ragged padding mask (lengths L/2..L).
+    layout "qkv": the views the fused encoder layer hands over (of one (B, L, 3, H, D) product per layer)."""
     gen = torch.Generator(device).manual_seed(seed)
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen, device=device, dtype=torch.bfloat16)
 
-    stacked = [rand(P, B, H, L, D) for _ in range(4)]
+    if layout == "qkv":
+        per_layer = [rand(B, L, 3, H, D).permute(2, 0, 3, 1, 4) for _ in range(2 * P)]
+        q_s, k_s, q_t, k_t = ([x[i] for x in per_layer[side * P : (side + 1) * P]] for side in (0, 1) for i in (0, 1))
+    else:
+        q_s, k_s, q_t, k_t = ([rand(B, H, L, D) for _ in range(P)] for _ in range(4))
     lengths_B = torch.randint(L // 2, L + 1, (B,), generator=gen, device=device)
     mask_BL = torch.arange(L, device=device)[None, :] < lengths_B[:, None]
-    return stacked, mask_BL
+    return (q_s, k_s, q_t, k_t), mask_BL
 
 
 def vocab_case(device, N=4915, V=250002, D=768, seed=0):
@@ -65,13 +70,17 @@ def hidden_variants(kernels, student, teacher, valid_BL, sweep=False):
     def summed(fn, **kw):
         return lambda *hs: sum(fn(h, t, valid_BL, **kw) for h, t in zip(hs, teacher))
 
+    def multi(**kw):
+        return lambda *hs: kernels.hidden_mse_multi(list(zip(hs, teacher)), valid_BL, **kw)
+
     variants = {
         "eager reference": (summed(kernels.hidden_mse_reference), leaves),
         "compiled reference": (torch.compile(summed(kernels.hidden_mse_reference)), leaves),
-        "fused (one pass per pair)": (summed(kernels.hidden_mse), leaves),
+        "fused, one call per pair": (summed(kernels.hidden_mse), leaves),
+        "fused multi (one launch for all pairs)": (multi(), leaves),
     }
     for cols in HIDDEN_COLS_SWEEP if sweep else []:
-        variants[f"fused, tiles of {cols} columns"] = (summed(kernels.hidden_mse, block_cols=cols), leaves)
+        variants[f"fused multi, tiles of {cols} columns"] = (multi(block_cols=cols), leaves)
     return variants
 
 
@@ -82,35 +91,41 @@ VOCAB_SWEEP = [(1024, 8192), (2048, 8192), (None, 4096), (None, 16384)]  # (row_
 TILE_SWEEP = [(64, 64), (64, 128), (128, 64), (128, 128), (256, 64)]  # (block_rows, block_cols)
 
 
-def attention_variants(kernels, stacked, mask_BL, sweep=False):
-    """name -> (fn(leaves) -> loss, leaves): student tensors are leaves so backward has real work to do."""
-    q_s, k_s, q_t, k_t = stacked
-    leaves = [q_s.clone().requires_grad_(), k_s.clone().requires_grad_()]
+def attention_variants(kernels, per_pair_qk, mask_BL, qkv_views=None, sweep=False):
+    """name -> (fn(*leaves) -> loss, leaves): the student's Q and K of each pair are leaves (2P of them), so
+    backward has real work to do; qkv_views: the same sizes as the fused encoder's strided views."""
+    q_s, k_s, q_t, k_t = per_pair_qk
+    P = len(q_s)
+    leaves = [x.clone().requires_grad_() for x in (*q_s, *k_s)]
+
+    def pairs(students, teacher_q=q_t, teacher_k=k_t):
+        return [(students[p], students[P + p], teacher_q[p], teacher_k[p]) for p in range(P)]
 
     def per_pair(fn):
-        return lambda qs, ks: sum(fn(qs[p], ks[p], q_t[p], k_t[p], mask_BL) for p in range(qs.shape[0]))
+        return lambda *s: sum(fn(*pair, mask_BL) for pair in pairs(s))
+
+    def stacking_copy(*s):  # the path until this commit: every pair copied into (P, B, H, L, D) buffers
+        stacked = [torch.stack(xs) for xs in zip(*pairs(s))]
+        return kernels.attention_score_mse_multi(list(zip(*(x.unbind(0) for x in stacked))), mask_BL)
 
     eager = per_pair(kernels.attention_score_mse_reference)
-    gram = per_pair(kernels.attention_score_mse_gram)
     variants = {
         "eager reference": (eager, leaves),
         "compiled reference": (torch.compile(eager), leaves),
-        "gram identity, compiled": (torch.compile(gram), leaves),
-        "fused per pair (no copy, 2 launches a pair)": (per_pair(kernels.attention_score_mse), leaves),
-        "fused multi (stacks pairs)": (
-            lambda qs, ks: kernels.attention_score_mse_multi(
-                [(qs[p], ks[p], q_t[p], k_t[p]) for p in range(qs.shape[0])], mask_BL
-            ),
-            leaves,
-        ),
-        "fused stacked (no copy)": (
-            lambda qs, ks: kernels.attention_score_mse_stacked(qs, ks, q_t, k_t, mask_BL),
-            leaves,
-        ),
+        "gram identity, compiled": (torch.compile(per_pair(kernels.attention_score_mse_gram)), leaves),
+        "fused per pair (2 launches a pair)": (per_pair(kernels.attention_score_mse), leaves),
+        "fused multi after a stacking copy": (stacking_copy, leaves),
+        "fused multi (pairs read in place)": (lambda *s: kernels.attention_score_mse_multi(pairs(s), mask_BL), leaves),
     }
+    if qkv_views is not None:
+        vq_s, vk_s, vq_t, vk_t = qkv_views
+        view_leaves = [x.detach().requires_grad_() for x in (*vq_s, *vk_s)]  # still strided views of the products
+        variants["fused multi, Q/K/V-product views read in place"] = (
+            lambda *s: kernels.attention_score_mse_multi(pairs(s, vq_t, vk_t), mask_BL), view_leaves
+        )
     for rows, cols in TILE_SWEEP if sweep else []:
-        variants[f"fused stacked, tiles {rows}×{cols}"] = (
-            lambda qs, ks, r=rows, c=cols: kernels.attention_score_mse_stacked(qs, ks, q_t, k_t, mask_BL, block_rows=r, block_cols=c),
+        variants[f"fused multi, tiles {rows}×{cols}"] = (
+            lambda *s, r=rows, c=cols: kernels.attention_score_mse_multi(pairs(s), mask_BL, block_rows=r, block_cols=c),
             leaves,
         )
     return variants
@@ -169,10 +184,10 @@ def smoke():
     """CPU interpreter check that the fused ops run and agree with the references at toy sizes."""
     from mdist import kernels
 
-    stacked, mask_BL = attention_case("cpu", P=2, B=2, H=2, L=24, D=16)
-    q_s, k_s, q_t, k_t = (x.float() for x in stacked)
-    fused = kernels.attention_score_mse_stacked(q_s, k_s, q_t, k_t, mask_BL).item()
-    ref = sum(kernels.attention_score_mse_reference(q_s[p], k_s[p], q_t[p], k_t[p], mask_BL) for p in range(2)).item()
+    per_pair_qk, mask_BL = attention_case("cpu", P=2, B=2, H=2, L=24, D=16, layout="qkv")
+    pairs = [tuple(x.float() for x in pair) for pair in zip(*per_pair_qk)]
+    fused = kernels.attention_score_mse_multi(pairs, mask_BL).item()
+    ref = sum(kernels.attention_score_mse_reference(*pair, mask_BL) for pair in pairs).item()
     print(f"attention smoke: fused {fused:.6f} reference {ref:.6f}")
     student, teacher, labels = vocab_case("cpu", N=7, V=300, D=16)
     args = [x.float() for x in student + teacher]
@@ -180,7 +195,7 @@ def smoke():
     ref = kernels.fused_linear_distill_loss_reference(*args, labels, 2.0, 1.0, 1.0).item()
     print(f"vocab smoke:     fused {fused:.6f} reference {ref:.6f}")
     student, teacher, valid_BL = hidden_case("cpu", P=2, B=2, L=24, D=40)
-    fused = sum(kernels.hidden_mse(h.float(), t.float(), valid_BL) for h, t in zip(student, teacher)).item()
+    fused = kernels.hidden_mse_multi([(h.float(), t.float()) for h, t in zip(student, teacher)], valid_BL).item()
     ref = sum(kernels.hidden_mse_reference(h.float(), t.float(), valid_BL) for h, t in zip(student, teacher)).item()
     print(f"hidden smoke:    fused {fused:.6f} reference {ref:.6f}")
 
@@ -203,7 +218,8 @@ def main():
     device = device_name()
     cases = []
     if args.only in (None, "attention"):
-        variants = attention_variants(kernels, *attention_case("cuda"), sweep=args.sweep)
+        qkv_views = attention_case("cuda", layout="qkv")[0]
+        variants = attention_variants(kernels, *attention_case("cuda"), qkv_views=qkv_views, sweep=args.sweep)
         cases.append(("attention MSE, 6 pairs B16 H12 L512 D64 pad", variants))
     if args.only in (None, "vocab"):
         cases.append(("vocab KL+CE, N4915 V250002 D768", vocab_variants(kernels, *vocab_case("cuda"), sweep=args.sweep)))

@@ -12,17 +12,16 @@ try:
     import triton  # noqa: F401
 except ImportError:
     TRITON_AVAILABLE = False
-    attention_score_mse = attention_score_mse_multi = attention_score_mse_stacked = None
-    attention_score_mse_gram = fused_linear_distill_loss = hidden_mse = None
+    attention_score_mse = attention_score_mse_multi = None
+    attention_score_mse_gram = fused_linear_distill_loss = hidden_mse = hidden_mse_multi = None
 else:
     TRITON_AVAILABLE = True
     from .attention_mse import (
         attention_score_mse,
         attention_score_mse_gram,
         attention_score_mse_multi,
-        attention_score_mse_stacked,
     )
-    from .hidden_state_mse import hidden_mse
+    from .hidden_state_mse import hidden_mse, hidden_mse_multi
     from .linear_distill import fused_linear_distill_loss
 
 __all__ = [
@@ -30,10 +29,10 @@ __all__ = [
     "attention_score_mse",
     "attention_score_mse_gram",
     "attention_score_mse_multi",
-    "attention_score_mse_stacked",
     "attention_score_mse_reference",
     "fused_linear_distill_loss",
     "fused_linear_distill_loss_reference",
     "hidden_mse",
+    "hidden_mse_multi",
     "hidden_mse_reference",
 ]

@@ -7,7 +7,13 @@ keeps the fp32 difference for backward and runs a dozen launches per mapped laye
 input is read once and d loss / d h_s = 2·(h_s − h_t)/(n·D) is written in the same pass (the loss is
 a scalar, so backward is one multiply), with no fp32 temporaries. Padding rows load as zero on both
 sides, so their difference and gradient are zero without a branch.
-Legend: B batch, L sequence, D hidden, R rows of the flattened (B·L, D) view in a tile, C columns.
+
+Why all layer pairs in one launch: a strategy maps up to a dozen pairs, and per pair the op made
+about seven launches (mask, count, kernel, sums) behind an autograd node of its own; on an H200
+(RESULTS.md, 2026-11-28) seven pairs took 2.40 ms that way against 1.01 ms for the compiled
+reference, whose graph fuses the pairs. Here the mask and count are made once, one kernel reads
+every pair in place through pair tables (`pair_tables.py`), and backward scales one buffer.
+Legend: P pairs, B batch, L sequence, D hidden, R rows of the flattened (B·L, D) view in a tile, C columns.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .pair_tables import pair_base, pair_tables
 from .runtime import check_device
 
 TILE_ELEMENTS = 4096  # R·C per program step
@@ -23,11 +30,16 @@ BLOCK_COLS = 1024  # the most columns per tile (fewer when D is smaller); `bench
 
 @triton.jit
 def _masked_mse_kernel(
-    s_ptr, t_ptr, mask_ptr, count_ptr, grad_ptr, partial_ptr,
-    n_rows, D, s_row, t_row, g_row,
-    HAS_MASK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    s_ptr, t_ptr, s_off, t_off,  # pair 0's student and teacher rows (R, D); (P,) element offsets of pair p's
+    mask_ptr, count_ptr, grad_ptr, partial_ptr,  # mask (rows,) int8; count (); grad (P, rows, D); partial (P, row blocks)
+    n_rows, D, s_row, t_row, g_pair, g_row,
+    HAS_MASK: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One block of rows: partial sum of squared differences, and the rows' gradient."""
+    """One block of rows of one pair: partial sum of squared differences, and the rows' gradient."""
+    p = tl.program_id(1)
+    s_ptr = pair_base(s_ptr, s_off, p, ALIGNED)
+    t_ptr = pair_base(t_ptr, t_off, p, ALIGNED)
+    grad_ptr += p.to(tl.int64) * g_pair
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     in_range = rows < n_rows
     row_ok = in_range
@@ -46,7 +58,7 @@ def _masked_mse_kernel(
             grad_ptr + rows[:, None] * g_row + cols[None, :], (diff * grad_scale).to(grad_ptr.dtype.element_ty),
             mask=in_range[:, None] & col_ok[None, :],
         )
-    tl.store(partial_ptr + tl.program_id(0), tl.sum(sq_R))
+    tl.store(partial_ptr + p * tl.num_programs(0) + tl.program_id(0), tl.sum(sq_R))
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -56,12 +68,17 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 class _MaskedMSE(torch.autograd.Function):
+    """Sum over P pairs of each pair's masked mean. Inputs after the settings: P student tensors, then P
+    teacher tensors, of one shape; gradients come back as views of one (P, …, D) buffer."""
+
     @staticmethod
-    def forward(ctx, h_s, h_t, valid, block_cols):
+    def forward(ctx, valid, block_cols, n_pairs, *tensors):
+        students, teachers = tensors[:n_pairs], tensors[n_pairs:]
+        h_s = students[0]
         check_device(_masked_mse_kernel, h_s, "hidden_mse")
         D = h_s.shape[-1]
-        s_RD, t_RD = _rows(h_s), _rows(h_t)
-        n_rows = s_RD.shape[0]
+        (s_table, t_table), aligned = pair_tables([_rows(x) for x in students], [_rows(x) for x in teachers])
+        n_rows = s_table.base.shape[0]
         if valid is None:
             mask = None
             count = torch.full((), float(n_rows), device=h_s.device, dtype=torch.float32)
@@ -70,22 +87,46 @@ class _MaskedMSE(torch.autograd.Function):
             count = mask.sum(dtype=torch.float32).clamp(min=1)
         block_c = min(triton.next_power_of_2(D), block_cols)
         block_r = max(1, TILE_ELEMENTS // block_c)
-        grid = (triton.cdiv(n_rows, block_r),)
-        grad = torch.empty((n_rows, D), device=h_s.device, dtype=h_s.dtype)
-        partial = torch.empty(grid[0], device=h_s.device, dtype=torch.float32)
+        grid = (triton.cdiv(n_rows, block_r), n_pairs)
+        grad = torch.empty((n_pairs, n_rows, D), device=h_s.device, dtype=h_s.dtype)
+        partial = torch.empty((n_pairs, grid[0]), device=h_s.device, dtype=torch.float32)
         _masked_mse_kernel[grid](
-            s_RD, t_RD, mask if mask is not None else count, count, grad, partial,
-            n_rows, D, s_RD.stride(0), t_RD.stride(0), grad.stride(0),
-            HAS_MASK=mask is not None, BLOCK_R=block_r, BLOCK_C=block_c,
+            s_table.base, t_table.base, s_table.offsets, t_table.offsets,
+            mask if mask is not None else count, count, grad, partial,
+            n_rows, D, s_table.base.stride(0), t_table.base.stride(0), grad.stride(0), grad.stride(1),
+            HAS_MASK=mask is not None, ALIGNED=aligned, BLOCK_R=block_r, BLOCK_C=block_c,
             num_warps=4,
         )
-        ctx.save_for_backward(grad.view(h_s.shape))
+        ctx.save_for_backward(grad.view(n_pairs, *h_s.shape))
         return partial.sum() / (count * D)
 
     @staticmethod
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_out.to(grad.dtype)), None, None, None
+        return None, None, None, *grad.mul_(grad_out.to(grad.dtype)).unbind(0), *[None] * grad.shape[0]
+
+
+def _check(h_s: torch.Tensor, h_t: torch.Tensor, valid: torch.Tensor | None) -> None:
+    if h_s.shape != h_t.shape:
+        raise ValueError(f"hidden_mse: student {tuple(h_s.shape)} and teacher {tuple(h_t.shape)} differ (project the student first)")
+    if valid is not None and valid.shape != h_s.shape[:-1]:
+        raise ValueError(f"hidden_mse: mask {tuple(valid.shape)} does not match the tokens of {tuple(h_s.shape)}")
+
+
+def hidden_mse_multi(pairs, valid: torch.Tensor | None = None, *, block_cols: int = BLOCK_COLS) -> torch.Tensor:
+    """Sum over pairs [(h_s, h_t), ...] of `hidden_mse_reference(h_s, h_t, valid)`, grads to each h_s: pairs
+    of one shape, strides and dtypes share one launch. Backward may be called once (the saved gradient
+    is scaled in place)."""
+    groups = {}
+    for h_s, h_t in pairs:
+        _check(h_s, h_t, valid)
+        groups.setdefault(tuple((x.shape, x.stride(), x.dtype) for x in (h_s, h_t)), []).append((h_s, h_t.detach()))
+    total = None
+    for group in groups.values():
+        students, teachers = zip(*group)
+        loss = _MaskedMSE.apply(valid, block_cols, len(group), *students, *teachers)
+        total = loss if total is None else total + loss
+    return total
 
 
 def hidden_mse(h_s: torch.Tensor, h_t: torch.Tensor, valid: torch.Tensor | None = None, *, block_cols: int = BLOCK_COLS) -> torch.Tensor:
@@ -93,8 +134,4 @@ def hidden_mse(h_s: torch.Tensor, h_t: torch.Tensor, valid: torch.Tensor | None 
 
     Backward may be called once (the saved gradient is scaled in place).
     """
-    if h_s.shape != h_t.shape:
-        raise ValueError(f"hidden_mse: student {tuple(h_s.shape)} and teacher {tuple(h_t.shape)} differ (project the student first)")
-    if valid is not None and valid.shape != h_s.shape[:-1]:
-        raise ValueError(f"hidden_mse: mask {tuple(valid.shape)} does not match the tokens of {tuple(h_s.shape)}")
-    return _MaskedMSE.apply(h_s, h_t.detach(), valid, block_cols)
+    return hidden_mse_multi([(h_s, h_t)], valid, block_cols=block_cols)

@@ -12,8 +12,6 @@ Legend: B batch, L sequence, D hidden, N masked positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-
 import torch
 
 from mdist.encode import EncoderOutput
@@ -59,10 +57,11 @@ class DistillLoss:
             total = total + vocab_loss
             terms = {k: v for k, v in terms.items() if k in w}
         if "hid" in w:
-            hidden_fn = partial(hidden_mse, kernels=self.kernels) if self.strategy.hidden_loss == "mse" else hidden_cos
-            terms["hid"] = sum(
-                hidden_fn(project(m, student.hidden_states[m]), teacher.hidden_states[g], valid_BL) for m, g in self.pairs
-            )
+            hidden_pairs = [(project(m, student.hidden_states[m]), teacher.hidden_states[g]) for m, g in self.pairs]
+            if self.strategy.hidden_loss == "mse":
+                terms["hid"] = hidden_mse(hidden_pairs, valid_BL, self.kernels)
+            else:
+                terms["hid"] = sum(hidden_cos(h_s, h_t, valid_BL) for h_s, h_t in hidden_pairs)
         if "att" in w:
             qk_pairs = [(*student.qk[m - 1], *teacher.qk[g - 1]) for m, g in self.pairs]
             if self.kernels == "triton":  # all mapped layer pairs of one shape stacked into two launches
@@ -70,16 +69,18 @@ class DistillLoss:
             else:
                 terms["att"] = sum(loss_ops.attention_score_mse_reference(*qk, key_padding_mask=valid_BL) for qk in qk_pairs)
         if "emb" in w:
-            terms["emb"] = hidden_mse(project(0, student.hidden_states[0]), teacher.hidden_states[0], valid_BL, self.kernels)
+            terms["emb"] = hidden_mse([(project(0, student.hidden_states[0]), teacher.hidden_states[0])], valid_BL, self.kernels)
         for name in ("hid", "att", "emb"):
             if name in terms:
                 total = total + w[name] * terms[name]
         return total, {name: value.detach() for name, value in terms.items()}
 
 
-def hidden_mse(student_BLD: torch.Tensor, teacher_BLD: torch.Tensor, valid_BL: torch.Tensor, kernels: str = "torch") -> torch.Tensor:
-    op = loss_ops.hidden_mse if kernels == "triton" else loss_ops.hidden_mse_reference
-    return op(student_BLD, teacher_BLD, valid_BL)
+def hidden_mse(pairs_BLD: list[tuple[torch.Tensor, torch.Tensor]], valid_BL: torch.Tensor, kernels: str = "torch") -> torch.Tensor:
+    """Sum over (student, teacher) pairs of the masked MSE; the fused op reads all pairs in one launch."""
+    if kernels == "triton":
+        return loss_ops.hidden_mse_multi(pairs_BLD, valid_BL)
+    return sum(loss_ops.hidden_mse_reference(h_s, h_t, valid_BL) for h_s, h_t in pairs_BLD)
 
 
 def hidden_cos(student_BLD: torch.Tensor, teacher_BLD: torch.Tensor, valid_BL: torch.Tensor) -> torch.Tensor:

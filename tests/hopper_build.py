@@ -50,6 +50,7 @@ class Launch:
     signature: dict  # argument name -> Triton type
     constexprs: dict
     options: dict  # num_warps, num_stages
+    divisible_by_16: list  # argument names Triton's launch marks as multiples of 16 (pointers: 16-byte aligned)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class HopperBuild:
     registers: int
     local_bytes: int  # > 0: registers spilled to local memory
     shared_bytes: int  # dynamic shared memory Triton asks for at launch
+    wide_loads: int  # 16-byte global loads in the PTX (ld.global.v4, cp.async of 16): vectorised reads
 
 
 def _signature_type(value) -> str:
@@ -82,10 +84,18 @@ class _Recorder:
         def record(*args, **kwargs):
             fn = self.kernel.fn
             constexprs = {k: v for k, v in kwargs.items() if k not in _LAUNCH_OPTIONS}
-            signature = {name: _signature_type(value) for name, value in zip(self.kernel.arg_names, args)}
+            named = dict(zip(self.kernel.arg_names, args))
+            # Triton's launch-time specialisation: integers equal to 1 become constants, and integers
+            # and pointers that are multiples of 16 are marked so (what lets loads vectorise)
+            constexprs.update({name: 1 for name, value in named.items() if type(value) is int and value == 1})
+            signature = {name: _signature_type(value) for name, value in named.items() if name not in constexprs}
             signature.update({name: "constexpr" for name in constexprs})
+            divisible = [
+                name for name, value in named.items() if name not in constexprs and
+                (value.data_ptr() % 16 == 0 if isinstance(value, torch.Tensor) else type(value) is int and value % 16 == 0)
+            ]
             options = {k: v for k, v in kwargs.items() if k in _LAUNCH_OPTIONS}
-            self.launches.append(Launch(fn.__module__, fn.__name__, signature, constexprs, options))
+            self.launches.append(Launch(fn.__module__, fn.__name__, signature, constexprs, options, divisible))
 
         return record
 
@@ -129,7 +139,8 @@ def _build(launch: Launch) -> HopperBuild:
     fn = getattr(importlib.import_module(launch.module), launch.kernel)
     index = {name: i for i, name in enumerate(fn.arg_names)}
     constexprs = {(index[name],): value for name, value in launch.constexprs.items()}
-    source = ASTSource(fn=fn, signature=launch.signature, constexprs=constexprs)
+    attrs = {(index[name],): [["tt.divisibility", 16]] for name in launch.divisible_by_16}
+    source = ASTSource(fn=fn, signature=launch.signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=launch.options)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
@@ -138,7 +149,8 @@ def _build(launch: Launch) -> HopperBuild:
     found = re.search(r"REG:(\d+) STACK:\d+ SHARED:\d+ LOCAL:(\d+)", usage)
     if found is None:
         raise RuntimeError(f"cuobjdump printed no resource usage for {launch.kernel}:\n{usage}")
-    return HopperBuild(launch.kernel, int(found.group(1)), int(found.group(2)), compiled.metadata.shared)
+    wide_loads = len(re.findall(r"ld\.global[\w:.]*\.v4\.|cp\.async\.\w+\.shared\.global \[[^\]]*\], \[[^\]]*\], 0x10", compiled.asm["ptx"]))
+    return HopperBuild(launch.kernel, int(found.group(1)), int(found.group(2)), compiled.metadata.shared, wide_loads)
 
 
 if __name__ == "__main__":

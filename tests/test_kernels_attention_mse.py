@@ -14,7 +14,6 @@ from mdist.kernels import (
     attention_score_mse_gram,
     attention_score_mse_multi,
     attention_score_mse_reference,
-    attention_score_mse_stacked,
 )
 
 BLOCKS = dict(block_rows=16, block_cols=16)  # several tiles per sequence even at interpreter-sized L
@@ -114,13 +113,35 @@ def test_multi_sums_pair_means_and_grads():
             torch.testing.assert_close(g.grad.double(), r.grad, rtol=1e-4, atol=1e-7)
 
 
-def test_stacked_matches_multi():
-    pairs = [[x.float() for x in _qk(2, 1, 18, 16, 16, seed=s)] for s in (4, 5)]
-    mask = _mask("ragged", 2, 18)
-    stacked = [torch.stack(xs) for xs in zip(*pairs)]
-    torch.testing.assert_close(
-        attention_score_mse_stacked(*stacked, mask, **BLOCKS), attention_score_mse_multi(pairs, mask, **BLOCKS)
+@pytest.mark.parametrize("layout", ["fused_qkv", "stacked", "mixed_strides"])
+def test_multi_reads_strided_pairs_in_place(layout):
+    """Q/K as the encoders hand them over: views of one (B, L, 3, H, D) Q/K/V product per layer (the fused
+    layer), slices of one stacked buffer, or pairs of two stride patterns (two groups of launches)."""
+    B, H, L, D, P = 2, 2, 21, 16, 3
+    gen = torch.Generator().manual_seed(9)
+    mask = _mask("ragged", B, L)
+    if layout == "fused_qkv":
+        qkv = [torch.randn(B, L, 3, H, D, generator=gen).permute(2, 0, 3, 1, 4) for _ in range(2 * P)]
+        tensors = [x for t in qkv for x in t.unbind(0)[:2]]  # q, k of each layer (strided views)
+    elif layout == "stacked":
+        tensors = list(torch.randn(4 * P, B, H, L, D, generator=gen).unbind(0))
+    else:
+        tensors = [torch.randn(B, H, L, D, generator=gen) if i % 4 else torch.randn(B, L, H, D, generator=gen).transpose(1, 2) for i in range(4 * P)]
+    student = [x.detach().clone().requires_grad_() if i % 4 < 2 else x for i, x in enumerate(tensors)]
+    pairs = [tuple(student[4 * p : 4 * p + 4]) for p in range(P)]
+    leaves = [x for pair in pairs for x in pair[:2]]
+    if layout != "stacked":  # non-contiguous views reach the kernel as they are
+        assert not all(x.is_contiguous() for x in leaves)
+    got = attention_score_mse_multi(pairs, mask, **BLOCKS)
+    got.backward()
+    ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
+    want = sum(
+        attention_score_mse_reference(ref_leaves[2 * p], ref_leaves[2 * p + 1], pairs[p][2].double(), pairs[p][3].double(), mask) for p in range(P)
     )
+    want.backward()
+    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-5, atol=1e-7)
+    for leaf, ref in zip(leaves, ref_leaves):
+        torch.testing.assert_close(leaf.grad.double(), ref.grad, rtol=1e-4, atol=1e-7)
 
 
 def test_near_equal_scores_tiles_stay_accurate_gram_cancels():

@@ -78,6 +78,31 @@ def test_hidden_mse_bf16():
     _assert_within_torch_bf16_error(hidden_mse, hidden_mse_reference, [h_s], [h_t, valid], atol=1e-3)
 
 
+def test_hidden_mse_multi_bf16():
+    """Four layer pairs in one launch, as a strategy hands them over, one a strided view."""
+    from mdist.kernels import hidden_mse_multi, hidden_mse_reference
+
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    wide = torch.randn(4, 100, 2 * 768, generator=gen, device="cuda").bfloat16()
+    tensors = [torch.randn(4, 100, 768, generator=gen, device="cuda").bfloat16() for _ in range(7)]
+    valid = torch.ones(4, 100, dtype=torch.bool, device="cuda")
+    valid[2, 30:] = False
+
+    def pairs(args):  # 3 students and the wide buffer, 4 teachers, the mask
+        students = [*args[:3], args[3][..., :768]]
+        return list(zip(students, args[4:8])), args[8]
+
+    def multi(*args):
+        ps, valid_BL = pairs(args)
+        return hidden_mse_multi(ps, valid_BL)
+
+    def reference(*args):
+        ps, valid_BL = pairs(args)
+        return sum(hidden_mse_reference(h_s, h_t, valid_BL) for h_s, h_t in ps)
+
+    _assert_within_torch_bf16_error(multi, reference, [*tensors[:3], wide], [*tensors[3:], valid], atol=1e-3)
+
+
 @pytest.mark.parametrize("T", [2.0, 1.0])  # 1.0: the student's two softmaxes computed once
 @pytest.mark.parametrize("vocab_chunk", [None, 3000])  # V = 10 003: two statistics splits per row, then four chunks
 def test_fused_linear_distill_bf16(vocab_chunk, T):

@@ -1,5 +1,5 @@
 """Fused masked hidden-state MSE vs a float64 per-token loop: values and gradients, odd widths,
-padding, all-padded batches, mixed dtypes, incoming gradients.
+padding, all-padded batches, mixed dtypes, incoming gradients; several layer pairs in one call.
 
 Legend: B batch, L sequence, D hidden.
 """
@@ -10,7 +10,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before mdist.kernels binds its
 import pytest
 import torch
 
-from mdist.kernels import hidden_mse, hidden_mse_reference
+from mdist.kernels import hidden_mse, hidden_mse_multi, hidden_mse_reference
 
 
 def _inputs(B, L, D, seed=0):
@@ -71,8 +71,35 @@ def test_bf16_student_fp32_teacher_and_incoming_gradient():
     torch.testing.assert_close(leaf.grad.double(), ref.grad, rtol=1e-2, atol=1e-4)
 
 
+def test_multi_sums_pairs_read_in_place():
+    """Four pairs as a strategy hands them over: contiguous layer outputs, a strided view (a slice of a
+    wider buffer), one tensor in two pairs (its gradients add up), and a pair of another dtype (its own
+    launch); against the float64 loop, values and gradients."""
+    B, L, D = 2, 7, 24
+    valid = _masks("ragged", B, L)
+    gen = torch.Generator().manual_seed(5)
+    wide = torch.randn(B, L, 2 * D, generator=gen, dtype=torch.float64)
+    students64 = [torch.randn(B, L, D, generator=gen, dtype=torch.float64), wide[..., :D], None, torch.randn(B, L, D, generator=gen, dtype=torch.float64)]
+    teachers64 = [torch.randn(B, L, D, generator=gen, dtype=torch.float64) for _ in range(4)]
+    leaves = [students64[0].float().requires_grad_(), wide.float().requires_grad_(), None, students64[3].bfloat16().requires_grad_()]
+    students = [leaves[0], leaves[1][..., :D], leaves[0], leaves[3]]
+    assert not students[1].is_contiguous()
+    got = hidden_mse_multi([(h_s, h_t.float()) for h_s, h_t in zip(students, teachers64)], valid)
+    got.backward()
+    refs = [students64[0].clone().requires_grad_(), wide.clone().requires_grad_(), None, students64[3].bfloat16().double().requires_grad_()]
+    ref_students = [refs[0], refs[1][..., :D], refs[0], refs[3]]
+    want = sum(_per_token_loop(h_s, h_t.float().double(), valid) for h_s, h_t in zip(ref_students, teachers64))
+    want.backward()
+    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-3, atol=1e-6)  # the bf16 pair: bf16 gradient
+    for leaf, ref, tol in zip(leaves, refs, (1e-4, 1e-4, None, 1e-2)):
+        if leaf is not None:
+            torch.testing.assert_close(leaf.grad.double(), ref.grad, rtol=tol, atol=1e-4 * tol)
+
+
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="project the student first"):
         hidden_mse(torch.zeros(1, 2, 8), torch.zeros(1, 2, 16))
     with pytest.raises(ValueError, match="does not match the tokens"):
         hidden_mse(torch.zeros(1, 2, 8), torch.zeros(1, 2, 8), torch.ones(2, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="project the student first"):  # any pair of several
+        hidden_mse_multi([(torch.zeros(1, 2, 8), torch.zeros(1, 2, 8)), (torch.zeros(1, 2, 8), torch.zeros(1, 2, 4))])

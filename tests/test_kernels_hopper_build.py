@@ -45,6 +45,26 @@ def test_attention_score_mse_launches_build_for_h100(dtype, D_s, D_t):
     _assert_fits_h100(launches, {"_score_mse_rows_kernel"})
 
 
+@pytest.mark.parametrize("misaligned", [False, True])
+def test_attention_pairs_read_in_place_keep_vectorised_loads(misaligned):
+    """Three layers' Q/K as views of fused Q/K/V products, read through pair tables: the aligned
+    offsets keep the tiles' 16-byte loads (without the hint every element is a 2-byte load). A
+    tensor one element off 16 bytes turns the hint off: the check can fail."""
+    B, H, L, D, P = 2, 2, 512, 64, 3
+    qkv = [torch.randn(B, L, 3, H, D, dtype=torch.bfloat16).permute(2, 0, 3, 1, 4) for _ in range(2 * P)]
+    if misaligned:
+        qkv[-1] = torch.randn(B * L * 3 * H * D + 1, dtype=torch.bfloat16)[1:].view(B, L, 3, H, D).permute(2, 0, 3, 1, 4)
+    student = [(q.requires_grad_(), k.requires_grad_()) for q, k in (x.unbind(0)[:2] for x in qkv[:P])]
+    pairs = [(*s, *t.unbind(0)[:2]) for s, t in zip(student, qkv[P:])]
+    mask_BL = torch.ones(B, L, dtype=torch.bool)
+    mask_BL[0, 300:] = False
+    with recorded_launches(attention_mse, "_score_mse_rows_kernel") as launches:
+        attention_mse.attention_score_mse_multi(pairs, mask_BL)
+    assert len(launches) == 2 and launches[0].constexprs["ALIGNED"] is not misaligned
+    builds = build_for_hopper(launches)
+    assert all((build.wide_loads == 0) == misaligned for build in builds), builds
+
+
 @pytest.mark.parametrize("T", [2.0, 1.0])  # 1.0: the SAME_T specialisations
 def test_fused_linear_distill_launches_build_for_h100(T):
     N, V, D = 40, 20_000, 64  # V over SPLIT_V: several statistics programs per row
@@ -63,12 +83,13 @@ def test_fused_linear_distill_launches_build_for_h100(T):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_hidden_mse_launches_build_for_h100(dtype):
-    """XLM-R base width (768: one 1024-column tile, masked) with padding."""
-    h_s = torch.randn(2, 16, 768, dtype=dtype, requires_grad=True)
-    h_t = torch.randn(2, 16, 768, dtype=dtype)
+    """XLM-R base width (768: one 1024-column tile, masked) with padding; three layer pairs read in place,
+    with 16-byte loads."""
+    pairs = [(torch.randn(2, 16, 768, dtype=dtype, requires_grad=True), torch.randn(2, 16, 768, dtype=dtype)) for _ in range(3)]
     valid = torch.ones(2, 16, dtype=torch.bool)
     valid[1, 9:] = False
     with recorded_launches(hidden_state_mse, "_masked_mse_kernel") as launches:
-        hidden_state_mse.hidden_mse(h_s, h_t, valid)
-    assert launches[0].constexprs["BLOCK_C"] == 1024
+        hidden_state_mse.hidden_mse_multi(pairs, valid)
+    assert len(launches) == 1 and launches[0].constexprs["BLOCK_C"] == 1024 and launches[0].constexprs["ALIGNED"]
     _assert_fits_h100(launches, {"_masked_mse_kernel"})
+    assert build_for_hopper(launches)[0].wide_loads > 0

@@ -19,7 +19,8 @@ from mdist.kernels import linear_distill
 
 class _Sizes(TorchDispatchMode):
     """Element counts of every tensor an op returns, any dtype (a bool L×L mask counts too), except the
-    interpreter's uint8 byte views of kernel arguments (copies to and from its host arrays)."""
+    interpreter's uint8 byte views of kernel arguments (copies to and from its host arrays); views and
+the interpreter's re-pointing of tensors (set_) allocate nothing and are not counted."""
 
     def __init__(self):
         super().__init__()
@@ -27,7 +28,8 @@ class _Sizes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self.numels += [t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.dtype != torch.uint8]
+        if not func.is_view and func.overloadpacket is not torch.ops.aten.set_:  # views and re-pointing allocate nothing
+            self.numels += [t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.dtype != torch.uint8]
         return out
 
 
@@ -49,6 +51,20 @@ def test_attention_score_mse_allocates_no_score_matrix():
     assert largest < L * L, f"a tensor of {largest} elements: an L×L ({L * L}) score matrix?"
     # the recorder sees the reference's B·H·L·L scores: the check can fail
     assert _largest(lambda: attention_score_mse_reference(*leaves, q_t, k_t, mask)) >= B * H * L * L
+
+
+def test_attention_pairs_are_read_in_place():
+    """Layer pairs reach the kernel as they are: the only operand-sized tensors the forward pass makes
+    are the two gradient buffers (stacking the pairs would add four copies of every Q and K)."""
+    B, H, L, D, P = 2, 2, 32, 8, 3
+    gen = torch.Generator().manual_seed(1)
+    pairs = [
+        tuple(torch.randn(B, H, L, D, generator=gen).requires_grad_(i < 2) for i in range(4)) for _ in range(P)
+    ]
+    with _Sizes() as sizes:
+        attention_score_mse_multi(pairs, torch.ones(B, L, dtype=torch.bool))
+    operand_sized = [n for n in sizes.numels if n >= B * H * L * D]
+    assert operand_sized == [P * B * H * L * D] * 2, operand_sized
 
 
 def test_linear_distill_holds_one_row_chunk_of_logits(monkeypatch):
