@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 12's GPU checks in one call (at most 10 minutes on an H100/H200): the CUDA-only tests, the step
-# throughput (floor, mdist, the fast path with the fused encoder, naive HF), the kernel timings with
-# the vocabulary op's sweep, and one profiled fast-path step. Each benchmark prints its table and
+# Issue 12's GPU checks in one call (time limits adding up to 565 s, under the 10 minutes of one
+# device call): the CUDA-only tests, the step throughput (floor, mdist, the fast path with the fused
+# encoder, with CUDA graphs, naive HF), the kernel timings with the vocabulary op's sweep and the
+# in-place layer pairs, and profiled steps at batch 64 and 16. Each benchmark prints its table and
 # appends it to benchmarks/RESULTS.md; a step that fails or runs out of time is reported and the
 # next one still runs. Needs torch, triton and transformers only (no deepspeed, mlflow, webdataset).
 #
@@ -31,13 +32,15 @@ step() {  # step SECONDS NAME COMMAND...: run with a time limit, keep going on f
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
     echo "mdist not installed; linked mdist/kernels and mdist/ds_configs, PYTHONPATH=$PYTHONPATH"
   fi
-  step 60 "CUDA kernel tests" $PY -m pytest -q -p no:cacheprovider tests/test_kernels_bf16_cuda.py
-  step 170 "throughput, batch 64" $PY benchmarks/throughput.py --batches 64 --students 1 2 --variants floor mdist "mdist + fused encoder"
-  step 100 "throughput, batch 16" $PY benchmarks/throughput.py --batches 16 --students 1 --variants floor mdist "mdist + fused encoder" "naive HF"
-  step 60 "kernels: vocabulary op sweep" $PY benchmarks/kernels.py --only vocab --sweep --skip compiled --iters 10
-  step 60 "profile of the fast path" $PY benchmarks/throughput.py --batches 64 --students 1 --variants "mdist + fused encoder" --profile --no-record
+  step 45 "CUDA kernel tests" $PY -m pytest -q -p no:cacheprovider tests/test_kernels_bf16_cuda.py
+  step 145 "throughput, batch 64" $PY benchmarks/throughput.py --batches 64 --students 1 2 --variants floor mdist "mdist + fused encoder"
+  step 80 "throughput, batch 16" $PY benchmarks/throughput.py --batches 16 --students 1 --variants floor mdist "mdist + fused encoder" "naive HF"
+  step 70 "throughput with CUDA graphs (own process: an error there stops no other row)" $PY benchmarks/throughput.py --batches 16 64 --students 1 --variants "mdist + fused encoder + CUDA graphs"
+  step 45 "kernels: vocabulary op sweep" $PY benchmarks/kernels.py --only vocab --sweep --skip compiled --iters 10
+  step 40 "profile of the fast path" $PY benchmarks/throughput.py --batches 64 --students 1 --variants "mdist + fused encoder" --profile --no-record
+  step 35 "profile at batch 16 (kernel time against step time: how launch-bound)" $PY benchmarks/throughput.py --batches 16 --students 1 --variants mdist --profile --no-record
   step 30 "kernels: attention" $PY benchmarks/kernels.py --only attention --skip "compiled|eager" --iters 10
-  step 40 "kernels: hidden MSE sweep" $PY benchmarks/kernels.py --only hidden --sweep --skip eager --iters 10
-  step 80 "fused encoder tests on CUDA" $PY -m pytest -q -p no:cacheprovider tests/test_fused_encoder.py -k "not distill"
+  step 30 "kernels: hidden MSE sweep" $PY benchmarks/kernels.py --only hidden --sweep --skip eager --iters 10
+  step 45 "fused encoder tests on CUDA" $PY -m pytest -q -p no:cacheprovider tests/test_fused_encoder.py -k "not distill"
   echo "=== done $(date -u +%H:%M:%S)"
 } 2>&1 | tee "$LOG_DIR/log.txt"

@@ -18,6 +18,8 @@ and the tied head, as in mdist). Three kinds of step for every (batch, students)
 - "+ fused encoder": the mdist step with `mdist.fused_encoder.enable_fused_encoder` on the teacher and
   the students (what `train.encoder: fused` does: every layer one compiled function, Q/K/V one GEMM);
   it is compared with the plain floor, so "over floor" shows what the fused layer saves.
+  "+ CUDA graphs": the same with each layer call replayed as a CUDA graph (`cuda_graphs=True`,
+  inductor's "reduce-overhead"), for launch-bound small batches; not a config option until measured.
 
 DeepSpeed stand-in: the GPU machine has no DeepSpeed, so `SingleGpuEngine` makes the calls
 `distill_step` makes on DeepSpeed's engine. On one GPU without ZeRO that is all the engine does,
@@ -40,7 +42,8 @@ student (forward + backward ≈ 3 forwards): FLOPs per token = forward(12) + 3 �
 
 `--profile` runs one more step of every row under torch.profiler and prints its kernel time (device
 time on the GPU, CPU op time in the smoke run) by category (`PROFILE_CATEGORIES`, matched on kernel
-or op names in order; the rest is elementwise work and reductions).
+or op names in order; the rest is elementwise work and reductions), the GPU's idle time, and the
+largest kernels by name.
 
 Without CUDA it runs the smoke shapes, says a GPU is needed, and records nothing.
 Legend: B batch (sequences per language), L sequence, D hidden, V vocabulary, N masked positions.
@@ -131,9 +134,11 @@ class SingleGpuEngine:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def build_models(s: Shapes, langs: list[str], attention: str, dtype: torch.dtype, device: str, compiled: bool, fused: bool) -> tuple[XLMRobertaForMaskedLM, StudentGroup]:
+def build_models(
+    s: Shapes, langs: list[str], attention: str, dtype: torch.dtype, device: str, compiled: bool, fused: bool, graphs: bool = False,
+) -> tuple[XLMRobertaForMaskedLM, StudentGroup]:
     """Random frozen teacher and a student group (one student per language) running `attention`,
-    with compiled layer blocks when `compiled`, mdist's fused layer when `fused`."""
+    with compiled layer blocks when `compiled`, mdist's fused layer when `fused` (as CUDA graphs when `graphs`)."""
     config = XLMRobertaConfig(
         vocab_size=s.vocab, hidden_size=s.hidden, num_hidden_layers=s.teacher_layers, num_attention_heads=s.heads,
         intermediate_size=s.ffn, max_position_embeddings=s.seq_len + PAD + 1, type_vocab_size=1,
@@ -147,7 +152,7 @@ def build_models(s: Shapes, langs: list[str], attention: str, dtype: torch.dtype
         if compiled:
             compile_encoder_layers(model)
         if fused:
-            enable_fused_encoder(model)
+            enable_fused_encoder(model, cuda_graphs=graphs)
     return freeze(teacher).to(dtype), group.to(dtype).train()
 
 
@@ -236,6 +241,7 @@ class Variant:
     build_step: Callable
     compiled: bool = False  # compile_encoder_layers on teacher and students
     fused: bool = False  # enable_fused_encoder on teacher and students
+    graphs: bool = False  # ... with each layer replayed as a CUDA graph
 
 
 # Each floor comes before the variants compared with it (same `compiled`).
@@ -243,12 +249,14 @@ VARIANTS = {
     "floor": Variant("sdpa", floor_step),
     "mdist": Variant(ATTENTION_IMPLEMENTATION, mdist_step),
     "mdist + fused encoder": Variant(ATTENTION_IMPLEMENTATION, mdist_step, fused=True),
+    "mdist + fused encoder + CUDA graphs": Variant(ATTENTION_IMPLEMENTATION, mdist_step, fused=True, graphs=True),
     "floor + compile": Variant("sdpa", floor_step, compiled=True),
     "mdist + compile": Variant(ATTENTION_IMPLEMENTATION, mdist_step, compiled=True),
     "naive HF": Variant("eager", naive_step),
 }
 
 
+TOP_KERNELS = 15  # --profile also lists this many of the largest kernels by name
 PROFILE_CATEGORIES = [  # (category, kernel/op name pattern); first match wins
     ("vocabulary KL+CE kernels", r"_stats_kernel|_combine_kernel|_grad_kernel"),
     ("attention-score / hidden loss kernels", r"_score_mse|hidden_mse|_mse_kernel"),
@@ -259,8 +267,9 @@ PROFILE_CATEGORIES = [  # (category, kernel/op name pattern); first match wins
 ]
 
 
-def profile_step(step: Callable[[int], object], i: int, device: str) -> dict[str, float]:
-    """Milliseconds of one step's kernels by category (self time, so nothing is counted twice)."""
+def profile_step(step: Callable[[int], object], i: int, device: str) -> tuple[dict[str, float], list[tuple[str, float, int]]]:
+    """Milliseconds of one step's kernels by category (self time, so nothing is counted twice), and
+    the TOP_KERNELS largest kernels as (name, ms, calls)."""
     import re
 
     from torch.profiler import ProfilerActivity, profile
@@ -271,13 +280,15 @@ def profile_step(step: Callable[[int], object], i: int, device: str) -> dict[str
         if cuda:
             torch.cuda.synchronize()
     totals = {name: 0.0 for name, _ in PROFILE_CATEGORIES} | {"elementwise, reductions, other": 0.0}
+    kernels = []
     for event in prof.key_averages():
         us = event.self_device_time_total if cuda else event.self_cpu_time_total
         if us <= 0 or (cuda and event.device_type != torch.autograd.DeviceType.CUDA):
             continue
         category = next((name for name, pattern in PROFILE_CATEGORIES if re.search(pattern, event.key, re.IGNORECASE)), "elementwise, reductions, other")
         totals[category] += us / 1e3
-    return totals
+        kernels.append((event.key, us / 1e3, event.count))
+    return totals, sorted(kernels, key=lambda kernel: -kernel[1])[:TOP_KERNELS]
 
 
 @dataclass(frozen=True)
@@ -292,7 +303,7 @@ def measure(variant: Variant, s: Shapes, langs: list[str], batch: int, kernels: 
     peak memory over the timed steps."""
     if variant.compiled or variant.fused:
         torch._dynamo.reset()  # each variant compiles afresh (in its untimed warm-up), not from another's cache
-    teacher, group = build_models(s, langs, variant.attention, dtype, device, variant.compiled, variant.fused)
+    teacher, group = build_models(s, langs, variant.attention, dtype, device, variant.compiled, variant.fused, variant.graphs)
     batches = synthetic_batches(s, langs, batch, device)
     loss = LossConfig()
     loss_fn = DistillLoss.build("monoshot", loss.weights, loss.mapping, loss.temperature, s.student_layers, s.teacher_layers, kernels)
@@ -312,12 +323,18 @@ def measure(variant: Variant, s: Shapes, langs: list[str], batch: int, kernels: 
     tokens = sum(b.tokens for b in batches.values())
     timing = Timing(step_s, tokens / step_s, torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
     if args.profile:
-        categories = profile_step(step, args.warmup + args.steps, device)
+        categories, top = profile_step(step, args.warmup + args.steps, device)
         print(f"profile of one step, batch {batch}, {len(langs)} student(s) (ms of {'kernel' if cuda else 'CPU op'} time, step {step_s * 1e3:.1f} ms):")
         print(markdown_header(["work", "ms per step"]))
         for category, ms in categories.items():
             print(markdown_row([category, f"{ms:.1f}"]))
         print(markdown_row(["all", f"{sum(categories.values()):.1f}"]))
+        if cuda:  # kernels overlap little in one stream: the rest of the step the GPU waited for the host
+            print(markdown_row(["GPU idle (step − kernel time)", f"{step_s * 1e3 - sum(categories.values()):.1f}"]))
+        print(f"the {len(top)} largest {'kernels' if cuda else 'ops'}:")
+        print(markdown_header(["kernel", "ms per step", "calls"]))
+        for name, ms, calls in top:
+            print(markdown_row([name[:120].replace("|", "/"), f"{ms:.2f}", str(calls)]))
     return timing
 
 
@@ -364,7 +381,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU-sized shapes in fp32; records nothing")
     parser.add_argument("--batches", type=int, nargs="+", help="sequences per language (default 16 64; smoke 2 4)")
     parser.add_argument("--students", type=int, nargs="+", default=[1, 2], help="students (one language each)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="steps to time, in this order (default: all)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="steps to time, in this order (default: all; without CUDA all but CUDA graphs)")
     parser.add_argument("--steps", type=int, help="timed steps per row (default 10; smoke 1)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3; smoke 0)")
     parser.add_argument("--kernels", choices=["triton", "torch"], help="mdist's loss path (default triton; smoke: triton under TRITON_INTERPRET=1, else torch)")
@@ -376,6 +393,7 @@ def main() -> None:
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     smoke = args.smoke or not cuda
+    args.variants = args.variants or [name for name, variant in VARIANTS.items() if cuda or not variant.graphs]
     args.steps = args.steps or (1 if smoke else 10)
     args.warmup = args.warmup if args.warmup is not None else (0 if smoke else 3)
     if smoke:

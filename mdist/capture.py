@@ -20,7 +20,16 @@ def _sdpa_capturing_qk(module, query, key, value, attention_mask, qk_sink=None, 
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
+def _sdpa_mask_as_given(*args, **kwargs):
+    """transformers' SDPA mask, without its check whether a padding mask has padding at all: that check
+    reads the mask back from the device (a sync), and `mdist.encode.encode` already passes no mask
+    for batches its host facts say are unpadded, so here the answer is always "keep the mask"."""
+    if "allow_is_bidirectional_skip" in kwargs:
+        kwargs["allow_is_bidirectional_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
 AttentionInterface.register(ATTENTION_IMPLEMENTATION, _sdpa_capturing_qk)
 # Without a registered mask builder, transformers passes the raw (B, L) padding mask through
 # unchanged for an unknown implementation, and SDPA would broadcast it wrongly: build SDPA's mask.
-AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
+AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, _sdpa_mask_as_given)

@@ -55,10 +55,15 @@ def head_transform(model: PreTrainedModel, hidden_ND: torch.Tensor) -> torch.Ten
     return head.layer_norm(torch.nn.functional.gelu(head.dense(hidden_ND)))
 
 
-def encoder_output(model: PreTrainedModel, hidden_states: tuple[torch.Tensor, ...], qk: list, last_BLD: torch.Tensor, labels_BL: torch.Tensor) -> EncoderOutput:
+def masked_positions(labels_BL: torch.Tensor) -> torch.Tensor:
+    """Flat positions (row · L + column) of the masked tokens (label ≠ −100), ascending. On a GPU this
+    reads the count back (a device sync): a step passes `TokenBatch.masked_N`, made on the host."""
+    return (labels_BL.reshape(-1) != -100).nonzero().squeeze(1)
+
+
+def encoder_output(model: PreTrainedModel, hidden_states: tuple[torch.Tensor, ...], qk: list, last_BLD: torch.Tensor, masked_N: torch.Tensor) -> EncoderOutput:
     """The EncoderOutput of one encoder pass: the MLM head's transform at the masked positions of `last_BLD`."""
-    masked_N = labels_BL.reshape(-1) != -100
-    hidden_last_ND = last_BLD.reshape(-1, last_BLD.shape[-1])[masked_N]
+    hidden_last_ND = last_BLD.reshape(-1, last_BLD.shape[-1]).index_select(0, masked_N)
     return EncoderOutput(
         hidden_states=hidden_states,
         qk=qk,
@@ -68,11 +73,22 @@ def encoder_output(model: PreTrainedModel, hidden_states: tuple[torch.Tensor, ..
     )
 
 
-def encode(model: PreTrainedModel, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor) -> EncoderOutput:
+def encode(
+    model: PreTrainedModel, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor,
+    *, masked_N: torch.Tensor | None = None, padded: bool | None = None,
+) -> EncoderOutput:
+    """One pass of `model`. `masked_N` (`masked_positions(labels_BL)`) and `padded` (some attention-mask
+    entry is 0) are the batch's host facts (`TokenBatch`); given, the pass makes no device sync of its
+    own, left out they are read from the tensors."""
+    if masked_N is None:
+        masked_N = masked_positions(labels_BL)
+    if padded is None:
+        padded = not bool(attention_mask_BL.all())
     fused = getattr(model, FUSED_ENCODE, None)
     if fused is not None:
-        return fused(model, input_ids_BL, attention_mask_BL, labels_BL)
+        return fused(model, input_ids_BL, attention_mask_BL, masked_N, padded)
     qk_sink: list = []
-    out = model.base_model(input_ids=input_ids_BL, attention_mask=attention_mask_BL, output_hidden_states=True, qk_sink=qk_sink)
+    # no mask for unpadded batches: transformers then skips its own padding check (a device sync) and SDPA gets no mask
+    out = model.base_model(input_ids=input_ids_BL, attention_mask=attention_mask_BL if padded else None, output_hidden_states=True, qk_sink=qk_sink)
     # for pre-LN models (XL) the last hidden state includes the final LayerNorm
-    return encoder_output(model, out.hidden_states, qk_sink, out.last_hidden_state, labels_BL)
+    return encoder_output(model, out.hidden_states, qk_sink, out.last_hidden_state, masked_N)

@@ -15,6 +15,7 @@ Legend: B batch, L sequence, D hidden, H heads, K head width (Dh), F feed-forwar
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,10 @@ GELU_APPROXIMATE = {"gelu": "none", "gelu_pytorch_tanh": "tanh"}  # config.hidde
 BACKEND_ENV = "MDIST_FUSED_BACKEND"
 
 
-def enable_fused_encoder(model: PreTrainedModel) -> PreTrainedModel:
-    """Mark `model` so that `mdist.encode.encode` runs it through `fused_encode`; nothing else changes."""
+def enable_fused_encoder(model: PreTrainedModel, cuda_graphs: bool = False) -> PreTrainedModel:
+    """Mark `model` so that `mdist.encode.encode` runs it through `fused_encode`; nothing else changes.
+    `cuda_graphs`: replay each layer as a CUDA graph (benchmarks/throughput.py measures it; not yet a
+    config option)."""
     if type(model) not in PRE_LN:
         raise ValueError(f"the fused encoder supports {', '.join(cls.__name__ for cls in PRE_LN)}, not {type(model).__name__}")
     config = model.config
@@ -41,7 +44,7 @@ def enable_fused_encoder(model: PreTrainedModel) -> PreTrainedModel:
             f"the fused encoder runs bidirectional encoders with absolute positions and activation {' or '.join(GELU_APPROXIMATE)}, "
             f"not is_decoder={config.is_decoder}, position_embedding_type={positions!r}, hidden_act={config.hidden_act!r}"
         )
-    setattr(model, FUSED_ENCODE, fused_encode)
+    setattr(model, FUSED_ENCODE, partial(fused_encode, cuda_graphs=cuda_graphs))
     return model
 
 
@@ -69,8 +72,13 @@ def _layer_eager(x_BLD, mask_B11L, q, k, v, attn_out, norm1, ffn_in, ffn_out, no
     return (out_BLD if pre_ln else _layer_norm(out_BLD, norm2, eps)), q_BHLK, k_BHLK
 
 
+_BACKEND = os.environ.get(BACKEND_ENV, "inductor")
 # dynamic=None: the first shape static; a dimension seen to change is compiled dynamic once
-_layer = torch.compile(_layer_eager, backend=os.environ.get(BACKEND_ENV, "inductor"))
+_layer = torch.compile(_layer_eager, backend=_BACKEND)
+# With CUDA graphs (inductor's "reduce-overhead"): each layer call replays a recorded graph instead of
+# launching its kernels one by one, for launch-bound small batches; a new shape records a new graph.
+# Other backends have no such mode: there it is `_layer`.
+_layer_graphed = torch.compile(_layer_eager, mode="reduce-overhead") if _BACKEND == "inductor" else _layer
 
 
 def _pair(linear) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,18 +102,21 @@ def _layer_arguments(layer, pre_ln: bool) -> tuple:
     ), (s.dropout.p, attention.output.dropout.p, p_ffn_out)
 
 
-def fused_encode(model: PreTrainedModel, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor) -> EncoderOutput:
+def fused_encode(
+    model: PreTrainedModel, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, masked_N: torch.Tensor, padded: bool,
+    cuda_graphs: bool = False,
+) -> EncoderOutput:
     """`mdist.encode.encode`'s contract through `_layer`. Without padding SDPA gets no mask (the GPU
-    picks flash); with padding, the key-padding mask transformers' SDPA path builds (one device read
-    per call decides)."""
+    picks flash); with padding, the key-padding mask transformers' SDPA path builds."""
     base, config = model.base_model, model.config
     pre_ln = PRE_LN[type(model)]
-    mask_B11L = None if bool(attention_mask_BL.all()) else attention_mask_BL.bool()[:, None, None, :]
+    mask_B11L = attention_mask_BL.bool()[:, None, None, :] if padded else None
     hidden_BLD = base.embeddings(input_ids=input_ids_BL)
     hidden_states, qk = [hidden_BLD], []
+    layer_fn = _layer_graphed if cuda_graphs else _layer
     for layer in base.encoder.layer:
         params, rates = _layer_arguments(layer, pre_ln)
-        hidden_BLD, q_BHLK, k_BHLK = _layer(
+        hidden_BLD, q_BHLK, k_BHLK = layer_fn(
             hidden_BLD, mask_B11L, *params, config.num_attention_heads, config.layer_norm_eps, GELU_APPROXIMATE[config.hidden_act],
             *rates, model.training, pre_ln,
         )
@@ -113,4 +124,4 @@ def fused_encode(model: PreTrainedModel, input_ids_BL: torch.Tensor, attention_m
         qk.append((q_BHLK, k_BHLK))
     if pre_ln:  # XL's final LayerNorm: its output is the last hidden state, as in Hugging Face's outputs
         hidden_states[-1] = base.encoder.LayerNorm(hidden_BLD)
-    return encoder_output(model, tuple(hidden_states), qk, hidden_states[-1], labels_BL)
+    return encoder_output(model, tuple(hidden_states), qk, hidden_states[-1], masked_N)

@@ -12,9 +12,10 @@ Legend: B batch, L sequence, D hidden, N masked positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
-from mdist.encode import EncoderOutput
+from mdist.encode import EncoderOutput, masked_positions
 import mdist.kernels as loss_ops
 from mdist.errors import ConfigError
 from mdist.strategies import STRATEGIES, Strategy, layer_mapping, resolve_weights
@@ -39,15 +40,20 @@ class DistillLoss:
         pairs = layer_mapping(mapping or spec.mapping, student_layers, teacher_layers)
         return cls(spec, resolved, tuple(pairs), temperature, kernels)
 
-    def __call__(self, student: EncoderOutput, teacher: EncoderOutput, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor, project=lambda layer, h: h) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, student: EncoderOutput, teacher: EncoderOutput, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor,
+        project=lambda layer, h: h, masked_N: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Returns (weighted total, unweighted per-term values for logging as detached 0-d tensors:
-        reading them is left to the caller, so the hot path does not wait for the device per term)."""
+        reading them is left to the caller, so the hot path does not wait for the device per term).
+        `masked_N`: the masked positions the encoders used (`TokenBatch.masked_N`; left out, derived
+        from the labels with a device read)."""
         w = self.weights
         valid_BL = attention_mask_BL.bool()
         terms: dict[str, torch.Tensor] = {}
         total = student.hidden_states[0].new_zeros((), dtype=torch.float32)
         if "mlm" in w or "kl" in w:
-            labels_N = labels_BL.reshape(-1)[labels_BL.reshape(-1) != -100]
+            labels_N = labels_BL.reshape(-1).index_select(0, masked_positions(labels_BL) if masked_N is None else masked_N)
             vocab_op = loss_ops.fused_linear_distill_loss if self.kernels == "triton" else loss_ops.fused_linear_distill_loss_reference
             vocab_loss, terms["mlm"], terms["kl"] = vocab_op(
                 student.head_hidden_ND, student.decoder_weight_VD, student.decoder_bias_V,

@@ -119,5 +119,8 @@ class StudentGroup(nn.Module):
             return hidden
         return self.projections[name][layer](hidden)
 
-    def forward(self, student: str, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor) -> EncoderOutput:
-        return encode(self.students[student], input_ids_BL, attention_mask_BL, labels_BL)
+    def forward(
+        self, student: str, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor,
+        masked_N: torch.Tensor | None = None, padded: bool | None = None,
+    ) -> EncoderOutput:
+        return encode(self.students[student], input_ids_BL, attention_mask_BL, labels_BL, masked_N=masked_N, padded=padded)

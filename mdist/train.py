@@ -48,15 +48,15 @@ def micro_batches(batch: TokenBatch, accumulation: int) -> list[TokenBatch]:
     if rows % accumulation:
         raise ValueError(f"batch of {rows} sequences does not split into {accumulation} micro-batches")
     size = rows // accumulation
-    return [
-        TokenBatch(batch.lang, batch.input_ids_BL[i : i + size], batch.attention_mask_BL[i : i + size], batch.labels_BL[i : i + size])
-        for i in range(0, rows, size)
-    ]
+    return [batch.rows(i, i + size) for i in range(0, rows, size)]
 
 
 def teacher_outputs(teacher: torch.nn.Module, batches: dict[str, TokenBatch]) -> dict[str, EncoderOutput]:
     with torch.no_grad():
-        return {lang: encode(teacher, b.input_ids_BL, b.attention_mask_BL, b.labels_BL) for lang, b in batches.items()}
+        return {
+            lang: encode(teacher, b.input_ids_BL, b.attention_mask_BL, b.labels_BL, masked_N=b.masked_N, padded=b.padded)
+            for lang, b in batches.items()
+        }
 
 
 def _read_terms(sums: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str, dict[str, float]]:
@@ -87,8 +87,10 @@ def distill_step(engine, optimizer, teacher, loss_fn: DistillLoss, batches: dict
     sums: dict[str, dict[str, torch.Tensor]] = {}
 
     def pair_loss(lang: str, student: str, batch: TokenBatch, target: EncoderOutput) -> torch.Tensor:
-        out = engine(student, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL)
-        loss, terms = loss_fn(out, target, batch.attention_mask_BL, batch.labels_BL, project=lambda m, h, s=student: group.project(s, m, h))
+        out = engine(student, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL, masked_N=batch.masked_N, padded=batch.padded)
+        loss, terms = loss_fn(
+            out, target, batch.attention_mask_BL, batch.labels_BL, project=lambda m, h, s=student: group.project(s, m, h), masked_N=batch.masked_N
+        )
         terms["loss"] = loss.detach()
         acc = sums.setdefault(f"{student}/{lang}", {})
         for name, value in terms.items():

@@ -201,6 +201,29 @@ def test_bf16_matches_the_hugging_face_path():
     assert_grads_close(fused, hf, rtol=5e-2, atol=5e-2)
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU (elsewhere `cuda_graphs` compiles as without)")
+def test_cuda_graphs_train_like_the_hugging_face_path():
+    """Three training steps (forward, backward, an SGD update of every parameter in place), each layer
+    replayed as a CUDA graph: outputs and gradients equal the Hugging Face path's at every step, so the
+    replays read the updated parameters and write fresh outputs."""
+    hf = tiny_model("xlmr")
+    hf.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+    graphed = enable_fused_encoder(copy.deepcopy(hf), cuda_graphs=True)
+    torch._dynamo.reset()
+    for step in range(3):
+        inputs = batch(padded=step == 1)
+        got, want = mdist_outputs(graphed, *inputs), mdist_outputs(hf, *inputs)
+        assert_outputs_close(got, want, rtol=1e-5, atol=1e-5)
+        loss(*got).backward()
+        loss(*want).backward()
+        assert_grads_close(graphed, hf, rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            for model in (graphed, hf):
+                for param in model.parameters():
+                    param.sub_(0.1 * param.grad)
+                    param.grad = None
+
+
 def test_dropout_in_training_mode_only():
     """Layer 1 isolates the attention-output dropout, layer 2 the feed-forward output dropout: a zero
     output projection and a large bias c, so a LayerNorm after `dropout(c) + x` is negative exactly

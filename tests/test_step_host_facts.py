@@ -1,0 +1,92 @@
+"""A step's shape facts come from the host: `TokenBatch` carries the masked positions and padding it
+was built with, so the encoders and the loss never read a count back from the device (each read is a
+device sync that drains the GPU's queue). On the CPU a sync cannot be observed directly; the ops that
+would make one on a GPU (data-dependent shapes and scalar reads) are recorded instead.
+
+Legend: B batch, L sequence, N masked tokens.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mdist.config import StudentsConfig
+from mdist.data.batch import TokenBatch
+from mdist.encode import encode
+from mdist.fused_encoder import enable_fused_encoder
+from mdist.losses import DistillLoss
+from mdist.students import StudentGroup
+from mdist.teacher import load_teacher
+from mdist.train import micro_batches, teacher_outputs
+
+_SYNCING = {  # ops whose result size or value a GPU would have to read back before the host can go on
+    torch.ops.aten.nonzero.default, torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+    torch.ops.aten.masked_select.default, torch.ops.aten.equal.default,
+}
+
+
+class _DeviceReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        boolean_index = func is torch.ops.aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1])
+        if func in _SYNCING or boolean_index:
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _batch(vocab, lang="en", padded=True, seed=0, B=4, L=12):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab - 1, (B, L), generator=gen)
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[1, 9:] = 0
+        mask[3, 5:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[:, 2:4] = ids[:, 2:4]
+    labels[0, 7] = ids[0, 7]
+    return TokenBatch(lang, ids, mask, labels)
+
+
+def test_host_facts_match_the_tensors_and_survive_slicing():
+    batch = _batch(100)
+    labels_flat = batch.labels_BL.reshape(-1)
+    torch.testing.assert_close(batch.masked_N, (labels_flat != -100).nonzero().squeeze(1))
+    assert batch.masked_per_row == (3, 2, 2, 2) and batch.real_per_row == (12, 9, 12, 5)
+    assert batch.tokens == int(batch.attention_mask_BL.sum()) == 38 and batch.padded
+    assert not _batch(100, padded=False).padded
+    moved = batch.to("cpu")
+    assert (moved.masked_per_row, moved.real_per_row) == (batch.masked_per_row, batch.real_per_row)
+    for half, rows in zip(micro_batches(batch, 2), ((0, 2), (2, 4))):
+        rebuilt = TokenBatch("en", *(x[rows[0] : rows[1]] for x in (batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL)))
+        torch.testing.assert_close(half.masked_N, rebuilt.masked_N)
+        assert (half.masked_per_row, half.real_per_row, half.tokens, half.padded) == (
+            rebuilt.masked_per_row, rebuilt.real_per_row, rebuilt.tokens, rebuilt.padded
+        )
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+@pytest.mark.parametrize("encoder", ["hf", "fused"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_pair_step_reads_nothing_back(tiny_teacher_dir, kernels, encoder, padded):
+    """Teacher outputs, student forward, MonoShot loss (every term) and backward of one (student,
+    language) pair: no device read. Without the host facts the same pass reads (the check can fail)."""
+    teacher = load_teacher(tiny_teacher_dir)[0]
+    group = StudentGroup(teacher, StudentsConfig(groups={"en": ["en"]}, layers=2), teacher.config.hidden_size)
+    if encoder == "fused":
+        enable_fused_encoder(teacher)
+        enable_fused_encoder(group.students["en"])
+    loss_fn = DistillLoss.build("monoshot", None, None, 2.0, 2, teacher.config.num_hidden_layers, kernels)
+    batch = _batch(teacher.config.vocab_size, padded=padded)
+    with _DeviceReads() as reads:
+        target = teacher_outputs(teacher, {"en": batch})["en"]
+        out = group("en", batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL, masked_N=batch.masked_N, padded=batch.padded)
+        loss, _ = loss_fn(out, target, batch.attention_mask_BL, batch.labels_BL, masked_N=batch.masked_N)
+        loss.backward()
+    assert reads.ops == []
+    with _DeviceReads() as reads:
+        encode(teacher, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL)
+    assert reads.ops
