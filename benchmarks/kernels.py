@@ -5,11 +5,12 @@ L=512, D=64 with padding; vocabulary KL+CE at V=250 002, D=768, N=4 915. Also th
 MonoShot's 7 pairs (6 mapped layers + embeddings) at batch 64 × 512, D=768, with padding. `--sweep`
 adds the fused kernels at other settings, to choose the defaults from a recorded run: attention tile
 sizes (rows × columns), the vocabulary op's row chunk and statistics split, the hidden MSE's tile
-columns. `--skip REGEX` leaves out variants by name (`--skip compiled` saves the compile time).
+columns. `--skip REGEX` leaves out variants by name (`--skip compiled` saves the compile time);
+`--profile REGEX` prints the largest kernels of the variants it names (one forward + backward).
 Prints a table and appends one row per variant to benchmarks/RESULTS.md. Without CUDA it runs a tiny
 interpreter smoke test (no timings).
 
-    python benchmarks/kernels.py [--only attention|vocab|hidden] [--sweep] [--skip REGEX] [--iters 20] [--no-record]
+    python benchmarks/kernels.py [--only attention|vocab|hidden] [--sweep] [--skip REGEX] [--profile REGEX] [--iters 20] [--no-record]
 
 Legend: P layer pairs, B batch, H heads, L sequence, D width, N masked rows, V vocabulary.
 """
@@ -21,8 +22,10 @@ import re
 
 import torch
 
+from profiling import kernel_times, print_largest
 from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
 
+PROFILE_KERNELS = 12  # --profile lists this many of a variant's largest kernels
 HEADER = ("date (UTC)", "device", "commit", "kernel", "variant", "fwd+bwd ms", "extra peak GiB", "loss")
 
 
@@ -150,15 +153,19 @@ def vocab_variants(kernels, student, teacher, labels, T=2.0, sweep=False):
     return variants
 
 
+def forward_backward(fn, leaves):
+    for x in leaves:
+        x.grad = None
+    loss = fn(*leaves)
+    loss.backward()
+    return loss
+
+
 def measure(fn, leaves, iters):
     """Mean fwd+bwd milliseconds over `iters` after warm-up, and peak memory above what was allocated before."""
 
     def step():
-        for x in leaves:
-            x.grad = None
-        loss = fn(*leaves)
-        loss.backward()
-        return loss
+        return forward_backward(fn, leaves)
 
     for _ in range(3):
         step()
@@ -207,6 +214,7 @@ def main():
     parser.add_argument("--skip", default=None, help="regular expression: variants whose name matches are not run (e.g. 'compiled' to save compile time)")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--profile", default=None, help="regular expression: variants whose name matches also print their largest kernels (one fwd+bwd)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before mdist.kernels binds its kernels
@@ -240,6 +248,8 @@ def main():
                 torch.cuda.empty_cache()
             print(markdown_row(row), flush=True)
             rows.append(row)
+            if args.profile and re.search(args.profile, name):
+                print_largest(kernel_times(lambda: forward_backward(fn, leaves), cuda=True), PROFILE_KERNELS, f"kernels of {kernel}, {name}")
     if not args.no_record:
         append_table(f"Kernels (benchmarks/kernels.py), {stamp}", HEADER, rows)
 

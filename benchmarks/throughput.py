@@ -72,6 +72,7 @@ from mdist.optim import build_optimizer, student_param_groups
 from mdist.students import StudentGroup
 from mdist.teacher import freeze
 from mdist.train import distill_step
+from profiling import kernel_times, print_largest
 from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
 
 MASKED_FRACTION = 0.15
@@ -268,27 +269,15 @@ PROFILE_CATEGORIES = [  # (category, kernel/op name pattern); first match wins
 
 
 def profile_step(step: Callable[[int], object], i: int, device: str) -> tuple[dict[str, float], list[tuple[str, float, int]]]:
-    """Milliseconds of one step's kernels by category (self time, so nothing is counted twice), and
-    the TOP_KERNELS largest kernels as (name, ms, calls)."""
+    """Milliseconds of one step's kernels by category, and all its kernels as (name, ms, calls), largest first."""
     import re
 
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = device == "cuda"
-    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
-        step(i)
-        if cuda:
-            torch.cuda.synchronize()
+    times = kernel_times(lambda: step(i), device == "cuda")
     totals = {name: 0.0 for name, _ in PROFILE_CATEGORIES} | {"elementwise, reductions, other": 0.0}
-    kernels = []
-    for event in prof.key_averages():
-        us = event.self_device_time_total if cuda else event.self_cpu_time_total
-        if us <= 0 or (cuda and event.device_type != torch.autograd.DeviceType.CUDA):
-            continue
-        category = next((name for name, pattern in PROFILE_CATEGORIES if re.search(pattern, event.key, re.IGNORECASE)), "elementwise, reductions, other")
-        totals[category] += us / 1e3
-        kernels.append((event.key, us / 1e3, event.count))
-    return totals, sorted(kernels, key=lambda kernel: -kernel[1])[:TOP_KERNELS]
+    for name, ms, _ in times:
+        category = next((c for c, pattern in PROFILE_CATEGORIES if re.search(pattern, name, re.IGNORECASE)), "elementwise, reductions, other")
+        totals[category] += ms
+    return totals, times
 
 
 @dataclass(frozen=True)
@@ -331,10 +320,7 @@ def measure(variant: Variant, s: Shapes, langs: list[str], batch: int, kernels: 
         print(markdown_row(["all", f"{sum(categories.values()):.1f}"]))
         if cuda:  # kernels overlap little in one stream: the rest of the step the GPU waited for the host
             print(markdown_row(["GPU idle (step − kernel time)", f"{step_s * 1e3 - sum(categories.values()):.1f}"]))
-        print(f"the {len(top)} largest {'kernels' if cuda else 'ops'}:")
-        print(markdown_header(["kernel", "ms per step", "calls"]))
-        for name, ms, calls in top:
-            print(markdown_row([name[:120].replace("|", "/"), f"{ms:.2f}", str(calls)]))
+        print_largest(top, TOP_KERNELS, "kernels of the step" if cuda else "ops of the step")
     return timing
 
 

@@ -1,0 +1,33 @@
+"""One call of a function under torch.profiler: the time of each kernel it ran (device time on a GPU,
+CPU op time elsewhere), self time only, so nothing is counted twice. Shared by throughput.py
+(`--profile`: a step by category) and kernels.py (`--profile`: one op's largest kernels)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from recording import markdown_header, markdown_row
+
+
+def kernel_times(run: Callable[[], object], cuda: bool) -> list[tuple[str, float, int]]:
+    """(kernel or op name, ms, calls) of everything `run()` launched, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+    times = []
+    for event in prof.key_averages():
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if us > 0 and (not cuda or event.device_type == torch.autograd.DeviceType.CUDA):
+            times.append((event.key, us / 1e3, event.count))
+    return sorted(times, key=lambda kernel: -kernel[1])
+
+
+def print_largest(times: list[tuple[str, float, int]], count: int, what: str) -> None:
+    print(f"the {min(count, len(times))} largest {what}:")
+    print(markdown_header(["kernel", "ms", "calls"]))
+    for name, ms, calls in times[:count]:
+        print(markdown_row([name[:120].replace("|", "/"), f"{ms:.2f}", str(calls)]))
