@@ -21,10 +21,11 @@ def _sdpa_capturing_qk(module, query, key, value, attention_mask, qk_sink=None, 
 
 
 def _sdpa_mask_as_given(*args, **kwargs):
-    """transformers' SDPA mask, without its check whether a padding mask has padding at all: that check
-    reads the mask back from the device (a sync), and `mdist.encode.encode` already passes no mask
-    for batches its host facts say are unpadded, so here the answer is always "keep the mask"."""
-    if "allow_is_bidirectional_skip" in kwargs:
+    """transformers' SDPA mask, without its check whether a given padding mask has padding at all: that
+    check reads the mask back from the device (a sync), and `mdist.encode.encode` already passes no
+    mask for batches its host facts say are unpadded, so for a given mask the answer is always "keep
+    it". Without a mask the skip stays allowed (it then needs no read): SDPA gets no mask."""
+    if kwargs.get("attention_mask") is not None and "allow_is_bidirectional_skip" in kwargs:
         kwargs["allow_is_bidirectional_skip"] = False
     return sdpa_mask(*args, **kwargs)
 

@@ -90,3 +90,59 @@ def test_pair_step_reads_nothing_back(tiny_teacher_dir, kernels, encoder, padded
     with _DeviceReads() as reads:
         encode(teacher, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL)
     assert reads.ops
+
+
+class _Engine:
+    """The calls `distill_step` makes on DeepSpeed's engine, on one process: forward, backward, step
+    (clipping and the optimiser as DeepSpeed's bf16 engine does them)."""
+
+    def __init__(self, module, optimizer):
+        self.module, self.optimizer = module, optimizer
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self):
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("update, accumulation", [("sequential", 2), ("joint", 1)])
+def test_distill_step_reads_nothing_back_but_its_terms(tiny_teacher_dir, update, accumulation):
+    """Algorithm 1's whole step, two students, micro-batches sliced on the host, torch's fused AdamW:
+    the only read is `.tolist()` of the stacked terms at the end, which is not an op on the CPU."""
+    from mdist.optim import build_optimizer, student_param_groups
+    from mdist.train import distill_step
+
+    teacher = load_teacher(tiny_teacher_dir)[0]
+    group = StudentGroup(teacher, StudentsConfig(groups={"en": ["en"], "tr": ["tr"]}, layers=2), teacher.config.hidden_size)
+    optimizer = build_optimizer("adamw_fused", student_param_groups(group.students, group.projections, 0.01), 1e-3)
+    loss_fn = DistillLoss.build("monoshot", None, None, 2.0, 2, teacher.config.num_hidden_layers, "triton")
+    batches = {lang: _batch(teacher.config.vocab_size, lang, seed=i) for i, lang in enumerate(("en", "tr"))}
+    with _DeviceReads() as reads:
+        result = distill_step(_Engine(group, optimizer), optimizer, teacher, loss_fn, batches, update, step=0, accumulation=accumulation)
+    assert reads.ops == []
+    assert result.tokens == 2 * 38 and set(result.terms) == {"en/en", "tr/tr"}
+
+
+def test_unpadded_batches_reach_attention_without_a_mask(tiny_teacher_dir, monkeypatch):
+    """The Hugging Face path: no mask for an unpadded batch (SDPA may pick flash), the padding mask otherwise."""
+    from mdist import capture
+
+    given = []
+    original = capture.sdpa_attention_forward
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        given.append(attention_mask is not None)
+        return original(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(capture, "sdpa_attention_forward", recording)
+    teacher = load_teacher(tiny_teacher_dir)[0]
+    layers = teacher.config.num_hidden_layers
+    for padded in (False, True):
+        teacher_outputs(teacher, {"en": _batch(teacher.config.vocab_size, padded=padded)})
+    assert given == [False] * layers + [True] * layers
