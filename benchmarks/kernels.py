@@ -22,7 +22,7 @@ import re
 
 import torch
 
-from profiling import kernel_times, print_largest
+from profiling import HEADER as PROFILE_HEADER, kernel_times, print_largest
 from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
 
 PROFILE_KERNELS = 12  # --profile lists this many of a variant's largest kernels
@@ -107,7 +107,7 @@ def attention_variants(kernels, per_pair_qk, mask_BL, qkv_views=None, sweep=Fals
     def per_pair(fn):
         return lambda *s: sum(fn(*pair, mask_BL) for pair in pairs(s))
 
-    def stacking_copy(*s):  # the path until this commit: every pair copied into (P, B, H, L, D) buffers
+    def stacking_copy(*s):  # the path before pair tables: every pair copied into (P, B, H, L, D) buffers
         stacked = [torch.stack(xs) for xs in zip(*pairs(s))]
         return kernels.attention_score_mse_multi(list(zip(*(x.unbind(0) for x in stacked))), mask_BL)
 
@@ -235,7 +235,7 @@ def main():
         cases.append(("hidden MSE, 7 pairs B64 L512 D768 pad", hidden_variants(kernels, *hidden_case("cuda"), sweep=args.sweep)))
     stamp, revision = utc_stamp(), git_commit()  # once: other work may commit while the rows run
     print(markdown_header(HEADER))
-    rows = []
+    rows, profile_rows = [], []
     for kernel, variants in cases:
         for name, (fn, leaves) in variants.items():
             if args.skip and re.search(args.skip, name):
@@ -249,9 +249,12 @@ def main():
             print(markdown_row(row), flush=True)
             rows.append(row)
             if args.profile and re.search(args.profile, name):
-                print_largest(kernel_times(lambda: forward_backward(fn, leaves), cuda=True), PROFILE_KERNELS, f"kernels of {kernel}, {name}")
+                largest = print_largest(kernel_times(lambda: forward_backward(fn, leaves), cuda=True), PROFILE_KERNELS, f"kernels of {kernel}, {name}")
+                profile_rows += [[stamp, device, revision, f"{kernel}: {name}", *cells] for cells in largest]
     if not args.no_record:
         append_table(f"Kernels (benchmarks/kernels.py), {stamp}", HEADER, rows)
+        if profile_rows:
+            append_table(f"Kernel profiles (benchmarks/kernels.py --profile), {stamp}, one forward + backward", PROFILE_HEADER, profile_rows)
 
 
 if __name__ == "__main__":

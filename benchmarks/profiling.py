@@ -1,6 +1,8 @@
 """One call of a function under torch.profiler: the time of each kernel it ran (device time on a GPU,
 CPU op time elsewhere), self time only, so nothing is counted twice. Shared by throughput.py
-(`--profile`: a step by category) and kernels.py (`--profile`: one op's largest kernels)."""
+(`--profile`: a step by category) and kernels.py (`--profile`: one op's largest kernels); both
+record what they print in one table per run (`HEADER`), so figures quoted from a profile are in
+benchmarks/RESULTS.md like every other."""
 from __future__ import annotations
 
 from typing import Callable
@@ -8,6 +10,8 @@ from typing import Callable
 import torch
 
 from recording import markdown_header, markdown_row
+
+HEADER = ("date (UTC)", "device", "commit", "profiled", "work or kernel", "ms", "calls")
 
 
 def kernel_times(run: Callable[[], object], cuda: bool) -> list[tuple[str, float, int]]:
@@ -26,8 +30,11 @@ def kernel_times(run: Callable[[], object], cuda: bool) -> list[tuple[str, float
     return sorted(times, key=lambda kernel: -kernel[1])
 
 
-def print_largest(times: list[tuple[str, float, int]], count: int, what: str) -> None:
+def print_largest(times: list[tuple[str, float, int]], count: int, what: str) -> list[list[str]]:
+    """Print the `count` largest kernels; returns them as (kernel, ms, calls) cells."""
     print(f"the {min(count, len(times))} largest {what}:")
     print(markdown_header(["kernel", "ms", "calls"]))
-    for name, ms, calls in times[:count]:
-        print(markdown_row([name[:120].replace("|", "/"), f"{ms:.2f}", str(calls)]))
+    cells = [[name[:120].replace("|", "/"), f"{ms:.2f}", str(calls)] for name, ms, calls in times[:count]]
+    for row in cells:
+        print(markdown_row(row))
+    return cells

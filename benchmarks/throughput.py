@@ -72,7 +72,7 @@ from mdist.optim import build_optimizer, student_param_groups
 from mdist.students import StudentGroup
 from mdist.teacher import freeze
 from mdist.train import distill_step
-from profiling import kernel_times, print_largest
+from profiling import HEADER as PROFILE_HEADER, kernel_times, print_largest
 from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
 
 MASKED_FRACTION = 0.15
@@ -285,6 +285,7 @@ class Timing:
     step_s: float
     tokens_per_s: float
     peak_gib: float | None  # None on the CPU
+    profile: list[list[str]]  # with --profile: (work or kernel, ms, calls) cells; else empty
 
 
 def measure(variant: Variant, s: Shapes, langs: list[str], batch: int, kernels: str, args, device: str, dtype: torch.dtype) -> Timing:
@@ -310,27 +311,29 @@ def measure(variant: Variant, s: Shapes, langs: list[str], batch: int, kernels: 
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / args.steps
     tokens = sum(b.tokens for b in batches.values())
-    timing = Timing(step_s, tokens / step_s, torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
+    profile = []
     if args.profile:
         categories, top = profile_step(step, args.warmup + args.steps, device)
         print(f"profile of one step, batch {batch}, {len(langs)} student(s) (ms of {'kernel' if cuda else 'CPU op'} time, step {step_s * 1e3:.1f} ms):")
         print(markdown_header(["work", "ms per step"]))
-        for category, ms in categories.items():
-            print(markdown_row([category, f"{ms:.1f}"]))
-        print(markdown_row(["all", f"{sum(categories.values()):.1f}"]))
+        profile = [[category, f"{ms:.1f}", ""] for category, ms in categories.items()]
+        profile.append(["all", f"{sum(categories.values()):.1f}", ""])
         if cuda:  # kernels overlap little in one stream: the rest of the step the GPU waited for the host
-            print(markdown_row(["GPU idle (step − kernel time)", f"{step_s * 1e3 - sum(categories.values()):.1f}"]))
-        print_largest(top, TOP_KERNELS, "kernels of the step" if cuda else "ops of the step")
-    return timing
+            profile.append(["GPU idle (step − kernel time)", f"{step_s * 1e3 - sum(categories.values()):.1f}", ""])
+        for work, ms, _ in profile:
+            print(markdown_row([work, ms]))
+        profile += print_largest(top, TOP_KERNELS, "kernels of the step" if cuda else "ops of the step")
+    return Timing(step_s, tokens / step_s, torch.cuda.max_memory_allocated() / 2**30 if cuda else None, profile)
 
 
-def run(s: Shapes, args, device: str, dtype: torch.dtype, kernels: str, stamp: str) -> list[list]:
-    """Print and return the table rows: every variant for every (batch, students); OOM rows say so."""
+def run(s: Shapes, args, device: str, dtype: torch.dtype, kernels: str, stamp: str) -> tuple[list[list], list[list]]:
+    """Print and return the table rows: every variant for every (batch, students), OOM rows say so;
+    and the profile rows (`PROFILE_HEADER`) with --profile."""
     revision, name = git_commit(), device_name(device)
     flops = step_flops_per_token(s)
     print(f"{name}: {dtype}, kernels {kernels}, update {args.update}, optimizer {args.optimizer}, {flops / 1e6:,.1f} MFLOPs per token, peak {args.peak_flops:.3g} FLOP/s")
     print(markdown_header(HEADER))
-    rows = []
+    rows, profile_rows = [], []
     for batch in args.batches or s.batches:
         for students in args.students:
             langs = [f"lang{i}" for i in range(students)]
@@ -359,7 +362,9 @@ def run(s: Shapes, args, device: str, dtype: torch.dtype, kernels: str, stamp: s
                     cells += [f"{timing.tokens_per_s:,.0f}", f"{timing.step_s * 1e3:.1f}", peak, f"{100 * mfu:.1f}", over]
                 print(markdown_row(cells), flush=True)
                 rows.append(cells)
-    return rows
+                profiled = f"{label}, batch {batch} × {s.seq_len}, {students} student(s)"
+                profile_rows += [[stamp, name, revision, profiled, *entry] for entry in (timing.profile if timing else [])]
+    return rows, profile_rows
 
 
 def main() -> None:
@@ -390,10 +395,12 @@ def main() -> None:
             print("throughput needs a CUDA GPU; ran the CPU smoke shapes only, nothing recorded")
         return
     stamp = utc_stamp()
-    rows = run(Shapes(), args, "cuda", torch.bfloat16, args.kernels or "triton", stamp)
+    rows, profile_rows = run(Shapes(), args, "cuda", torch.bfloat16, args.kernels or "triton", stamp)
     if not args.no_record:
         title = f"Step throughput (benchmarks/throughput.py), {stamp}, XLM-R base shapes, update {args.update}, optimizer {args.optimizer}, MFU of {args.peak_flops:.3g} FLOP/s"
         append_table(title, HEADER, rows)
+        if profile_rows:
+            append_table(f"Step profiles (benchmarks/throughput.py --profile), {stamp}, ms of kernel time in one step", PROFILE_HEADER, profile_rows)
 
 
 if __name__ == "__main__":

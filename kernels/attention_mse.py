@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pair_tables import pair_base, pair_tables
+from .pair_tables import pair_base, pair_groups, pair_tables
 from .runtime import check_device, interpreted
 
 # GPU tile defaults (D ≤ 128); small sequences shrink them to the next power of two (≥ 16, tl.dot's minimum).
@@ -226,11 +226,8 @@ def attention_score_mse_multi(pairs, key_padding_mask=None, *, block_rows=BLOCK_
 
     Backward may be called once (the saved gradients are scaled in place).
     """
-    groups = {}
-    for pair in pairs:
-        groups.setdefault(tuple((x.shape, x.stride(), x.dtype) for x in pair), []).append(pair)
     total = None
-    for group in groups.values():
+    for group in pair_groups(pairs):
         q_s, k_s, q_t, k_t = (list(xs) for xs in zip(*group))
         teacher = [x.detach() for x in q_t + k_t]
         loss = _AttentionScoreMSE.apply(key_padding_mask, len(group), block_rows, block_cols, *q_s, *k_s, *teacher)

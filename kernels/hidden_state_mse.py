@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pair_tables import pair_base, pair_tables
+from .pair_tables import pair_base, pair_groups, pair_tables
 from .runtime import check_device
 
 TILE_ELEMENTS = 4096  # R·C per program step
@@ -117,12 +117,10 @@ def hidden_mse_multi(pairs, valid: torch.Tensor | None = None, *, block_cols: in
     """Sum over pairs [(h_s, h_t), ...] of `hidden_mse_reference(h_s, h_t, valid)`, grads to each h_s: pairs
     of one shape, strides and dtypes share one launch. Backward may be called once (the saved gradient
     is scaled in place)."""
-    groups = {}
     for h_s, h_t in pairs:
         _check(h_s, h_t, valid)
-        groups.setdefault(tuple((x.shape, x.stride(), x.dtype) for x in (h_s, h_t)), []).append((h_s, h_t.detach()))
     total = None
-    for group in groups.values():
+    for group in pair_groups([(h_s, h_t.detach()) for h_s, h_t in pairs]):
         students, teachers = zip(*group)
         loss = _MaskedMSE.apply(valid, block_cols, len(group), *students, *teachers)
         total = loss if total is None else total + loss

@@ -16,6 +16,15 @@ import triton.language as tl
 VECTOR_BYTES = 16  # the widest load a thread issues; aligned tables let the compiler use it
 
 
+def pair_groups(pairs: list[tuple[torch.Tensor, ...]]) -> list[list[tuple[torch.Tensor, ...]]]:
+    """`pairs` grouped by the shape, strides and dtype of each of their tensors: a group is what one
+    set of launches (one table per position in the pair) can read."""
+    groups: dict[tuple, list] = {}
+    for pair in pairs:
+        groups.setdefault(tuple((x.shape, x.stride(), x.dtype) for x in pair), []).append(pair)
+    return list(groups.values())
+
+
 @dataclass(frozen=True)
 class PairTable:
     base: torch.Tensor  # pair 0's tensor: the kernel's pointer argument (its dtype types the loads)

@@ -70,7 +70,7 @@ class DistillLoss:
                 terms["hid"] = sum(hidden_cos(h_s, h_t, valid_BL) for h_s, h_t in hidden_pairs)
         if "att" in w:
             qk_pairs = [(*student.qk[m - 1], *teacher.qk[g - 1]) for m, g in self.pairs]
-            if self.kernels == "triton":  # all mapped layer pairs of one shape stacked into two launches
+            if self.kernels == "triton":  # all mapped layer pairs of one shape in two launches, read in place
                 terms["att"] = loss_ops.attention_score_mse_multi(qk_pairs, key_padding_mask=valid_BL)
             else:
                 terms["att"] = sum(loss_ops.attention_score_mse_reference(*qk, key_padding_mask=valid_BL) for qk in qk_pairs)

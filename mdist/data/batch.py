@@ -1,7 +1,7 @@
 """The one typed object that flows from the data pipeline into a distillation step."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -23,9 +23,9 @@ class TokenBatch:
     input_ids_BL: torch.Tensor
     attention_mask_BL: torch.Tensor
     labels_BL: torch.Tensor
-    masked_N: torch.Tensor = field(default=None)  # flat positions (row · L + column) of the masked tokens, ascending
-    masked_per_row: tuple[int, ...] = field(default=None)  # host: masked tokens in each row
-    real_per_row: tuple[int, ...] = field(default=None)  # host: real (non-padding) tokens in each row
+    masked_N: torch.Tensor | None = None  # flat positions (row · L + column) of the masked tokens, ascending
+    masked_per_row: tuple[int, ...] | None = None  # host: masked tokens in each row
+    real_per_row: tuple[int, ...] | None = None  # host: real (non-padding) tokens in each row
 
     def __post_init__(self):
         if self.masked_N is None:  # derived from the tensors: free on the CPU, device reads elsewhere
