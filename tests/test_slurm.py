@@ -124,12 +124,15 @@ def test_crashing_tasks_fail_the_job_at_once_with_the_error_in_its_log(slurm, tm
 
 PROBE = """\
 import os
+import sys
+from pathlib import Path
 import torch
 from mdist.engine import init_distributed, shutdown_distributed
 rank, world = init_distributed()
 ranks = [None] * world
 torch.distributed.all_gather_object(ranks, (rank, int(os.environ["LOCAL_RANK"])))
-print(f"rank {rank} of {world}, local rank {os.environ['LOCAL_RANK']}, group {sorted(ranks)}", flush=True)
+line = f"rank {rank} of {world}, local rank {os.environ['LOCAL_RANK']}, group {sorted(ranks)}"
+(Path(sys.argv[1]) / f"rank{rank}.txt").write_text(line)  # one file per rank: prints on a shared pipe interleave
 shutdown_distributed()
 """
 
@@ -138,16 +141,17 @@ shutdown_distributed()
 def test_ranks_under_srun_and_under_torchrun_inside_the_allocation(launcher, slurm, tmp_path):
     """Plain srun: mdist.engine reads SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID. torchrun started
     by srun (one task per node): torchrun's RANK / WORLD_SIZE / LOCAL_RANK win over srun's."""
-    probe = tmp_path / "probe.py"
+    probe, reports = tmp_path / "probe.py", tmp_path / "reports"
     probe.write_text(PROBE)
+    reports.mkdir()
     if launcher == "srun":
-        command = ["srun", "--ntasks", "2", sys.executable, str(probe)]
+        command = ["srun", "--ntasks", "2", sys.executable, str(probe), str(reports)]
     else:
         command = ["srun", "--ntasks", "1", "--cpus-per-task", "2", str(BIN / "torchrun"), "--nproc_per_node", "2",
-                   "--master_port", str(free_port()), str(probe)]
+                   "--master_port", str(free_port()), str(probe), str(reports)]
     proc = subprocess.run(command, env=_env(slurm), cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    lines = [path.read_text() for path in sorted(reports.iterdir())]
     assert lines == [f"rank {r} of 2, local rank {r}, group [(0, 0), (1, 1)]" for r in (0, 1)], proc.stdout
 
 
