@@ -15,8 +15,13 @@ forward pass (the loss is a scalar), so backward is one multiply per gradient.
 Why a row's statistics are split over programs: one program per row walking 250 000 columns left
 about 500 programs per chunk, too few to hide memory latency (16 ms of kernel time per step on an
 H100, issue #12). Each program now takes `split_v` columns and writes partial statistics, and the
-gradient kernel runs one program per (row, block). At T = 1 the student's two softmaxes coincide
-and are computed once (`SAME_T`).
+gradient kernel runs one program per (GRAD_ROWS rows, block) tile. At T = 1 the student's two
+softmaxes coincide and are computed once (`SAME_T`).
+
+Why the gradient kernel sums columns: the bias gradient is the column sum of d logits. Summed
+afterwards it is one more read of every d-logits chunk (N × V values, 2.5 GB in bf16 at N = 4 915);
+summed in the kernel, while each tile is in registers, it costs a write of GRAD_ROWS-times fewer
+fp32 partials and their sum.
 
 Why rows are chunked before the vocabulary: with the whole vocabulary in one chunk each row chunk's
 logits are computed once (4 matmuls in all: z_s, z_t, d h_s, d w_s). Splitting the vocabulary too
@@ -46,6 +51,7 @@ from .runtime import check_device
 CHUNK_BYTES = 512 * 2**20
 BLOCK_V = 1024  # vocabulary columns per kernel step (and per gradient program)
 SPLIT_V = 8192  # vocabulary columns per statistics program (so a row's statistics run in parallel)
+GRAD_ROWS = 16  # rows per gradient program: its column sums are one row of the bias gradient's partials
 ROW_ALIGN = 128  # logits buffer rows start at multiples of 128 elements (256 B in bf16)
 
 # Rows of the (9, N) fp32 statistics buffer. KL = E_t[g] + log E_t[exp(-g)] with g = (z_t - z_s)/T
@@ -154,34 +160,43 @@ def _combine_kernel(part_ptr, stats_ptr, row0, N, R, S, BLOCK_S: tl.constexpr):
 
 @triton.jit
 def _grad_kernel(
-    zs_ptr, zt_ptr, s_zs, s_zt, n_cols, col0, row0, N, labels_ptr, lse_ptr, count_ptr,
+    zs_ptr, zt_ptr, s_zs, s_zt, n_cols, col0, row0, R, N, labels_ptr, lse_ptr, count_ptr, db_part_ptr, s_db,
     ce_weight, kl_scale, inv_T,
-    BLOCK: tl.constexpr, SAME_T: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, SAME_T: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    """Overwrite one (row, block) of student logits with d loss / d logits
-    = ce_w·(p_s − onehot)/n + kl_w·T·(p_s^T − p_t^T)/n."""
-    r = tl.program_id(0).to(tl.int64)  # r · row stride passes 2³¹ for large chunks
-    n = row0 + r
-    label = tl.load(labels_ptr + n)
-    inv_count = 1.0 / tl.load(count_ptr)
-    keep = label != -100
-    a = tl.where(keep, ce_weight * inv_count, 0.0)
-    c = tl.where(keep, kl_scale * inv_count, 0.0)
-    lse_s1 = tl.load(lse_ptr + 0 * N + n)
-    lse_sT = tl.load(lse_ptr + 1 * N + n)
-    lse_tT = tl.load(lse_ptr + 2 * N + n)
+    """Overwrite a (ROWS rows, BLOCK columns) tile of student logits with d loss / d logits
+    = ce_w·(p_s − onehot)/n + kl_w·T·(p_s^T − p_t^T)/n; with HAS_BIAS, also write the tile's column
+    sums (its share of the bias gradient) to row `program_id(0)` of the (R / ROWS, C) partials."""
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n_cols
-    zs = tl.load(zs_ptr + r * s_zs + offs, mask=ok, other=0.0).to(tl.float32)
-    zt = tl.load(zt_ptr + r * s_zt + offs, mask=ok, other=0.0).to(tl.float32)
-    p_s1 = tl.exp(zs - lse_s1)
-    if SAME_T:
-        p_sT = p_s1
-    else:
-        p_sT = tl.exp(zs * inv_T - lse_sT)
-    p_tT = tl.exp(zt * inv_T - lse_tT)
-    g = a * (p_s1 - tl.where(offs == label - col0, 1.0, 0.0)) + c * (p_sT - p_tT)
-    tl.store(zs_ptr + r * s_zs + offs, g.to(zs_ptr.dtype.element_ty), mask=ok)
+    inv_count = 1.0 / tl.load(count_ptr)
+    db = tl.zeros((BLOCK,), dtype=tl.float32)
+    first = tl.program_id(0).to(tl.int64) * ROWS  # r · row stride passes 2³¹ for large chunks
+    for i in range(0, ROWS):
+        r = first + i
+        in_chunk = r < R  # the last program of a chunk may have fewer rows
+        here = ok & (offs * 0 + r < R)  # compared as a block: Triton's interpreter will not & a block with a scalar
+        n = row0 + r
+        label = tl.load(labels_ptr + n, mask=in_chunk, other=-100)
+        keep = label != -100
+        a = tl.where(keep, ce_weight * inv_count, 0.0)
+        c = tl.where(keep, kl_scale * inv_count, 0.0)
+        lse_s1 = tl.load(lse_ptr + 0 * N + n, mask=in_chunk, other=0.0)
+        lse_sT = tl.load(lse_ptr + 1 * N + n, mask=in_chunk, other=0.0)
+        lse_tT = tl.load(lse_ptr + 2 * N + n, mask=in_chunk, other=0.0)
+        zs = tl.load(zs_ptr + r * s_zs + offs, mask=here, other=0.0).to(tl.float32)
+        zt = tl.load(zt_ptr + r * s_zt + offs, mask=here, other=0.0).to(tl.float32)
+        p_s1 = tl.exp(zs - lse_s1)
+        if SAME_T:
+            p_sT = p_s1
+        else:
+            p_sT = tl.exp(zs * inv_T - lse_sT)
+        p_tT = tl.exp(zt * inv_T - lse_tT)
+        g = a * (p_s1 - tl.where(offs == label - col0, 1.0, 0.0)) + c * (p_sT - p_tT)
+        tl.store(zs_ptr + r * s_zs + offs, g.to(zs_ptr.dtype.element_ty), mask=here)
+        db += tl.where(here, g, 0.0)
+    if HAS_BIAS:
+        tl.store(db_part_ptr + tl.program_id(0) * s_db + offs, db, mask=ok)
 
 
 def _check_shapes(h_s, w_s, b_s, h_t, w_t, b_t, labels):
@@ -258,6 +273,7 @@ def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_gra
     dh_s = torch.empty(h_s.shape, device=h_s.device, dtype=h_s.dtype) if need_grad else None
     dw_s = (torch.empty if N else torch.zeros)(w_s.shape, device=w_s.device, dtype=w_s.dtype) if need_grad else None
     db_s = torch.zeros(V, device=h_s.device, dtype=torch.float32) if need_grad and b_s is not None else None
+    db_parts = torch.empty(triton.cdiv(min(R, N), GRAD_ROWS) if db_s is not None else 1, C, device=h_s.device, dtype=torch.float32)
     for r0 in range(0, N, R):
         r1 = min(r0 + R, N)
         hs_RD, ht_RD = h_s[r0:r1], h_t[r0:r1]
@@ -283,10 +299,11 @@ def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_gra
         for v0 in range(0, V, C):  # pass 2: d logits chunk by chunk (one chunk: reuse pass 1's logits)
             if C != V:
                 zs_RC, zt_RC = chunk(v0)
-            _grad_kernel[(r1 - r0, triton.cdiv(zs_RC.shape[1], block))](
-                zs_RC, zt_RC, zs_RC.stride(0), zt_RC.stride(0), zs_RC.shape[1], v0, r0, N, labels, lse, count,
-                float(ce_weight), float(kl_weight) * T, 1.0 / T,
-                BLOCK=block, SAME_T=same_T,
+            grid = (triton.cdiv(r1 - r0, GRAD_ROWS), triton.cdiv(zs_RC.shape[1], block))
+            _grad_kernel[grid](
+                zs_RC, zt_RC, zs_RC.stride(0), zt_RC.stride(0), zs_RC.shape[1], v0, r0, r1 - r0, N, labels, lse, count,
+                db_parts, db_parts.stride(0), float(ce_weight), float(kl_weight) * T, 1.0 / T,
+                ROWS=GRAD_ROWS, BLOCK=block, SAME_T=same_T, HAS_BIAS=db_s is not None,
             )
             g_RC, v1 = zs_RC, v0 + zs_RC.shape[1]
             dh_RD = dh_s[r0:r1] if dh_acc_RD is None else torch.empty_like(hs_RD)  # one chunk: straight into d h
@@ -294,7 +311,7 @@ def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_gra
             if dh_acc_RD is not None:
                 dh_acc_RD += dh_RD.float()
             if db_s is not None:
-                db_s[v0:v1] += g_RC.sum(0, dtype=torch.float32)
+                db_s[v0:v1] += db_parts[: grid[0], : v1 - v0].sum(0)
         if dh_acc_RD is not None:
             dh_s[r0:r1] = dh_acc_RD
     ce_N = lse[0] - stats[Z_Y]
