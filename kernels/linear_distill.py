@@ -273,7 +273,8 @@ def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_gra
     dh_s = torch.empty(h_s.shape, device=h_s.device, dtype=h_s.dtype) if need_grad else None
     dw_s = (torch.empty if N else torch.zeros)(w_s.shape, device=w_s.device, dtype=w_s.dtype) if need_grad else None
     db_s = torch.zeros(V, device=h_s.device, dtype=torch.float32) if need_grad and b_s is not None else None
-    db_parts = torch.empty(triton.cdiv(min(R, N), GRAD_ROWS) if db_s is not None else 1, C, device=h_s.device, dtype=torch.float32)
+    grad_rows = max(1, min(GRAD_ROWS, R, N))  # (fewer only for chunks of under 16 rows)
+    db_parts = torch.empty(triton.cdiv(min(R, N), grad_rows) if db_s is not None else 1, C, device=h_s.device, dtype=torch.float32)
     for r0 in range(0, N, R):
         r1 = min(r0 + R, N)
         hs_RD, ht_RD = h_s[r0:r1], h_t[r0:r1]
@@ -299,11 +300,11 @@ def _run(h_s, w_s, b_s, h_t, w_t, b_t, labels, T, ce_weight, kl_weight, need_gra
         for v0 in range(0, V, C):  # pass 2: d logits chunk by chunk (one chunk: reuse pass 1's logits)
             if C != V:
                 zs_RC, zt_RC = chunk(v0)
-            grid = (triton.cdiv(r1 - r0, GRAD_ROWS), triton.cdiv(zs_RC.shape[1], block))
+            grid = (triton.cdiv(r1 - r0, grad_rows), triton.cdiv(zs_RC.shape[1], block))
             _grad_kernel[grid](
                 zs_RC, zt_RC, zs_RC.stride(0), zt_RC.stride(0), zs_RC.shape[1], v0, r0, r1 - r0, N, labels, lse, count,
                 db_parts, db_parts.stride(0), float(ce_weight), float(kl_weight) * T, 1.0 / T,
-                ROWS=GRAD_ROWS, BLOCK=block, SAME_T=same_T, HAS_BIAS=db_s is not None,
+                ROWS=grad_rows, BLOCK=block, SAME_T=same_T, HAS_BIAS=db_s is not None,
             )
             g_RC, v1 = zs_RC, v0 + zs_RC.shape[1]
             dh_RD = dh_s[r0:r1] if dh_acc_RD is None else torch.empty_like(hs_RD)  # one chunk: straight into d h
