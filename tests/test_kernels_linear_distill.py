@@ -60,6 +60,17 @@ def test_matches_reference(chunking, T):
     _assert_matches(student, teacher, labels, T, **chunking)
 
 
+@pytest.mark.parametrize("chunking", [dict(), dict(row_chunk=20)], ids=["one_chunk", "row_chunks"])
+def test_bias_gradient_sums_over_several_row_programs(chunking):
+    """More rows in a chunk than one gradient program takes (GRAD_ROWS): 37 rows are programs of
+    16, 16 and 5 rows (row chunks of 20 and 17: 16 + 4 and 16 + 1), whose column sums make d b."""
+    from mdist.kernels import linear_distill
+
+    assert linear_distill.GRAD_ROWS == 16
+    student, teacher, labels = _inputs(37, 300, 24, 40, ignored=(2, 5, 17, 36))
+    _assert_matches(student, teacher, labels, 2.0, **chunking)
+
+
 @pytest.mark.parametrize("chunking", CHUNKINGS[::2], ids=["one_chunk", "vocab_chunks"])
 def test_without_bias(chunking):
     student, teacher, labels = _inputs(9, 130, 16, 16, bias=False)
