@@ -42,14 +42,16 @@ class DistillLoss:
 
     def __call__(
         self, student: EncoderOutput, teacher: EncoderOutput, attention_mask_BL: torch.Tensor, labels_BL: torch.Tensor,
-        project=lambda layer, h: h, masked_N: torch.Tensor | None = None,
+        project=lambda layer, h: h, masked_N: torch.Tensor | None = None, padded: bool | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Returns (weighted total, unweighted per-term values for logging as detached 0-d tensors:
         reading them is left to the caller, so the hot path does not wait for the device per term).
         `masked_N`: the masked positions the encoders used (`TokenBatch.masked_N`; left out, derived
-        from the labels with a device read)."""
+        from the labels with a device read). `padded` (`TokenBatch.padded`): False gives the hidden and
+        attention MSE no mask, so they skip the mask's counts and loads (the same means: every token counts)."""
         w = self.weights
         valid_BL = attention_mask_BL.bool()
+        mse_mask_BL = None if padded is False else valid_BL
         terms: dict[str, torch.Tensor] = {}
         total = student.hidden_states[0].new_zeros((), dtype=torch.float32)
         if "mlm" in w or "kl" in w:
@@ -65,24 +67,24 @@ class DistillLoss:
         if "hid" in w:
             hidden_pairs = [(project(m, student.hidden_states[m]), teacher.hidden_states[g]) for m, g in self.pairs]
             if self.strategy.hidden_loss == "mse":
-                terms["hid"] = hidden_mse(hidden_pairs, valid_BL, self.kernels)
+                terms["hid"] = hidden_mse(hidden_pairs, mse_mask_BL, self.kernels)
             else:
                 terms["hid"] = sum(hidden_cos(h_s, h_t, valid_BL) for h_s, h_t in hidden_pairs)
         if "att" in w:
             qk_pairs = [(*student.qk[m - 1], *teacher.qk[g - 1]) for m, g in self.pairs]
             if self.kernels == "triton":  # all mapped layer pairs of one shape in two launches, read in place
-                terms["att"] = loss_ops.attention_score_mse_multi(qk_pairs, key_padding_mask=valid_BL)
+                terms["att"] = loss_ops.attention_score_mse_multi(qk_pairs, key_padding_mask=mse_mask_BL)
             else:
-                terms["att"] = sum(loss_ops.attention_score_mse_reference(*qk, key_padding_mask=valid_BL) for qk in qk_pairs)
+                terms["att"] = sum(loss_ops.attention_score_mse_reference(*qk, key_padding_mask=mse_mask_BL) for qk in qk_pairs)
         if "emb" in w:
-            terms["emb"] = hidden_mse([(project(0, student.hidden_states[0]), teacher.hidden_states[0])], valid_BL, self.kernels)
+            terms["emb"] = hidden_mse([(project(0, student.hidden_states[0]), teacher.hidden_states[0])], mse_mask_BL, self.kernels)
         for name in ("hid", "att", "emb"):
             if name in terms:
                 total = total + w[name] * terms[name]
         return total, {name: value.detach() for name, value in terms.items()}
 
 
-def hidden_mse(pairs_BLD: list[tuple[torch.Tensor, torch.Tensor]], valid_BL: torch.Tensor, kernels: str = "torch") -> torch.Tensor:
+def hidden_mse(pairs_BLD: list[tuple[torch.Tensor, torch.Tensor]], valid_BL: torch.Tensor | None, kernels: str = "torch") -> torch.Tensor:
     """Sum over (student, teacher) pairs of the masked MSE; the fused op reads all pairs in one launch."""
     if kernels == "triton":
         return loss_ops.hidden_mse_multi(pairs_BLD, valid_BL)

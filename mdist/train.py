@@ -89,7 +89,8 @@ def distill_step(engine, optimizer, teacher, loss_fn: DistillLoss, batches: dict
     def pair_loss(lang: str, student: str, batch: TokenBatch, target: EncoderOutput) -> torch.Tensor:
         out = engine(student, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL, masked_N=batch.masked_N, padded=batch.padded)
         loss, terms = loss_fn(
-            out, target, batch.attention_mask_BL, batch.labels_BL, project=lambda m, h, s=student: group.project(s, m, h), masked_N=batch.masked_N
+            out, target, batch.attention_mask_BL, batch.labels_BL, project=lambda m, h, s=student: group.project(s, m, h),
+            masked_N=batch.masked_N, padded=batch.padded,
         )
         terms["loss"] = loss.detach()
         acc = sums.setdefault(f"{student}/{lang}", {})

@@ -146,3 +146,36 @@ def test_unpadded_batches_reach_attention_without_a_mask(tiny_teacher_dir, monke
     for padded in (False, True):
         teacher_outputs(teacher, {"en": _batch(teacher.config.vocab_size, padded=padded)})
     assert given == [False] * layers + [True] * layers
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_unpadded_batches_give_the_loss_no_mask_and_the_same_value(tiny_teacher_dir, monkeypatch, kernels):
+    """With the host fact "not padded" the hidden, embedding and attention MSE get no mask (no mask
+    counts, no mask loads in the kernels); the loss equals the one computed with the all-ones mask."""
+    import mdist.losses as losses
+
+    masks = []
+
+    def recording(op):
+        def call(pairs, *mask, **kwargs):  # the mask comes positionally (hidden) or as key_padding_mask (attention)
+            masks.append((op.__name__, (mask or [kwargs.get("key_padding_mask")])[0] is not None))
+            return op(pairs, *mask, **kwargs)
+        return call
+
+    for name in ("attention_score_mse_multi", "hidden_mse_multi"):
+        monkeypatch.setattr(losses.loss_ops, name, recording(getattr(losses.loss_ops, name)))
+    teacher = load_teacher(tiny_teacher_dir)[0]
+    group = StudentGroup(teacher, StudentsConfig(groups={"en": ["en"]}, layers=2), teacher.config.hidden_size)
+    loss_fn = DistillLoss.build("monoshot", None, None, 2.0, 2, teacher.config.num_hidden_layers, kernels)
+    batch = _batch(teacher.config.vocab_size, padded=False)
+    target = teacher_outputs(teacher, {"en": batch})["en"]
+    out = group("en", batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL, masked_N=batch.masked_N, padded=batch.padded)
+    values = {}
+    for padded in (False, None):
+        loss, terms = loss_fn(out, target, batch.attention_mask_BL, batch.labels_BL, masked_N=batch.masked_N, padded=padded)
+        values[padded] = [loss, *(terms[name] for name in ("hid", "att", "emb"))]
+    for got, want in zip(values[False], values[None]):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    if kernels == "triton":  # hid and emb, then att, without a mask; then the same with it
+        calls = [("hidden_mse_multi", False), ("attention_score_mse_multi", False), ("hidden_mse_multi", False)]
+        assert masks == calls + [(name, True) for name, _ in calls]
