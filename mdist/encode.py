@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from mdist.data.batch import masked_positions
+
 FUSED_ENCODE = "_mdist_fused_encode"  # the attribute holding a marked model's encode function
 
 
@@ -53,12 +55,6 @@ def head_transform(model: PreTrainedModel, hidden_ND: torch.Tensor) -> torch.Ten
     """The MLM head up to (not including) the decoder: dense -> gelu -> LayerNorm."""
     head = model.lm_head
     return head.layer_norm(torch.nn.functional.gelu(head.dense(hidden_ND)))
-
-
-def masked_positions(labels_BL: torch.Tensor) -> torch.Tensor:
-    """Flat positions (row · L + column) of the masked tokens (label ≠ −100), ascending. On a GPU this
-    reads the count back (a device sync): a step passes `TokenBatch.masked_N`, made on the host."""
-    return (labels_BL.reshape(-1) != -100).nonzero().squeeze(1)
 
 
 def encoder_output(model: PreTrainedModel, hidden_states: tuple[torch.Tensor, ...], qk: list, last_BLD: torch.Tensor, masked_N: torch.Tensor) -> EncoderOutput:

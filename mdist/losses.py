@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mdist.encode import EncoderOutput, masked_positions
+from mdist.data.batch import masked_positions
+from mdist.encode import EncoderOutput
 import mdist.kernels as loss_ops
 from mdist.errors import ConfigError
 from mdist.strategies import STRATEGIES, Strategy, layer_mapping, resolve_weights

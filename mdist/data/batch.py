@@ -6,6 +6,12 @@ from dataclasses import dataclass
 import torch
 
 
+def masked_positions(labels_BL: torch.Tensor) -> torch.Tensor:
+    """Flat positions (row · L + column) of the masked tokens (label ≠ −100), ascending. On a GPU this
+    reads the count back (a device sync): a step passes `TokenBatch.masked_N`, made on the host."""
+    return (labels_BL.reshape(-1) != -100).nonzero().squeeze(1)
+
+
 @dataclass
 class TokenBatch:
     """One language's batch, already masked; teacher and student see the same `input_ids_BL`.
@@ -29,9 +35,8 @@ class TokenBatch:
 
     def __post_init__(self):
         if self.masked_N is None:  # derived from the tensors: free on the CPU, device reads elsewhere
-            masked_BL = self.labels_BL != -100
-            self.masked_N = masked_BL.reshape(-1).nonzero().squeeze(1)
-            self.masked_per_row = tuple(masked_BL.sum(1).tolist())
+            self.masked_N = masked_positions(self.labels_BL)
+            self.masked_per_row = tuple((self.labels_BL != -100).sum(1).tolist())
             self.real_per_row = tuple((self.attention_mask_BL != 0).sum(1).tolist())
 
     @property
