@@ -1,0 +1,76 @@
+"""The repository's `kernels/` is `mdist.kernels` only: never the top-level `kernels`, which is Hugging Face's.
+
+`python -m ...` and `python -c ...` put the current directory first on sys.path, so every command the README gives,
+run from the repository root, finds `kernels/` there. transformers imports Hugging Face's `kernels` whenever that
+package is installed; these tests start processes from the root as a user's shell does and check which `kernels`
+they get.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OWN_KERNELS = ROOT / "kernels" / "__init__.py"
+
+
+def _run_from_root(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_root_is_on_sys_path_in_processes_started_from_it():
+    """The premise: were the root not on the path, the tests below would pass without the guard."""
+    proc = _run_from_root("-c", "import os, sys; print(os.getcwd() in [os.path.abspath(p or os.curdir) for p in sys.path])")
+    assert proc.stdout.strip() == "True", proc.stderr
+
+
+def test_python_dash_m_mdist_from_the_root_works():
+    proc = _run_from_root("-m", "mdist", "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "distill" in proc.stdout
+
+
+def test_transformers_modelling_code_gets_hugging_faces_kernels_and_mdist_gets_its_own():
+    probe = (
+        "import sys\n"
+        "import transformers.integrations.hub_kernels\n"
+        "from transformers import XLMRobertaForMaskedLM\n"
+        "import mdist.kernels\n"
+        "print(mdist.kernels.__file__)\n"
+        "top = sys.modules.get('kernels')\n"
+        "print(getattr(top, '__file__', None))\n"
+    )
+    proc = _run_from_root("-c", probe)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    own, top = proc.stdout.split()
+    assert Path(own) == OWN_KERNELS
+    assert top == "None" or Path(top) != OWN_KERNELS
+
+
+def test_import_kernels_from_the_root_is_hugging_faces_or_missing():
+    proc = _run_from_root("-c", "import kernels; print(kernels.__file__)")
+    if proc.returncode == 0:
+        assert Path(proc.stdout.strip()) != OWN_KERNELS
+        assert "site-packages" in proc.stdout
+    else:
+        assert "ModuleNotFoundError: No module named 'kernels'" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_without_hugging_faces_kernels_the_import_fails_as_a_missing_module():
+    """Site-packages taken off the path stands in for an environment without Hugging Face's `kernels`."""
+    probe = (
+        "import sys\n"
+        "sys.path[:] = [p for p in sys.path if 'site-packages' not in p and 'dist-packages' not in p]\n"
+        "try:\n"
+        "    import kernels\n"
+        "except ModuleNotFoundError as error:\n"
+        "    print('missing', error.name)\n"
+        "else:\n"
+        "    print('found', kernels.__file__)\n"
+    )
+    proc = _run_from_root("-c", probe)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["missing", "kernels"]
