@@ -36,11 +36,11 @@ step() {  # step SECONDS NAME COMMAND...: run with a time limit, keep going on f
   step 140 "throughput, batch 64" $PY benchmarks/throughput.py --batches 64 --students 1 2 --variants floor mdist "mdist + fused encoder"
   step 80 "throughput, batch 16" $PY benchmarks/throughput.py --batches 16 --students 1 --variants floor mdist "mdist + fused encoder" "naive HF"
   step 70 "throughput with CUDA graphs (own process: an error there stops no other row)" $PY benchmarks/throughput.py --batches 16 64 --students 1 --variants "mdist + fused encoder + CUDA graphs"
-  step 45 "kernels: vocabulary op sweep" $PY benchmarks/kernels.py --only vocab --sweep --skip compiled --iters 10 --profile "^fused, whole-vocab chunks$"
+  step 45 "kernels: vocabulary op sweep" $PY benchmarks/loss_kernels.py --only vocab --sweep --skip compiled --iters 10 --profile "^fused, whole-vocab chunks$"
   step 40 "profile of the fast path" $PY benchmarks/throughput.py --batches 64 --students 1 --variants "mdist + fused encoder" --profile
   step 35 "profile at batch 16 (kernel time against step time: how launch-bound)" $PY benchmarks/throughput.py --batches 16 --students 1 --variants mdist --profile
-  step 30 "kernels: attention" $PY benchmarks/kernels.py --only attention --skip "compiled|eager" --iters 10 --profile "in place\)$"
-  step 35 "kernels: hidden MSE sweep" $PY benchmarks/kernels.py --only hidden --sweep --skip eager --iters 10
+  step 30 "kernels: attention" $PY benchmarks/loss_kernels.py --only attention --skip "compiled|eager" --iters 10 --profile "in place\)$"
+  step 35 "kernels: hidden MSE sweep" $PY benchmarks/loss_kernels.py --only hidden --sweep --skip eager --iters 10
   step 45 "fused encoder tests on CUDA" $PY -m pytest -q -p no:cacheprovider tests/test_fused_encoder.py -k "not distill"
   echo "=== done $(date -u +%H:%M:%S)"
 } 2>&1 | tee "$LOG_DIR/log.txt"

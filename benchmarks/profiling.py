@@ -1,6 +1,6 @@
 """One call of a function under torch.profiler: the time of each kernel it ran (device time on a GPU,
 CPU op time elsewhere), self time only, so nothing is counted twice. Shared by throughput.py
-(`--profile`: a step by category) and kernels.py (`--profile`: one op's largest kernels); both
+(`--profile`: a step by category) and loss_kernels.py (`--profile`: one op's largest kernels); both
 record what they print in one table per run (`HEADER`), so figures quoted from a profile are in
 benchmarks/RESULTS.md like every other."""
 from __future__ import annotations

@@ -67,7 +67,7 @@ def test_throughput_profile_splits_a_step_by_category(gpu_machine_env, benchmark
 
 def test_kernels_smoke_agrees_with_references(gpu_machine_env):
     env = gpu_machine_env
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "kernels.py")], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "loss_kernels.py")], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     found = re.findall(r"(\w+) smoke: +fused (\S+) reference (\S+)", done.stdout)
     assert {kernel for kernel, _, _ in found} == {"attention", "vocab", "hidden"}

@@ -10,7 +10,7 @@ columns. `--skip REGEX` leaves out variants by name (`--skip compiled` saves the
 Prints a table and appends one row per variant to benchmarks/RESULTS.md. Without CUDA it runs a tiny
 interpreter smoke test (no timings).
 
-    python benchmarks/kernels.py [--only attention|vocab|hidden] [--sweep] [--skip REGEX] [--profile REGEX] [--iters 20] [--no-record]
+    python benchmarks/loss_kernels.py [--only attention|vocab|hidden] [--sweep] [--skip REGEX] [--profile REGEX] [--iters 20] [--no-record]
 
 Legend: P layer pairs, B batch, H heads, L sequence, D width, N masked rows, V vocabulary.
 """
@@ -250,9 +250,9 @@ def main():
                 largest = print_largest(kernel_times(lambda: forward_backward(fn, leaves), cuda=True), PROFILE_KERNELS, f"kernels of {kernel}, {name}")
                 profile_rows += [[stamp, device, revision, f"{kernel}: {name}", *cells] for cells in largest]
     if not args.no_record:
-        append_table(f"Kernels (benchmarks/kernels.py), {stamp}", HEADER, rows)
+        append_table(f"Kernels (benchmarks/loss_kernels.py), {stamp}", HEADER, rows)
         if profile_rows:
-            append_table(f"Kernel profiles (benchmarks/kernels.py --profile), {stamp}, one forward + backward", PROFILE_HEADER, profile_rows)
+            append_table(f"Kernel profiles (benchmarks/loss_kernels.py --profile), {stamp}, one forward + backward", PROFILE_HEADER, profile_rows)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
-"""The repository's `kernels/` is `mdist.kernels` only: never the top-level `kernels`, which is Hugging Face's.
+"""No file of the repository stands in for an installed module in the processes the README's commands start.
 
-`python -m ...` and `python -c ...` put the current directory first on sys.path, so every command the README gives,
-run from the repository root, finds `kernels/` there. transformers imports Hugging Face's `kernels` whenever that
-package is installed; these tests start processes from the root as a user's shell does and check which `kernels`
-they get.
+`python -m ...` and `python -c ...` put the current directory first on sys.path, so every command run from the
+repository root finds `kernels/` there, which is `mdist.kernels` only: the top-level `kernels` is Hugging Face's, and
+transformers imports it whenever it is installed. These tests start processes from the root as a user's shell does
+and check which `kernels` they get. `python benchmarks/X.py` puts benchmarks/ first and pytest puts tests/ first:
+no script there may be named as an installed module is.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from importlib.machinery import PathFinder
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 OWN_KERNELS = ROOT / "kernels" / "__init__.py"
@@ -74,3 +78,15 @@ def test_without_hugging_faces_kernels_the_import_fails_as_a_missing_module():
     proc = _run_from_root("-c", probe)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["missing", "kernels"]
+
+
+@pytest.mark.parametrize("folder", ["benchmarks", "tests"])
+def test_no_script_is_named_as_an_installed_module(folder):
+    """benchmarks/kernels.py once made every benchmark that imports transformers fail this way."""
+    elsewhere = [p for p in sys.path if Path(p or os.curdir).resolve() not in (ROOT, ROOT / folder)]
+    shadowing = [
+        path.name for path in sorted((ROOT / folder).iterdir())
+        if path.suffix == ".py" or (path / "__init__.py").exists()
+        if PathFinder.find_spec(path.stem, elsewhere) is not None or path.stem in sys.builtin_module_names
+    ]
+    assert shadowing == [], f"{folder}/ holds modules named as installed ones: {shadowing}"
