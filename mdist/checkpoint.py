@@ -7,19 +7,27 @@ Layout under `<run dir>/checkpoints/`:
     step6/COMPLETE     written by rank 0 after every rank has finished writing
     latest             the tag of the newest complete checkpoint (DeepSpeed's format)
 
-Publishing: every rank writes into the tag directory; a barrier; then rank 0 writes `COMPLETE`
-(the step and every file of the checkpoint with its size) and replaces `latest` atomically
-(`os.replace` of a temporary file). DeepSpeed's own non-atomic `latest` is switched off
+Publishing: every rank writes into the tag directory, hashing (sha256) each file as its bytes go
+out (DeepSpeed's checkpoint engine is routed through `hashed_save`, so nothing is read back); the
+ranks' digests are gathered; then rank 0 writes `COMPLETE` (the step, every file of the checkpoint
+with its size and its sha256) and replaces `latest` atomically (`os.replace` of a temporary file). DeepSpeed's own non-atomic `latest` is switched off
 (`save_latest=False`). A save killed half-way leaves a tag directory without `COMPLETE`, so
 `--resume` never picks it up (and it is cleared before that tag is saved again).
 
 Resuming: from the newest complete checkpoint. `latest` names it unless something went wrong (a
 marker or `latest` lost, a crash between the two writes); then the newest complete one is taken
 anyway and the fallback is said. Before DeepSpeed reads anything, the files listed in `COMPLETE`
-are checked, so a missing or truncated file is named with what to do instead of a traceback.
+are checked, so a missing or truncated file is named with what to do instead of a traceback, and
+their contents are hashed (each rank a share of the bytes) and compared with `COMPLETE`: a file
+whose bytes changed since it was written (bit rot, a half-synced copy) is named and the newest older
+checkpoint that verifies is used instead, said. A `COMPLETE` of an older mdist has no hashes: its
+sizes are checked, and that only sizes were, said. `mdist runs verify RUN_DIR` checks every
+checkpoint of a run directory the same way without training.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import random
@@ -35,6 +43,8 @@ from mdist.errors import CheckpointError
 
 LATEST = "latest"
 COMPLETE = "COMPLETE"
+HASH = "sha256"  # the key in COMPLETE and the hashlib algorithm
+_CHUNK = 16 << 20  # bytes per read when a file is hashed from disk
 
 
 def rng_state() -> dict:
@@ -83,6 +93,156 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class _HashingWriter:
+    """A write-only file for `torch.save` that hashes every byte on its way to `handle`."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.digest = hashlib.new(HASH)
+        self.size = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self.digest.update(view)  # releases the GIL for large buffers
+        self.size += view.nbytes
+        return self.handle.write(view)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def hashed_save(obj, path: Path | str, zipfile: bool = True) -> tuple[int, str]:
+    """`torch.save(obj, path)` that returns (size, hex digest) of the bytes it wrote, hashed as they
+    were written: the file is never read back."""
+    with open(path, "wb") as handle:
+        writer = _HashingWriter(handle)
+        torch.save(obj, writer, _use_new_zipfile_serialization=zipfile)
+    return writer.size, writer.digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """The hex digest of a file on disk (verification, and files written outside `hashed_save`)."""
+    digest = hashlib.new(HASH)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def hashing_saves(engine, target: Path):
+    """Route the DeepSpeed engine's checkpoint writes through `hashed_save` while inside; yields the
+    {path relative to `target`: (size, digest)} of what this rank wrote there. An engine whose
+    checkpoint engine is not torch's (an asynchronous one) writes as it would; rank 0 then hashes
+    its files from disk after the barrier."""
+    written: dict[str, tuple[int, str]] = {}
+    checkpoint_engine = getattr(engine, "checkpoint_engine", None)
+    if checkpoint_engine is None or type(checkpoint_engine).__name__ != "TorchCheckpointEngine":
+        yield written
+        return
+
+    def save(state_dict, path: str):
+        size, digest = hashed_save(state_dict, path, zipfile=checkpoint_engine.zipfile_serialization)
+        with contextlib.suppress(ValueError):  # a file outside the tag directory is not the checkpoint's
+            written[str(Path(path).resolve().relative_to(target.resolve()))] = (size, digest)
+
+    checkpoint_engine.save = save  # an instance attribute shadows the class's method
+    try:
+        yield written
+    finally:
+        del checkpoint_engine.save
+
+
+def _gather(item):
+    """Every rank's `item`, in rank order (just [item] without torch.distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+        return [item]
+    items = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(items, item)
+    return items
+
+
+def _share(sizes: dict[str, int], rank: int, world: int) -> list[str]:
+    """The files rank `rank` of `world` hashes when a checkpoint is verified: the largest file first
+    to the rank with the fewest bytes so far, the same split on every rank."""
+    load = [0] * world
+    mine = []
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        least = load.index(min(load))
+        load[least] += sizes[name]
+        if least == rank:
+            mine.append(name)
+    return mine
+
+
+def read_marker(target: Path) -> dict:
+    """`COMPLETE` of a checkpoint as a dict ({} when it holds no JSON: the oldest markers held only the step)."""
+    try:
+        marker = json.loads((target / COMPLETE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def mismatches(target: Path, names: list[str] | None = None) -> list[str]:
+    """Each file of `names` (default: all that `COMPLETE` hashed) whose bytes differ from its recorded
+    hash, as a sentence naming it; files that are missing or resized are left to the size check."""
+    marker = read_marker(target)
+    hashes, sizes = marker.get(HASH) or {}, marker.get("files") or {}
+    found = []
+    for name in hashes if names is None else names:
+        path = target / name
+        if name not in hashes or not path.is_file() or (name in sizes and path.stat().st_size != sizes[name]):
+            continue
+        if file_digest(path) != hashes[name]:
+            found.append(f"{path} does not match the {HASH} that {target / COMPLETE} records for it (its bytes changed after it was written)")
+    return found
+
+
+def size_problems(target: Path, sizes: dict[str, int], names) -> list[str]:
+    """Each file of `names` that is missing from `target` or whose size differs from `sizes`, as a sentence."""
+    found = []
+    for name in names:
+        path = target / name
+        if not path.is_file():
+            found.append(f"{path} is missing from a complete checkpoint")
+        elif name in sizes and path.stat().st_size != sizes[name]:
+            found.append(f"{path} has {path.stat().st_size} bytes, {sizes[name]} were written (truncated or replaced)")
+    return found
+
+
+def verify_checkpoints(directory: Path) -> tuple[list[str], bool]:
+    """Check every complete checkpoint in `directory` as `--resume` would (sizes, then contents
+    against `COMPLETE`), all in this process and without loading anything. Returns the lines to
+    print (one per checkpoint and each problem, then what `--resume` would do) and whether every
+    complete checkpoint verified."""
+    lines, outcome, ok = [], None, True
+    for tag in reversed(complete_tags(directory)):  # newest first, as --resume tries them
+        target = directory / tag
+        marker = read_marker(target)
+        sizes = marker.get("files") or {}
+        resized = size_problems(target, sizes, sizes)
+        problems = resized + mismatches(target)
+        if problems:
+            ok = False
+            lines += [f"{target}: FAILED"] + [f"  {problem}" for problem in problems]
+            if resized and outcome is None:
+                outcome = f"--resume would stop at {target} ({resized[0]})"
+            continue
+        if marker.get(HASH):
+            lines.append(f"{target}: ok ({len(sizes)} files, sizes and {HASH})")
+        else:
+            lines.append(f"{target}: ok, sizes only ({len(sizes)} files; its {COMPLETE} records no content hashes: an older mdist wrote it)")
+        if outcome is None:
+            outcome = f"--resume would continue from {target}"
+    for path in sorted(directory.glob("step*")):
+        if path.is_dir() and not (path / COMPLETE).is_file():
+            lines.append(f"{path}: incomplete (no {COMPLETE}), never resumed from")
+    if outcome is None:
+        outcome = f"no complete checkpoint in {directory}" + (": --resume would start from step 0" if ok else " verifies: --resume would stop")
+    return [*lines, outcome], ok
+
+
 class Checkpointer:
     """Save and restore the whole training state through the student DeepSpeed engine."""
 
@@ -95,32 +255,56 @@ class Checkpointer:
         target = self.directory / tag
         if self.rank == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
-            if target.exists() and latest_tag(self.directory) != tag:
-                shutil.rmtree(target)  # a leftover of an interrupted save
+            if target.exists():  # a leftover of an interrupted save, or a checkpoint that did not verify saved again:
+                shutil.rmtree(target)  # its old COMPLETE must not vouch for files being rewritten
         barrier()
-        engine.save_checkpoint(str(self.directory), tag=tag, client_state={**client_state, "step": step}, save_latest=False)
+        with hashing_saves(engine, target) as written:
+            engine.save_checkpoint(str(self.directory), tag=tag, client_state={**client_state, "step": step}, save_latest=False)
         target.mkdir(parents=True, exist_ok=True)
-        torch.save({"rng": rng_state(), **rank_state}, target / f"rank{self.rank}.pt")
-        barrier()  # every rank has written everything
+        written[f"rank{self.rank}.pt"] = hashed_save({"rng": rng_state(), **rank_state}, target / f"rank{self.rank}.pt")
+        gathered = _gather(written)  # collective: every rank has written everything
         if self.rank == 0:
-            files = {str(path.relative_to(target)): path.stat().st_size for path in sorted(target.rglob("*")) if path.is_file()}
-            _atomic_write(target / COMPLETE, json.dumps({"step": step, "files": files}, indent=1))
+            files = {str(path.relative_to(target)): path.stat().st_size for path in sorted(target.rglob("*")) if path.is_file() and path.name != COMPLETE}
+            hashes = {}
+            for name, (size, digest) in (item for part in gathered for item in part.items()):
+                hashes[name] = digest if files.get(name) == size else None
+            for name in files:  # written some other way (or rewritten since): hashed from disk
+                if hashes.get(name) is None:
+                    hashes[name] = file_digest(target / name)
+            marker = {"step": step, "files": files, HASH: {name: hashes[name] for name in files}}
+            _atomic_write(target / COMPLETE, json.dumps(marker, indent=1))
             _atomic_write(self.directory / LATEST, tag)
         barrier()
         return tag
 
     def load(self, engine) -> dict | None:
-        """Restore engine (weights, optimiser) and this rank's RNG from the newest complete checkpoint.
+        """Restore engine (weights, optimiser) and this rank's RNG from the newest complete checkpoint
+        whose files verify.
 
         Returns the client state (scheduler, MLflow run id, step) merged with this rank's own state
-        (data cursor) and `tag` / `fallback` (a note when `latest` named another), or None when
-        there is no complete checkpoint.
+        (data cursor) and `tag` / `notes` (lines to say: a checkpoint skipped because a file's bytes
+        changed, `latest` naming another, a marker without hashes), or None when there is no
+        complete checkpoint. Collective: every rank verifies a share of the files.
         """
-        tag = latest_tag(self.directory)
-        if tag is None:
+        tags = complete_tags(self.directory)
+        if not tags:
             return None
-        target = self.directory / tag
-        self._verify(target)
+        notes = []
+        for tag in reversed(tags):
+            target = self.directory / tag
+            self._verify(target)
+            found = self._verify_contents(target)
+            if not found:
+                break
+            notes.append(f"{'; '.join(found)}; not resuming from {target}")
+        else:
+            raise CheckpointError(f"{notes[0]}, and no older checkpoint in {self.directory} verifies: start afresh with --overwrite")
+        if notes:
+            notes.append(f"using the newest older checkpoint that verifies, {target}")
+        elif note := fallback_note(self.directory, tag):
+            notes.append(note)
+        if found is None:
+            notes.append(f"{target / COMPLETE} records no content hashes (an older mdist wrote it): only file sizes were checked")
         try:
             _, client = engine.load_checkpoint(str(self.directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
         except Exception as err:  # DeepSpeed and torch raise many types for an unreadable file
@@ -134,26 +318,30 @@ class Checkpointer:
             raise CheckpointError(f"cannot read {rank_file}: {type(err).__name__}: {err}; {self._instead(tag)}") from None
         set_rng_state(rank_state.pop("rng"))
         client.update(rank_state)
-        client.update(tag=tag, fallback=fallback_note(self.directory, tag))
+        client.update(tag=tag, notes=notes)
         return client
+
+    def _verify_contents(self, target: Path) -> list[str] | None:
+        """The files of `target` whose bytes differ from their hashes in `COMPLETE`, as sentences (all
+        ranks get all of them; each hashes its share); None when `COMPLETE` records no hashes."""
+        marker = read_marker(target)
+        hashes, sizes = marker.get(HASH), marker.get("files") or {}
+        if not hashes:
+            return None
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        found = mismatches(target, _share({name: sizes.get(name, 0) for name in hashes}, self.rank, world))
+        return sorted(line for part in _gather(found) for line in part)
 
     def _verify(self, target: Path) -> None:
         """Every file `COMPLETE` lists is there with its size; the world size is the one that wrote it."""
-        try:
-            marker = json.loads((target / COMPLETE).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            marker = None
-        listed = marker.get("files", {}) if isinstance(marker, dict) else {}  # older markers hold only the step
+        listed = read_marker(target).get("files", {})  # older markers hold only the step
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         ranks = sum(1 for name in listed if re.fullmatch(r"rank\d+\.pt", name))
         if ranks and ranks != world:
             raise CheckpointError(f"{target} was written by {ranks} rank(s), this run has {world}: resume with {ranks}")
-        for name in [*listed, f"rank{self.rank}.pt"]:
-            path = target / name
-            if not path.is_file():
-                raise CheckpointError(f"{path} is missing from a complete checkpoint; {self._instead(target.name)}")
-            if name in listed and path.stat().st_size != listed[name]:
-                raise CheckpointError(f"{path} has {path.stat().st_size} bytes, {listed[name]} were written (truncated or replaced); {self._instead(target.name)}")
+        problems = size_problems(target, listed, [*listed, f"rank{self.rank}.pt"])
+        if problems:
+            raise CheckpointError(f"{problems[0]}; {self._instead(target.name)}")
 
     def _instead(self, tag: str) -> str:
         """What to do about an unusable complete checkpoint."""

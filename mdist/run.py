@@ -152,8 +152,8 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
         if heldout is not None:
             heldout.load_state_dict(restored.get("heldout", {}))
         if rank == 0:
-            if restored["fallback"]:
-                print(restored["fallback"], flush=True)
+            for note in restored["notes"]:
+                print(note, flush=True)
             print(f"resuming from {checkpoints / restored['tag']} at step {start_step}", flush=True)
     elif resume and rank == 0:
         print(f"no complete checkpoint in {checkpoints}; starting from step 0", flush=True)
