@@ -10,9 +10,10 @@ Layout under `<run dir>/checkpoints/`:
 Publishing: every rank writes into the tag directory, hashing (sha256) each file as its bytes go
 out (DeepSpeed's checkpoint engine is routed through `hashed_save`, so nothing is read back); the
 ranks' digests are gathered; then rank 0 writes `COMPLETE` (the step, every file of the checkpoint
-with its size and its sha256) and replaces `latest` atomically (`os.replace` of a temporary file). DeepSpeed's own non-atomic `latest` is switched off
-(`save_latest=False`). A save killed half-way leaves a tag directory without `COMPLETE`, so
-`--resume` never picks it up (and it is cleared before that tag is saved again).
+with its size and its sha256) and replaces `latest` atomically (`os.replace` of a temporary
+file). DeepSpeed's own non-atomic `latest` is switched off (`save_latest=False`). A save killed
+half-way leaves a tag directory without `COMPLETE`, so `--resume` never picks it up (and it is
+cleared before that tag is saved again, as is a checkpoint saved again after it did not verify).
 
 Resuming: from the newest complete checkpoint. `latest` names it unless something went wrong (a
 marker or `latest` lost, a crash between the two writes); then the newest complete one is taken
