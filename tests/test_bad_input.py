@@ -288,6 +288,12 @@ def checkpoint_bytes_changed_in_every_checkpoint(tmp, teacher, run, request):
     return distill(tmp, teacher, *RESUME) + ["--resume"]
 
 
+@case("runs verify: '{tmp}/out' holds no checkpoints (no checkpoints/step*)")
+def verify_a_directory_without_checkpoints(tmp, teacher, run, request):
+    (tmp / "out").mkdir()
+    return ["runs", "verify", str(tmp / "out")]
+
+
 @pytest.fixture(scope="module")
 def prepared_shards(tmp_path_factory, synthetic_docs) -> Path:
     from mdist.data.prep import ShardLimits, prepare
