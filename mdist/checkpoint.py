@@ -15,6 +15,12 @@ file). DeepSpeed's own non-atomic `latest` is switched off (`save_latest=False`)
 half-way leaves a tag directory without `COMPLETE`, so `--resume` never picks it up (and it is
 cleared before that tag is saved again, as is a checkpoint saved again after it did not verify).
 
+A failed write (a full disk or quota, mostly) is recorded on its rank instead of raised, so that
+DeepSpeed's barriers between its writes stay matched; that rank writes nothing more. The failures
+travel with the digests, and again after rank 0 publishes: if any rank failed, nothing is published,
+rank 0 removes the incomplete tag directory and every rank raises the same one line (the file, the
+space it needed, the space free; `DiskFullError`), `latest` and the newest complete checkpoint intact.
+
 Resuming: from the newest complete checkpoint. `latest` names it unless something went wrong (a
 marker or `latest` lost, a crash between the two writes); then the newest complete one is taken
 anyway and the fallback is said. Before DeepSpeed reads anything, the files listed in `COMPLETE`
@@ -35,13 +41,14 @@ import random
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mdist.engine import barrier
-from mdist.errors import CheckpointError
+from mdist.errors import CheckpointError, DiskFullError, disk_full
 
 LATEST = "latest"
 COMPLETE = "COMPLETE"
@@ -89,11 +96,15 @@ def fallback_note(directory: Path, tag: str) -> str | None:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class _HashingWriter:
@@ -142,33 +153,123 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def hashing_saves(engine, target: Path):
-    """Route the DeepSpeed engine's checkpoint writes through `hashed_save` while inside; yields the
-    {path relative to `target`: (size, digest)} of what this rank wrote there. An engine whose
-    checkpoint engine is not torch's (an asynchronous one) writes as it would; rank 0 then hashes
-    its files from disk after the barrier."""
-    written: dict[str, tuple[int, str]] = {}
-    checkpoint_engine = getattr(engine, "checkpoint_engine", None)
-    if checkpoint_engine is None or type(checkpoint_engine).__name__ != "TorchCheckpointEngine":
-        yield written
-        return
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
 
-    def save(state_dict, path: str):
-        size, digest = hashed_save(state_dict, path, zipfile=checkpoint_engine.zipfile_serialization)
+
+@dataclass
+class _Failure:
+    """A checkpoint write that failed on some rank (picklable: it travels to the other ranks)."""
+
+    rank: int
+    path: str
+    message: str
+    disk_full: bool
+    needed: int | None  # bytes the file needed, where known
+    free: int | None  # bytes free on its file system after the failure
+
+    def error(self, directory: Path, tag: str) -> Exception:
+        """The one line every rank raises (DiskFullError for a full disk or quota)."""
+        kept = latest_tag(directory)
+        kept = f"the newest complete checkpoint, {directory / kept}, is intact" if kept else "no complete checkpoint was written before it"
+        who = f" on rank {self.rank}" if _world() > 1 else ""
+        removed = f"removed the incomplete {directory / tag}; {kept}"
+        if not self.disk_full:
+            return CheckpointError(f"cannot write {self.path}{who} ({self.message}); {removed}")
+        need = f"it needs {_size(self.needed)}" if self.needed is not None else "it needs more"
+        free = f", {_size(self.free)} free" if self.free is not None else ""
+        return DiskFullError(f"disk full writing {self.path}{who} ({self.message}): {need}{free}; {removed}; "
+                             "free space, then continue with --resume")
+
+
+def _failure(err: Exception, path: Path, state, zipfile: bool) -> _Failure:
+    """What went wrong writing `path` (the torch `state` it held, if any), with the space it needed and
+    the space free; a partial file is removed at once to free its space."""
+    full = disk_full(err)
+    where = Path(err.filename) if isinstance(err, OSError) and err.filename else path
+    needed = hashed_save(state, os.devnull, zipfile)[0] if full and state is not None else None  # counted, not written
+    if isinstance(err, OSError) and where.is_file() and (state is not None or where.suffix == ".pt"):
+        where.unlink(missing_ok=True)
+    probe = next((p for p in (where, *where.parents) if p.exists()), None)
+    free = shutil.disk_usage(probe).free if probe is not None else None
+    message = err.strerror if isinstance(err, OSError) and err.strerror else f"{type(err).__name__}: {err}"
+    rank = torch.distributed.get_rank() if _world() > 1 else 0
+    return _Failure(rank, str(where), message, full, needed, free)
+
+
+class _Writes:
+    """This rank's writes of one checkpoint into `target`: the (size, digest) of each file it wrote
+    through `hashed_save` ({path relative to `target`: ...}), and its first failed write.
+
+    A failed write is recorded, not raised: DeepSpeed's save_checkpoint holds barriers between its
+    writes, and a rank that raised half-way would leave the others waiting in one. After a failure
+    this rank writes nothing more; the ranks then agree (in `Checkpointer.save`) on whether the
+    checkpoint is whole.
+    """
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.written: dict[str, tuple[int, str]] = {}
+        self.failure: _Failure | None = None
+
+    def attempt(self, path: Path, write, state=None, zipfile: bool = True):
+        """`write()`'s result, or None once this rank has a failed write (this one or an earlier)."""
+        if self.failure is not None:
+            return None  # this rank's checkpoint is lost already
+        try:
+            return write()
+        except Exception as err:  # OSError mostly; torch and DeepSpeed raise RuntimeError too
+            self.failure = _failure(err, Path(path), state, zipfile)
+            return None
+
+    def save(self, state, path: Path | str, zipfile: bool = True) -> None:
+        """`hashed_save` of `state` to `path` (its directory made), recorded."""
+        path = Path(path)
+
+        def write():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return hashed_save(state, path, zipfile)
+
+        done = self.attempt(path, write, state, zipfile)
         with contextlib.suppress(ValueError):  # a file outside the tag directory is not the checkpoint's
-            written[str(Path(path).resolve().relative_to(target.resolve()))] = (size, digest)
+            if done is not None:
+                self.written[str(path.resolve().relative_to(self.target.resolve()))] = done
 
-    checkpoint_engine.save = save  # an instance attribute shadows the class's method
-    try:
-        yield written
-    finally:
-        del checkpoint_engine.save
+    @contextlib.contextmanager
+    def routing(self, engine):
+        """While inside, the DeepSpeed engine's checkpoint writes (and the recovery scripts it copies)
+        go through `save` / `attempt`. A checkpoint engine that is not torch's (an asynchronous one)
+        writes as it would, failures recorded; rank 0 then hashes its files from disk."""
+        checkpoint_engine, copy = engine.checkpoint_engine, engine._copy_recovery_script
+        if type(checkpoint_engine).__name__ == "TorchCheckpointEngine":
+            save = lambda state_dict, path: self.save(state_dict, path, checkpoint_engine.zipfile_serialization)
+        else:
+            inner = checkpoint_engine.save
+            save = lambda state_dict, path: self.attempt(Path(path), lambda: inner(state_dict, path), state_dict)
+        checkpoint_engine.save = save  # instance attributes shadow the classes' methods
+        engine._copy_recovery_script = lambda save_path: self.attempt(Path(save_path), lambda: copy(save_path))
+        try:
+            yield self
+        finally:
+            del checkpoint_engine.save, engine._copy_recovery_script
+
+
+def _first(failures) -> _Failure | None:
+    """The lowest rank's failure, or None."""
+    return next((failed for failed in failures if failed is not None), None)
+
+
+def _world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
 
 
 def _gather(item):
     """Every rank's `item`, in rank order (just [item] without torch.distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+    if _world() == 1:
         return [item]
     items = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(items, item)
@@ -264,31 +365,49 @@ class Checkpointer:
         self.rank = rank
 
     def save(self, engine, step: int, client_state: dict, rank_state: dict) -> str:
+        """Write checkpoint `step{step}` on every rank, then publish it (rank 0) only if every rank wrote
+        all of its files. A full disk (or any write error) on any rank: no rank publishes, rank 0 removes
+        the incomplete tag directory, every rank raises the same error (DiskFullError for ENOSPC/EDQUOT)."""
         tag = f"step{step}"
         target = self.directory / tag
+        writes = _Writes(target)
         if self.rank == 0:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            if target.exists():  # a leftover of an interrupted save, or a checkpoint that did not verify saved again:
-                shutil.rmtree(target)  # its old COMPLETE must not vouch for files being rewritten
+            writes.attempt(target, lambda: self._prepare(target))
         barrier()
-        with hashing_saves(engine, target) as written:
+        with writes.routing(engine):
             engine.save_checkpoint(str(self.directory), tag=tag, client_state={**client_state, "step": step}, save_latest=False)
-        target.mkdir(parents=True, exist_ok=True)
-        written[f"rank{self.rank}.pt"] = hashed_save({"rng": rng_state(), **rank_state}, target / f"rank{self.rank}.pt")
-        gathered = _gather(written)  # collective: every rank has written everything
-        if self.rank == 0:
-            files = {str(path.relative_to(target)): path.stat().st_size for path in sorted(target.rglob("*")) if path.is_file() and path.name != COMPLETE}
-            hashes = {}
-            for name, (size, digest) in (item for part in gathered for item in part.items()):
-                hashes[name] = digest if files.get(name) == size else None
-            for name in files:  # written some other way (or rewritten since): hashed from disk
-                if hashes.get(name) is None:
-                    hashes[name] = file_digest(target / name)
-            marker = {"step": step, "files": files, HASH: {name: hashes[name] for name in files}}
-            _atomic_write(target / COMPLETE, json.dumps(marker, indent=1))
-            _atomic_write(self.directory / LATEST, tag)
-        barrier()
+        writes.save({"rng": rng_state(), **rank_state}, target / f"rank{self.rank}.pt")
+        gathered = _gather((writes.written, writes.failure))  # collective: every rank has written everything, or failed
+        failure = _first(failed for _, failed in gathered)
+        if failure is None and self.rank == 0:
+            writes.attempt(target / COMPLETE, lambda: self._publish(target, step, [written for written, _ in gathered]))
+            failure = writes.failure
+        failure = _first(_gather(failure))  # collective: rank 0 published, or every rank knows it did not
+        if failure is not None:
+            if self.rank == 0:
+                shutil.rmtree(target, ignore_errors=True)  # never a half-written checkpoint; frees its space
+            barrier()
+            raise failure.error(self.directory, tag)
         return tag
+
+    def _prepare(self, target: Path) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # a leftover of an interrupted save, or a checkpoint that did not verify saved again:
+            shutil.rmtree(target)  # its old COMPLETE must not vouch for files being rewritten
+
+    def _publish(self, target: Path, step: int, gathered: list[dict[str, tuple[int, str]]]) -> None:
+        """Write `COMPLETE` (sizes and hashes of every file, `gathered` from the ranks where they hashed
+        while writing), then point `latest` at the checkpoint."""
+        files = {str(path.relative_to(target)): path.stat().st_size for path in sorted(target.rglob("*")) if path.is_file() and path.name != COMPLETE}
+        hashes = {}
+        for name, (size, digest) in (item for part in gathered for item in part.items()):
+            hashes[name] = digest if files.get(name) == size else None
+        for name in files:  # written some other way (or rewritten since): hashed from disk
+            if hashes.get(name) is None:
+                hashes[name] = file_digest(target / name)
+        marker = {"step": step, "files": files, HASH: {name: hashes[name] for name in files}}
+        _atomic_write(target / COMPLETE, json.dumps(marker, indent=1))
+        _atomic_write(self.directory / LATEST, target.name)
 
     def load(self, engine) -> dict | None:
         """Restore engine (weights, optimiser) and this rank's RNG from the newest complete checkpoint
@@ -341,14 +460,14 @@ class Checkpointer:
         hashes, sizes = marker.get(HASH), marker.get("files") or {}
         if not hashes:
             return None
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        world = _world()
         found = mismatches(target, _share({name: sizes.get(name, 0) for name in hashes}, self.rank, world))
         return sorted(line for part in _gather(found) for line in part)
 
     def _verify(self, target: Path) -> None:
         """Every file `COMPLETE` lists is there with its size; the world size is the one that wrote it."""
         listed = read_marker(target).get("files", {})  # older markers hold only the step
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        world = _world()
         ranks = sum(1 for name in listed if re.fullmatch(r"rank\d+\.pt", name))
         if ranks and ranks != world:
             raise CheckpointError(f"{target} was written by {ranks} rank(s), this run has {world}: resume with {ranks}")
