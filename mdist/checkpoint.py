@@ -7,34 +7,54 @@ Layout under `<run dir>/checkpoints/`:
     step6/COMPLETE     written by rank 0 after every rank has finished writing
     latest             the tag of the newest complete checkpoint (DeepSpeed's format)
 
-Publishing: every rank writes into the tag directory; a barrier; then rank 0 writes `COMPLETE`
-(the step and every file of the checkpoint with its size) and replaces `latest` atomically
-(`os.replace` of a temporary file). DeepSpeed's own non-atomic `latest` is switched off
-(`save_latest=False`). A save killed half-way leaves a tag directory without `COMPLETE`, so
-`--resume` never picks it up (and it is cleared before that tag is saved again).
+Publishing: every rank writes into the tag directory, hashing (sha256) each file as its bytes go
+out (DeepSpeed's checkpoint engine is routed through `hashed_save`, so nothing is read back); the
+ranks' digests are gathered; then rank 0 writes `COMPLETE` (the step, every file of the checkpoint
+with its size and its sha256) and replaces `latest` atomically (`os.replace` of a temporary
+file). DeepSpeed's own non-atomic `latest` is switched off (`save_latest=False`). A save killed
+half-way leaves a tag directory without `COMPLETE`, so `--resume` never picks it up (and it is
+cleared before that tag is saved again, as is a checkpoint saved again after it did not verify).
+
+A failed write (a full disk or quota, mostly) is recorded on its rank instead of raised, so that
+DeepSpeed's barriers between its writes stay matched; that rank writes nothing more. The failures
+travel with the digests, and again after rank 0 publishes: if any rank failed, nothing is published,
+rank 0 removes the incomplete tag directory and every rank raises the same one line (the file, the
+space it needed, the space free; `DiskFullError`), `latest` and the newest complete checkpoint intact.
 
 Resuming: from the newest complete checkpoint. `latest` names it unless something went wrong (a
 marker or `latest` lost, a crash between the two writes); then the newest complete one is taken
 anyway and the fallback is said. Before DeepSpeed reads anything, the files listed in `COMPLETE`
-are checked, so a missing or truncated file is named with what to do instead of a traceback.
+are checked, so a missing or truncated file is named with what to do instead of a traceback, and
+their contents are hashed (each rank a share of the bytes) and compared with `COMPLETE`: a file
+whose bytes changed since it was written (bit rot, a half-synced copy) is named and the newest older
+checkpoint that verifies is used instead, said. A `COMPLETE` of an older mdist has no hashes: its
+sizes are checked, and that only sizes were, said. `mdist runs verify RUN_DIR` checks every
+checkpoint of a run directory the same way without training.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mdist.engine import barrier
-from mdist.errors import CheckpointError
+from mdist.errors import CheckpointError, DiskFullError, disk_full
 
 LATEST = "latest"
 COMPLETE = "COMPLETE"
+HASH = "sha256"  # the key in COMPLETE and the hashlib algorithm
+_CHUNK = 16 << 20  # bytes per read when a file is hashed from disk
+_OVERLAP = 1 << 20  # writes of at least this many bytes are hashed on a second thread while written
 
 
 def rng_state() -> dict:
@@ -76,11 +96,265 @@ def fallback_note(directory: Path, tag: str) -> str | None:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _HashingWriter:
+    """A write-only file for `torch.save` that hashes every byte on its way to `handle`. A large
+    buffer (a tensor's storage) is hashed on `pool`'s thread while this one writes it: hashlib and
+    file writes both release the GIL, so where a core is free a save costs about the longer of the
+    two instead of their sum. Each write waits for its hash, so the digest sees the bytes in order."""
+
+    def __init__(self, handle, pool: ThreadPoolExecutor):
+        self.handle = handle
+        self.pool = pool
+        self.digest = hashlib.new(HASH)
+        self.size = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self.size += view.nbytes
+        if view.nbytes < _OVERLAP:
+            self.digest.update(view)
+            return self.handle.write(view)
+        hashing = self.pool.submit(self.digest.update, view)
+        try:
+            return self.handle.write(view)
+        finally:
+            hashing.result()
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def hashed_save(obj, path: Path | str, zipfile: bool = True) -> tuple[int, str]:
+    """`torch.save(obj, path)` that returns (size, hex digest) of the bytes it wrote, hashed as they
+    were written: the file is never read back."""
+    with open(path, "wb") as handle, ThreadPoolExecutor(1, thread_name_prefix="mdist-hash") as pool:
+        writer = _HashingWriter(handle, pool)
+        torch.save(obj, writer, _use_new_zipfile_serialization=zipfile)
+    return writer.size, writer.digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """The hex digest of a file on disk (verification, and files written outside `hashed_save`)."""
+    digest = hashlib.new(HASH)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+@dataclass
+class _Failure:
+    """A checkpoint write that failed on some rank (picklable: it travels to the other ranks)."""
+
+    rank: int
+    path: str
+    message: str
+    disk_full: bool
+    needed: int | None  # bytes the file needed, where known
+    free: int | None  # bytes free on its file system after the failure
+
+    def error(self, directory: Path, tag: str) -> Exception:
+        """The one line every rank raises (DiskFullError for a full disk or quota)."""
+        kept = latest_tag(directory)
+        kept = f"the newest complete checkpoint, {directory / kept}, is intact" if kept else "no complete checkpoint was written before it"
+        who = f" on rank {self.rank}" if _world() > 1 else ""
+        removed = f"removed the incomplete {directory / tag}; {kept}"
+        if not self.disk_full:
+            return CheckpointError(f"cannot write {self.path}{who} ({self.message}); {removed}")
+        need = f"it needs {_size(self.needed)}" if self.needed is not None else "it needs more"
+        free = f", {_size(self.free)} free" if self.free is not None else ""
+        return DiskFullError(f"disk full writing {self.path}{who} ({self.message}): {need}{free}; {removed}; "
+                             "free space, then continue with --resume")
+
+
+def _failure(err: Exception, path: Path, state, zipfile: bool) -> _Failure:
+    """What went wrong writing `path` (the torch `state` it held, if any), with the space it needed and
+    the space free; a partial file is removed at once to free its space."""
+    full = disk_full(err)
+    where = Path(err.filename) if isinstance(err, OSError) and err.filename else path
+    needed = hashed_save(state, os.devnull, zipfile)[0] if full and state is not None else None  # counted, not written
+    if isinstance(err, OSError) and where.is_file() and (state is not None or where.suffix == ".pt"):
+        where.unlink(missing_ok=True)
+    probe = next((p for p in (where, *where.parents) if p.exists()), None)
+    free = shutil.disk_usage(probe).free if probe is not None else None
+    message = err.strerror if isinstance(err, OSError) and err.strerror else f"{type(err).__name__}: {err}"
+    rank = torch.distributed.get_rank() if _world() > 1 else 0
+    return _Failure(rank, str(where), message, full, needed, free)
+
+
+class _Writes:
+    """This rank's writes of one checkpoint into `target`: the (size, digest) of each file it wrote
+    through `hashed_save` ({path relative to `target`: ...}), and its first failed write.
+
+    A failed write is recorded, not raised: DeepSpeed's save_checkpoint holds barriers between its
+    writes, and a rank that raised half-way would leave the others waiting in one. After a failure
+    this rank writes nothing more; the ranks then agree (in `Checkpointer.save`) on whether the
+    checkpoint is whole.
+    """
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.written: dict[str, tuple[int, str]] = {}
+        self.failure: _Failure | None = None
+
+    def attempt(self, path: Path, write, state=None, zipfile: bool = True):
+        """`write()`'s result, or None once this rank has a failed write (this one or an earlier)."""
+        if self.failure is not None:
+            return None  # this rank's checkpoint is lost already
+        try:
+            return write()
+        except Exception as err:  # OSError mostly; torch and DeepSpeed raise RuntimeError too
+            self.failure = _failure(err, Path(path), state, zipfile)
+            return None
+
+    def save(self, state, path: Path | str, zipfile: bool = True) -> None:
+        """`hashed_save` of `state` to `path` (its directory made), recorded."""
+        path = Path(path)
+
+        def write():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return hashed_save(state, path, zipfile)
+
+        done = self.attempt(path, write, state, zipfile)
+        with contextlib.suppress(ValueError):  # a file outside the tag directory is not the checkpoint's
+            if done is not None:
+                self.written[str(path.resolve().relative_to(self.target.resolve()))] = done
+
+    @contextlib.contextmanager
+    def routing(self, engine):
+        """While inside, the DeepSpeed engine's checkpoint writes (and the recovery scripts it copies)
+        go through `save` / `attempt`. A checkpoint engine that is not torch's (an asynchronous one)
+        writes as it would, failures recorded; rank 0 then hashes its files from disk."""
+        checkpoint_engine, copy = engine.checkpoint_engine, engine._copy_recovery_script
+        if type(checkpoint_engine).__name__ == "TorchCheckpointEngine":
+            save = lambda state_dict, path: self.save(state_dict, path, checkpoint_engine.zipfile_serialization)
+        else:
+            inner = checkpoint_engine.save
+            save = lambda state_dict, path: self.attempt(Path(path), lambda: inner(state_dict, path), state_dict)
+        checkpoint_engine.save = save  # instance attributes shadow the classes' methods
+        engine._copy_recovery_script = lambda save_path: self.attempt(Path(save_path), lambda: copy(save_path))
+        try:
+            yield self
+        finally:
+            del checkpoint_engine.save, engine._copy_recovery_script
+
+
+def _first(failures) -> _Failure | None:
+    """The lowest rank's failure, or None."""
+    return next((failed for failed in failures if failed is not None), None)
+
+
+def _world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+
+
+def _gather(item):
+    """Every rank's `item`, in rank order (just [item] without torch.distributed)."""
+    if _world() == 1:
+        return [item]
+    items = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(items, item)
+    return items
+
+
+def _share(sizes: dict[str, int], rank: int, world: int) -> list[str]:
+    """The files rank `rank` of `world` hashes when a checkpoint is verified: the largest file first
+    to the rank with the fewest bytes so far, the same split on every rank."""
+    load = [0] * world
+    mine = []
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        least = load.index(min(load))
+        load[least] += sizes[name]
+        if least == rank:
+            mine.append(name)
+    return mine
+
+
+def read_marker(target: Path) -> dict:
+    """`COMPLETE` of a checkpoint as a dict ({} when it holds no JSON: the oldest markers held only the step)."""
+    try:
+        marker = json.loads((target / COMPLETE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def mismatches(target: Path, names: list[str] | None = None) -> list[str]:
+    """Each file of `names` (default: all that `COMPLETE` hashed) whose bytes differ from its recorded
+    hash, as a sentence naming it; files that are missing or resized are left to the size check."""
+    marker = read_marker(target)
+    hashes, sizes = marker.get(HASH) or {}, marker.get("files") or {}
+    found = []
+    for name in hashes if names is None else names:
+        path = target / name
+        if name not in hashes or not path.is_file() or (name in sizes and path.stat().st_size != sizes[name]):
+            continue
+        if file_digest(path) != hashes[name]:
+            found.append(f"{path} does not match the {HASH} that {target / COMPLETE} records for it (its bytes changed after it was written)")
+    return found
+
+
+def size_problems(target: Path, sizes: dict[str, int], names) -> list[str]:
+    """Each file of `names` that is missing from `target` or whose size differs from `sizes`, as a sentence."""
+    found = []
+    for name in names:
+        path = target / name
+        if not path.is_file():
+            found.append(f"{path} is missing from a complete checkpoint")
+        elif name in sizes and path.stat().st_size != sizes[name]:
+            found.append(f"{path} has {path.stat().st_size} bytes, {sizes[name]} were written (truncated or replaced)")
+    return found
+
+
+def verify_checkpoints(directory: Path) -> tuple[list[str], bool]:
+    """Check every complete checkpoint in `directory` as `--resume` would (sizes, then contents
+    against `COMPLETE`), all in this process and without loading anything. Returns the lines to
+    print (one per checkpoint and each problem, then what `--resume` would do) and whether every
+    complete checkpoint verified."""
+    lines, outcome, ok = [], None, True
+    for tag in reversed(complete_tags(directory)):  # newest first, as --resume tries them
+        target = directory / tag
+        marker = read_marker(target)
+        sizes = marker.get("files") or {}
+        resized = size_problems(target, sizes, sizes)
+        problems = resized + mismatches(target)
+        if problems:
+            ok = False
+            lines += [f"{target}: FAILED"] + [f"  {problem}" for problem in problems]
+            if resized and outcome is None:
+                outcome = f"--resume would stop at {target} ({resized[0]})"
+            continue
+        if marker.get(HASH):
+            lines.append(f"{target}: ok ({len(sizes)} files, sizes and {HASH})")
+        else:
+            lines.append(f"{target}: ok, sizes only ({len(sizes)} files; its {COMPLETE} records no content hashes: an older mdist wrote it)")
+        if outcome is None:
+            outcome = f"--resume would continue from {target}"
+    for path in sorted(directory.glob("step*")):
+        if path.is_dir() and not (path / COMPLETE).is_file():
+            lines.append(f"{path}: incomplete (no {COMPLETE}), never resumed from")
+    if outcome is None:
+        outcome = f"no complete checkpoint in {directory}" + (": --resume would start from step 0" if ok else " verifies: --resume would stop")
+    return [*lines, outcome], ok
 
 
 class Checkpointer:
@@ -91,36 +365,78 @@ class Checkpointer:
         self.rank = rank
 
     def save(self, engine, step: int, client_state: dict, rank_state: dict) -> str:
+        """Write checkpoint `step{step}` on every rank, then publish it (rank 0) only if every rank wrote
+        all of its files. A full disk (or any write error) on any rank: no rank publishes, rank 0 removes
+        the incomplete tag directory, every rank raises the same error (DiskFullError for ENOSPC/EDQUOT)."""
         tag = f"step{step}"
         target = self.directory / tag
+        writes = _Writes(target)
         if self.rank == 0:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            if target.exists() and latest_tag(self.directory) != tag:
-                shutil.rmtree(target)  # a leftover of an interrupted save
+            writes.attempt(target, lambda: self._prepare(target))
         barrier()
-        engine.save_checkpoint(str(self.directory), tag=tag, client_state={**client_state, "step": step}, save_latest=False)
-        target.mkdir(parents=True, exist_ok=True)
-        torch.save({"rng": rng_state(), **rank_state}, target / f"rank{self.rank}.pt")
-        barrier()  # every rank has written everything
-        if self.rank == 0:
-            files = {str(path.relative_to(target)): path.stat().st_size for path in sorted(target.rglob("*")) if path.is_file()}
-            _atomic_write(target / COMPLETE, json.dumps({"step": step, "files": files}, indent=1))
-            _atomic_write(self.directory / LATEST, tag)
-        barrier()
+        with writes.routing(engine):
+            engine.save_checkpoint(str(self.directory), tag=tag, client_state={**client_state, "step": step}, save_latest=False)
+        writes.save({"rng": rng_state(), **rank_state}, target / f"rank{self.rank}.pt")
+        gathered = _gather((writes.written, writes.failure))  # collective: every rank has written everything, or failed
+        failure = _first(failed for _, failed in gathered)
+        if failure is None and self.rank == 0:
+            writes.attempt(target / COMPLETE, lambda: self._publish(target, step, [written for written, _ in gathered]))
+            failure = writes.failure
+        failure = _first(_gather(failure))  # collective: rank 0 published, or every rank knows it did not
+        if failure is not None:
+            if self.rank == 0:
+                shutil.rmtree(target, ignore_errors=True)  # never a half-written checkpoint; frees its space
+            barrier()
+            raise failure.error(self.directory, tag)
         return tag
 
+    def _prepare(self, target: Path) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # a leftover of an interrupted save, or a checkpoint that did not verify saved again:
+            shutil.rmtree(target)  # its old COMPLETE must not vouch for files being rewritten
+
+    def _publish(self, target: Path, step: int, gathered: list[dict[str, tuple[int, str]]]) -> None:
+        """Write `COMPLETE` (sizes and hashes of every file, `gathered` from the ranks where they hashed
+        while writing), then point `latest` at the checkpoint."""
+        files = {str(path.relative_to(target)): path.stat().st_size for path in sorted(target.rglob("*")) if path.is_file() and path.name != COMPLETE}
+        hashes = {}
+        for name, (size, digest) in (item for part in gathered for item in part.items()):
+            hashes[name] = digest if files.get(name) == size else None
+        for name in files:  # written some other way (or rewritten since): hashed from disk
+            if hashes.get(name) is None:
+                hashes[name] = file_digest(target / name)
+        marker = {"step": step, "files": files, HASH: {name: hashes[name] for name in files}}
+        _atomic_write(target / COMPLETE, json.dumps(marker, indent=1))
+        _atomic_write(self.directory / LATEST, target.name)
+
     def load(self, engine) -> dict | None:
-        """Restore engine (weights, optimiser) and this rank's RNG from the newest complete checkpoint.
+        """Restore engine (weights, optimiser) and this rank's RNG from the newest complete checkpoint
+        whose files verify.
 
         Returns the client state (scheduler, MLflow run id, step) merged with this rank's own state
-        (data cursor) and `tag` / `fallback` (a note when `latest` named another), or None when
-        there is no complete checkpoint.
+        (data cursor) and `tag` / `notes` (lines to say: a checkpoint skipped because a file's bytes
+        changed, `latest` naming another, a marker without hashes), or None when there is no
+        complete checkpoint. Collective: every rank verifies a share of the files.
         """
-        tag = latest_tag(self.directory)
-        if tag is None:
+        tags = complete_tags(self.directory)
+        if not tags:
             return None
-        target = self.directory / tag
-        self._verify(target)
+        notes = []
+        for tag in reversed(tags):
+            target = self.directory / tag
+            self._verify(target)
+            found = self._verify_contents(target)
+            if not found:
+                break
+            notes.append(f"{'; '.join(found)}; not resuming from {target}")
+        else:
+            raise CheckpointError(f"{notes[0]}, and no older checkpoint in {self.directory} verifies: start afresh with --overwrite")
+        if notes:
+            notes.append(f"using the newest older checkpoint that verifies, {target}")
+        elif note := fallback_note(self.directory, tag):
+            notes.append(note)
+        if found is None:
+            notes.append(f"{target / COMPLETE} records no content hashes (an older mdist wrote it): only file sizes were checked")
         try:
             _, client = engine.load_checkpoint(str(self.directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
         except Exception as err:  # DeepSpeed and torch raise many types for an unreadable file
@@ -134,26 +450,30 @@ class Checkpointer:
             raise CheckpointError(f"cannot read {rank_file}: {type(err).__name__}: {err}; {self._instead(tag)}") from None
         set_rng_state(rank_state.pop("rng"))
         client.update(rank_state)
-        client.update(tag=tag, fallback=fallback_note(self.directory, tag))
+        client.update(tag=tag, notes=notes)
         return client
+
+    def _verify_contents(self, target: Path) -> list[str] | None:
+        """The files of `target` whose bytes differ from their hashes in `COMPLETE`, as sentences (all
+        ranks get all of them; each hashes its share); None when `COMPLETE` records no hashes."""
+        marker = read_marker(target)
+        hashes, sizes = marker.get(HASH), marker.get("files") or {}
+        if not hashes:
+            return None
+        world = _world()
+        found = mismatches(target, _share({name: sizes.get(name, 0) for name in hashes}, self.rank, world))
+        return sorted(line for part in _gather(found) for line in part)
 
     def _verify(self, target: Path) -> None:
         """Every file `COMPLETE` lists is there with its size; the world size is the one that wrote it."""
-        try:
-            marker = json.loads((target / COMPLETE).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            marker = None
-        listed = marker.get("files", {}) if isinstance(marker, dict) else {}  # older markers hold only the step
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        listed = read_marker(target).get("files", {})  # older markers hold only the step
+        world = _world()
         ranks = sum(1 for name in listed if re.fullmatch(r"rank\d+\.pt", name))
         if ranks and ranks != world:
             raise CheckpointError(f"{target} was written by {ranks} rank(s), this run has {world}: resume with {ranks}")
-        for name in [*listed, f"rank{self.rank}.pt"]:
-            path = target / name
-            if not path.is_file():
-                raise CheckpointError(f"{path} is missing from a complete checkpoint; {self._instead(target.name)}")
-            if name in listed and path.stat().st_size != listed[name]:
-                raise CheckpointError(f"{path} has {path.stat().st_size} bytes, {listed[name]} were written (truncated or replaced); {self._instead(target.name)}")
+        problems = size_problems(target, listed, [*listed, f"rank{self.rank}.pt"])
+        if problems:
+            raise CheckpointError(f"{problems[0]}; {self._instead(target.name)}")
 
     def _instead(self, tag: str) -> str:
         """What to do about an unusable complete checkpoint."""

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from mdist import commands
+from mdist.errors import DiskFullError, disk_full, disk_full_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,3 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     except commands.UserError as err:
         print(f"mdist {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except DiskFullError as err:
+        print(f"mdist {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if not disk_full(err):
+            raise
+        print(f"mdist {args.command}: error: {disk_full_line(err)}", file=sys.stderr)
+        return 1

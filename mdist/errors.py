@@ -2,6 +2,9 @@
 
 A leaf: it imports nothing of mdist, so any module can raise these without an import circle.
 """
+import errno
+import shutil
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -28,4 +31,25 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing or unreadable; the message names the file and what to do."""
 
 
+class DiskFullError(RuntimeError):
+    """The disk (or quota) filled up while the run wrote a file; names the file, the space it needed and
+    what was kept. Not bad input: `mdist` reports it as one line with exit code 1."""
+
+
 UserError = (ConfigError, TeacherError, DataError, NonFiniteLossError, RunDirError, CheckpointError, FileNotFoundError)
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err` says the disk or the user's quota is full."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_line(err: OSError) -> str:
+    """One line for a full disk met outside a checkpoint (the export, the summary): the file and the space left."""
+    where = Path(err.filename) if err.filename else None
+    free = ""
+    if where is not None:
+        probe = next((p for p in (where, *where.parents) if p.exists()), None)
+        if probe is not None:
+            free = f", {shutil.disk_usage(probe).free} bytes free"
+    return f"{err.strerror} writing {where or 'a file'}{free}; free space, then continue with --resume"

@@ -23,7 +23,7 @@ from mdist.engine import (
     shutdown_distributed, student_engine, teacher_engine,
 )
 from mdist.encode import compile_encoder_layers
-from mdist.errors import DataError, NonFiniteLossError
+from mdist.errors import CheckpointError, DataError, DiskFullError, NonFiniteLossError
 from mdist.export import export_students
 from mdist.fused_encoder import enable_fused_encoder
 from mdist.heldout import HeldOut, read_heldout
@@ -152,8 +152,8 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
         if heldout is not None:
             heldout.load_state_dict(restored.get("heldout", {}))
         if rank == 0:
-            if restored["fallback"]:
-                print(restored["fallback"], flush=True)
+            for note in restored["notes"]:
+                print(note, flush=True)
             print(f"resuming from {checkpoints / restored['tag']} at step {start_step}", flush=True)
     elif resume and rank == 0:
         print(f"no complete checkpoint in {checkpoints}; starting from step 0", flush=True)
@@ -213,6 +213,13 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
         tag = latest_tag(checkpoints)
         kept = f"last good checkpoint: {checkpoints / tag}" if tag else "no checkpoint was written before it"
         raise NonFiniteLossError(f"{err}; {kept}") from None
+    except (DiskFullError, CheckpointError):  # a checkpoint no rank could finish (every rank raises it, see Checkpointer.save)
+        try:
+            tracker.close(status=None)  # RUNNING, as after a pre-emption: --resume continues the MLflow run
+        except OSError:
+            pass
+        shutdown_distributed()
+        raise
     finally:
         stop.restore()
         source.close()

@@ -230,6 +230,14 @@ def resume_with_a_corrupt_summary(tmp, teacher, run, request):
 RESUME = ("train.steps=3", "train.save_every=1")
 
 
+def without_hashes(step: Path) -> None:
+    """`COMPLETE` as an older mdist wrote it (sizes only), so that a same-sized unreadable file reaches
+    torch (with its hash, the checkpoint would not verify and the one before would be used)."""
+    marker = json.loads((step / "COMPLETE").read_text())
+    del marker["sha256"]
+    (step / "COMPLETE").write_text(json.dumps(marker))
+
+
 @case("{tmp}/out/checkpoints/step2/rank0.pt is missing from a complete checkpoint; remove {tmp}/out/checkpoints/step2 to resume from step1, or start afresh with --overwrite")
 def checkpoint_rank_file_missing(tmp, teacher, run, request):
     (run() / "checkpoints" / "step2" / "rank0.pt").unlink()
@@ -247,6 +255,7 @@ def checkpoint_model_states_truncated(tmp, teacher, run, request):
 def checkpoint_model_states_garbage(tmp, teacher, run, request):
     path = run() / "checkpoints" / "step2" / "mp_rank_00_model_states.pt"
     path.write_bytes(bytes(path.stat().st_size))
+    without_hashes(path.parent)
     return distill(tmp, teacher, *RESUME) + ["--resume"]
 
 
@@ -254,6 +263,7 @@ def checkpoint_model_states_garbage(tmp, teacher, run, request):
 def checkpoint_rank_file_garbage(tmp, teacher, run, request):
     path = run() / "checkpoints" / "step2" / "rank0.pt"
     path.write_bytes(bytes(path.stat().st_size))
+    without_hashes(path.parent)
     return distill(tmp, teacher, *RESUME) + ["--resume"]
 
 
@@ -265,6 +275,23 @@ def checkpoint_of_another_world_size(tmp, teacher, run, request):
     marker["files"]["rank1.pt"] = marker["files"]["rank0.pt"]
     (step / "COMPLETE").write_text(json.dumps(marker))
     return distill(tmp, teacher, *RESUME) + ["--resume"]
+
+
+@case("{tmp}/out/checkpoints/step2/mp_rank_00_model_states.pt does not match the sha256 that {tmp}/out/checkpoints/step2/COMPLETE records for it (its bytes changed after it was written); not resuming from {tmp}/out/checkpoints/step2, and no older checkpoint in {tmp}/out/checkpoints verifies: start afresh with --overwrite")
+def checkpoint_bytes_changed_in_every_checkpoint(tmp, teacher, run, request):
+    checkpoints = run() / "checkpoints"
+    for tag in ("step1", "step2"):
+        path = checkpoints / tag / "mp_rank_00_model_states.pt"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01  # size unchanged
+        path.write_bytes(bytes(data))
+    return distill(tmp, teacher, *RESUME) + ["--resume"]
+
+
+@case("runs verify: '{tmp}/out' holds no checkpoints (no checkpoints/step*)")
+def verify_a_directory_without_checkpoints(tmp, teacher, run, request):
+    (tmp / "out").mkdir()
+    return ["runs", "verify", str(tmp / "out")]
 
 
 @pytest.fixture(scope="module")

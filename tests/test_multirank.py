@@ -44,9 +44,10 @@ def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def _torchrun(out: Path, *sets: str) -> subprocess.CompletedProcess:
+    """Two ranks of `mdist distill`; each of `sets` is a `--set` item, or a flag when it starts with '--'."""
     cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "mdist", "distill", *COMMON, "--out", str(out)]
     for s in sets:
-        cmd += ["--set", s]
+        cmd += [s] if s.startswith("--") else ["--set", s]
     return _run(cmd)
 
 
@@ -123,3 +124,34 @@ def test_zero3_teacher_is_never_whole_on_a_rank(recipe_teacher_dir, tmp_path):
     assert peak["shard"] <= peak["whole"] / 2 + 64  # its half (shards are padded to equal sizes)
     assert peak["largest"] <= peak["peak_gathered"] < 3 * peak["largest"]  # tensor by tensor, a module's few at most
     assert peak["shard"] + peak["peak_gathered"] < 0.8 * peak["whole"], peak
+
+
+def test_two_rank_zero3_checkpoint_with_a_flipped_byte_in_rank1s_file_is_caught(recipe_teacher_dir, tmp_path):
+    """ZeRO-3 on 2 ranks: every rank's partition files carry a sha256 in `COMPLETE` (each rank hashes
+    what it writes, rank 0 gathers). One bit flipped in rank 1's optimiser partition of the newest
+    checkpoint: `runs verify` names the file and exits 1; `--resume` names it, continues from the
+    checkpoint before, and exports the uninterrupted run's students."""
+    sets = [f"teacher.path={recipe_teacher_dir}", "deepspeed.zero_stage=3", "train.batch_size=2", "train.save_every=1"]
+    _torchrun(tmp_path / "reference", *sets)
+    step2 = tmp_path / "reference" / "checkpoints" / "step2"
+    marker = json.loads((step2 / "COMPLETE").read_text())
+    partitions = {f"zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt" for r in (0, 1) for kind in ("model", "optim")}
+    assert set(marker["sha256"]) == set(marker["files"]) == partitions | {"rank0.pt", "rank1.pt"}
+
+    run = tmp_path / "run"
+    shutil.copytree(tmp_path / "reference" / "checkpoints", run / "checkpoints")
+    shutil.rmtree(run / "checkpoints" / "step3")  # stopped after step 2
+    (run / "checkpoints" / "latest").write_text("step2")
+    broken = run / "checkpoints" / "step2" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    data = bytearray(broken.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    broken.write_bytes(bytes(data))
+
+    verify = subprocess.run([sys.executable, "-m", "mdist", "runs", "verify", str(run)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 1 and f"  {broken} does not match the sha256" in verify.stdout, verify.stdout + verify.stderr[-2000:]
+    resumed = _torchrun(run, *sets, "--resume").stdout
+    assert f"{broken} does not match the sha256 that {broken.parent / 'COMPLETE'} records for it" in resumed, resumed[-3000:]
+    assert f"resuming from {run / 'checkpoints' / 'step1'} at step 1" in resumed
+    for name in ("en", "tr"):
+        path = Path("students") / name / "model.safetensors"
+        assert (run / path).read_bytes() == (tmp_path / "reference" / path).read_bytes(), name

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from mdist.config import load_run_config, recipe_names
-from mdist.rundir import check_out_dir, finished_summary
+from mdist.rundir import RunLock, check_out_dir, finished_summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.recipe, args.overrides)
+    with RunLock(args.out):  # one run per directory, held until this run ends (mdist.rundir)
+        return _run_locked(args, cfg)
+
+
+def _run_locked(args: argparse.Namespace, cfg) -> int:
     check_out_dir(args.out, args.resume, args.overwrite)
     finished = finished_summary(args.out, cfg.train.steps) if args.resume else None
     if finished is not None:

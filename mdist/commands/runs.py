@@ -1,4 +1,5 @@
-"""`mdist runs`: a table of distillation runs (terminal and Markdown), loss plots, and `mdist runs sync RUN_DIR`."""
+"""`mdist runs`: a table of distillation runs (terminal and Markdown), loss plots, `mdist runs sync RUN_DIR`,
+and `mdist runs verify RUN_DIR` (its checkpoints' files against the sizes and hashes in their `COMPLETE`)."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,11 @@ from mdist.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("runs", help="compare distillation runs from a tracking store; 'runs sync RUN_DIR' sends waiting records")
-    parser.add_argument("action", nargs="?", choices=["list", "sync"], default="list", help="list (default) or sync")
-    parser.add_argument("run_dir", nargs="?", type=Path, help="sync: the run directory whose waiting MLflow records are sent")
+    parser = sub.add_parser("runs", help="compare distillation runs from a tracking store; 'runs sync RUN_DIR' sends waiting records; "
+                            "'runs verify RUN_DIR' checks its checkpoints")
+    parser.add_argument("action", nargs="?", choices=["list", "sync", "verify"], default="list", help="list (default), sync or verify")
+    parser.add_argument("run_dir", nargs="?", type=Path, help="sync: the run directory whose waiting MLflow records are sent; "
+                        "verify: the run directory whose checkpoints are checked (exit 1 when a file is missing, resized or its bytes changed)")
     parser.add_argument("--store", type=Path, metavar="RUN_DIR", help="the embedded store of a run directory (default: MLFLOW_TRACKING_URI)")
     parser.add_argument("--tracking-uri", help="a tracking server or store URI (overrides MLFLOW_TRACKING_URI)")
     parser.add_argument("--experiment", action="append", help="only runs of this experiment (repeatable)")
@@ -37,6 +40,8 @@ def _uri(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "verify":
+        return verify(args.run_dir)
     from mdist.tracking import client_for
     from mdist.tracking.runs import markdown, plot_losses, runs_table, sync
 
@@ -67,3 +72,18 @@ def run(args: argparse.Namespace) -> int:
         curves = plot_losses(client, [row["run_id"] for row in rows], args.metric, args.plot)
         print(f"wrote {args.plot} ({curves} curves)")
     return 0
+
+
+def verify(run_dir: Path | None) -> int:
+    """Check every complete checkpoint of a run directory (or of a checkpoints directory) as `--resume`
+    would, without training: 0 when all verify, 1 when one does not."""
+    from mdist.checkpoint import verify_checkpoints
+
+    if run_dir is None or not run_dir.is_dir():
+        raise FileNotFoundError(f"runs verify: '{run_dir}' is not a run directory")
+    directory = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
+    if not any(directory.glob("step*")):
+        raise FileNotFoundError(f"runs verify: '{run_dir}' holds no checkpoints (no checkpoints/step*)")
+    lines, ok = verify_checkpoints(directory)
+    print("\n".join(lines))
+    return 0 if ok else 1
