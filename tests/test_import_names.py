@@ -13,6 +13,7 @@ import subprocess
 import sys
 from importlib.machinery import PathFinder
 from pathlib import Path
+from textwrap import dedent
 
 import pytest
 
@@ -38,16 +39,14 @@ def test_python_dash_m_mdist_from_the_root_works():
 
 
 def test_transformers_modelling_code_gets_hugging_faces_kernels_and_mdist_gets_its_own():
-    probe = (
-        "import sys\n"
-        "import transformers.integrations.hub_kernels\n"
-        "from transformers import XLMRobertaForMaskedLM\n"
-        "import mdist.kernels\n"
-        "print(mdist.kernels.__file__)\n"
-        "top = sys.modules.get('kernels')\n"
-        "print(getattr(top, '__file__', None))\n"
-    )
-    proc = _run_from_root("-c", probe)
+    proc = _run_from_root("-c", dedent("""
+        import sys
+        import transformers.integrations.hub_kernels
+        from transformers import XLMRobertaForMaskedLM
+        import mdist.kernels
+        print(mdist.kernels.__file__)
+        print(getattr(sys.modules.get('kernels'), '__file__', None))
+    """))
     assert proc.returncode == 0, proc.stderr[-2000:]
     own, top = proc.stdout.split()
     assert Path(own) == OWN_KERNELS
@@ -65,17 +64,16 @@ def test_import_kernels_from_the_root_is_hugging_faces_or_missing():
 
 def test_without_hugging_faces_kernels_the_import_fails_as_a_missing_module():
     """Site-packages taken off the path stands in for an environment without Hugging Face's `kernels`."""
-    probe = (
-        "import sys\n"
-        "sys.path[:] = [p for p in sys.path if 'site-packages' not in p and 'dist-packages' not in p]\n"
-        "try:\n"
-        "    import kernels\n"
-        "except ModuleNotFoundError as error:\n"
-        "    print('missing', error.name)\n"
-        "else:\n"
-        "    print('found', kernels.__file__)\n"
-    )
-    proc = _run_from_root("-c", probe)
+    proc = _run_from_root("-c", dedent("""
+        import sys
+        sys.path[:] = [p for p in sys.path if 'site-packages' not in p and 'dist-packages' not in p]
+        try:
+            import kernels
+        except ModuleNotFoundError as error:
+            print('missing', error.name)
+        else:
+            print('found', kernels.__file__)
+    """))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["missing", "kernels"]
 
