@@ -28,4 +28,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing or unreadable; the message names the file and what to do."""
 
 
-UserError = (ConfigError, TeacherError, DataError, NonFiniteLossError, RunDirError, CheckpointError, FileNotFoundError)
+class TrackingUnreachableError(ConnectionError):
+    """The MLflow tracking server does not answer; the message names it (and what waits to be sent)."""
+
+
+UserError = (ConfigError, TeacherError, DataError, NonFiniteLossError, RunDirError, CheckpointError, TrackingUnreachableError,
+             FileNotFoundError)

@@ -139,3 +139,22 @@ def test_close_sends_everything_at_once_when_the_server_is_back(sqlite_tracker):
     assert time.monotonic() - started < 3
     assert _history(tracker, "loss") == list(range(10))
 
+
+def test_runs_sync_and_runs_with_the_server_unreachable_say_so_in_one_line(tmp_path, capsys, monkeypatch):
+    from mdist.cli import main
+    from mdist.tracking import Journal
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    journal = Journal.open(tmp_path / "mlflow-queue" / "distill.jsonl", {"uri": uri, "experiment": "exp"})
+    for step in range(4):
+        journal.log_metrics({"loss": 1.0}, step)
+    assert main(["runs", "sync", str(tmp_path)]) != 0
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert f"{uri} is unreachable; 4 record(s) wait in {tmp_path}" in err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["runs"]) != 0
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"mdist runs: error: the tracking server {uri} is unreachable\n"

@@ -39,6 +39,18 @@ def _refused(err: Exception) -> bool:
     return isinstance(err, MlflowException) and 400 <= err.get_http_status_code() < 500
 
 
+def unreachable(err: BaseException | None) -> bool:
+    """Whether `err` (or an error it was raised from) says the server could not be reached at all:
+    refused, timed out, no route; not an answer refusing the request."""
+    import requests
+
+    while err is not None:
+        if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _send(journal: Journal, records: int, call, *args, **kwargs) -> None:
     try:
         call(*args, **kwargs)
