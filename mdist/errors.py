@@ -36,7 +36,12 @@ class DiskFullError(RuntimeError):
     what was kept. Not bad input: `mdist` reports it as one line with exit code 1."""
 
 
-UserError = (ConfigError, TeacherError, DataError, NonFiniteLossError, RunDirError, CheckpointError, FileNotFoundError)
+class TrackingUnreachableError(ConnectionError):
+    """The MLflow tracking server does not answer; the message names it (and what waits to be sent)."""
+
+
+UserError = (ConfigError, TeacherError, DataError, NonFiniteLossError, RunDirError, CheckpointError, TrackingUnreachableError,
+             FileNotFoundError)
 
 
 def disk_full(err: BaseException) -> bool:

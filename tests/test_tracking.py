@@ -1,5 +1,7 @@
 """Tracking never stalls or breaks a run: MLflow calls are bounded in time (a silent server costs
-seconds, then calls pause), and with tracking off mlflow is not needed at all."""
+seconds, then calls pause), and with tracking off mlflow is not needed at all. Records go in batches,
+a returning server is noticed within seconds, close() sends what waits at once, and the `mdist runs`
+commands say in one line when the server does not answer."""
 from __future__ import annotations
 
 import socket
@@ -7,6 +9,7 @@ import sys
 import time
 
 import pytest
+import requests
 
 from mdist.tracking import HTTP_BOUNDS, Tracker
 
@@ -56,3 +59,101 @@ def test_tracking_off_needs_no_mlflow(tmp_path, tiny_teacher_dir, monkeypatch):
     cfg = load_run_config("tiny", ["train.steps=1", "tracking.enabled=false", f"teacher.path={tiny_teacher_dir}"])
     summary = run_distillation(cfg, tmp_path / "run")
     assert summary["steps"] == 1 and summary["mlflow_run_id"] is None
+
+
+class Outage:
+    """The sender's MLflow client behind a switch: while `away`, each call hangs `hang` s and then
+    fails as an unreachable server does; every call is counted (name, time)."""
+
+    def __init__(self, client, away: bool = True, hang: float = 0.0):
+        self.client, self.away, self.hang, self.calls = client, away, hang, []
+
+    def __getattr__(self, name):
+        real = getattr(self.client, name)
+
+        def call(*args, **kwargs):
+            self.calls.append((name, time.monotonic()))
+            if self.away:
+                time.sleep(self.hang)
+                raise requests.exceptions.ConnectionError("connection refused")
+            return real(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def sqlite_tracker(tmp_path, monkeypatch):
+    """A Tracker on the run directory's sqlite store, its sender's client behind an Outage (up)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker(tmp_path, "exp")
+    assert tracker.run_id is not None
+    outage = Outage(tracker._sender._client, away=False)
+    monkeypatch.setattr(tracker._sender, "_client", outage)
+    yield tracker, outage
+    tracker.close()
+
+
+def _history(tracker, key: str) -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    return sorted(m.step for m in MlflowClient(tracker.journal.header["uri"]).get_metric_history(tracker.run_id, key))
+
+
+def test_records_of_many_steps_go_in_one_batch(sqlite_tracker):
+    tracker, outage = sqlite_tracker
+    for step in range(30):  # a step every 20 ms: record by record, this was one request each
+        tracker.log_metrics({"loss": 1.0, "lr": 0.1}, step)
+        time.sleep(0.02)
+    assert tracker.close() == 0
+    assert [name for name, _ in outage.calls].count("log_batch") <= 2, outage.calls
+    assert _history(tracker, "loss") == list(range(30))
+
+
+def test_a_returning_server_is_noticed_within_seconds(sqlite_tracker):
+    tracker, outage = sqlite_tracker
+    outage.away = True
+    for step in range(5):
+        tracker.log_metrics({"loss": 1.0}, step)
+    while len(outage.calls) < 4:  # failed attempts, backing off (after 1, 2 and 4 s): 7 s away
+        time.sleep(0.05)
+    time.sleep(0.5)
+    outage.away = False
+    back = time.monotonic()
+    while tracker.journal.pending() and time.monotonic() - back < 30:
+        time.sleep(0.05)
+    assert not tracker.journal.pending()
+    assert time.monotonic() - back < 5.5  # a backoff growing on to a minute: 7.5 s here, minutes later on
+
+
+def test_close_sends_everything_at_once_when_the_server_is_back(sqlite_tracker):
+    tracker, outage = sqlite_tracker
+    outage.away, outage.hang = True, 0.5
+    for step in range(10):
+        tracker.log_metrics({"loss": 1.0}, step)
+    while len(outage.calls) < 2:  # the second failing attempt is under way ...
+        time.sleep(0.01)
+    outage.away = False  # ... when the server returns and the run ends
+    started = time.monotonic()
+    assert tracker.close() == 0  # not left to `mdist runs sync` because that attempt failed
+    assert time.monotonic() - started < 3
+    assert _history(tracker, "loss") == list(range(10))
+
+
+def test_runs_sync_and_runs_with_the_server_unreachable_say_so_in_one_line(tmp_path, capsys, monkeypatch):
+    from mdist.cli import main
+    from mdist.tracking import Journal
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    journal = Journal.open(tmp_path / "mlflow-queue" / "distill.jsonl", {"uri": uri, "experiment": "exp"})
+    for step in range(4):
+        journal.log_metrics({"loss": 1.0}, step)
+    assert main(["runs", "sync", str(tmp_path)]) != 0
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert f"{uri} is unreachable; 4 record(s) wait in {tmp_path}" in err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["runs"]) != 0
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"mdist runs: error: the tracking server {uri} is unreachable\n"

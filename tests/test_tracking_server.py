@@ -6,13 +6,7 @@ twice, and `mdist runs` tabulates and plots runs with their evaluations and fine
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -22,48 +16,13 @@ from mdist.engine import free_port
 from mdist.run import run_distillation
 from mdist.tracking import Journal, Tracker, journals
 from mdist.tracking import tracker as tracker_module
-
-MLFLOW = Path(sys.executable).parent / "mlflow"
-
-
-class Server:
-    """`mlflow server` on 127.0.0.1:port with a sqlite store in `root`; start / stop keep port and store."""
-
-    def __init__(self, root: Path, port: int):
-        self.root, self.port, self.proc = root, port, None
-        self.uri = f"http://127.0.0.1:{port}"
-
-    def start(self) -> "Server":
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{self.root / 'store.db'}", "--artifacts-destination",
-             str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=(self.root / "server.log").open("ab"), start_new_session=True,
-        )
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return self
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the server and its workers, at once, like a crash
-            self.proc.wait(timeout=30)
-        self.proc = None
+from mlflow_server import Server
 
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     srv = Server(tmp_path / "server", free_port())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", srv.uri)
-    monkeypatch.setattr(tracker_module, "RETRY_MAX_S", 1.0)  # retry every second here, not every minute
     yield srv
     srv.stop()
 

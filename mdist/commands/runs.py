@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from mdist.errors import ConfigError
+from mdist.errors import ConfigError, TrackingUnreachableError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         return verify(args.run_dir)
     from mdist.tracking import client_for
     from mdist.tracking.runs import markdown, plot_losses, runs_table, sync
+    from mdist.tracking.sender import unreachable
 
     if args.action == "sync":
         if args.run_dir is None or not args.run_dir.is_dir():
@@ -60,8 +61,14 @@ def run(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError(f"--tag expects KEY=VALUE, got '{item}'")
         tags[key] = value
-    client = client_for(_uri(args))
-    rows = runs_table(client, args.experiment, tags)
+    uri = _uri(args)
+    client = client_for(uri)
+    try:
+        rows = runs_table(client, args.experiment, tags)
+    except Exception as err:
+        if not unreachable(err):
+            raise
+        raise TrackingUnreachableError(f"the tracking server {uri} is unreachable") from None
     text = markdown(rows)
     print(text, end="")
     if args.out:

@@ -112,7 +112,8 @@ class Journal:
     def pending(self) -> list[tuple[int, dict]]:
         """(sequence number, record) of every record not yet sent, in order."""
         with self._lock:
-            return list(enumerate(self.records))[self.state["sent"] :]
+            sent = self.state["sent"]
+            return list(enumerate(self.records[sent:], start=sent))
 
     def mark(self, run_id: str | None = None, sent: int | None = None) -> None:
         """Record the run id and / or that records before `sent` reached MLflow (atomic replace)."""

@@ -10,8 +10,9 @@ import json
 import re
 from pathlib import Path
 
+from mdist.errors import TrackingUnreachableError
 from mdist.tracking.journal import Journal, journals
-from mdist.tracking.sender import send_pending
+from mdist.tracking.sender import send_pending, unreachable
 from mdist.tracking.tracker import client_for
 
 PARENT = "mlflow.parentRunId"
@@ -103,11 +104,20 @@ def plot_losses(client, run_ids: list[str], pattern: str, out: Path) -> int:
 
 def sync(run_dir: Path, uri: str | None = None) -> list[tuple[Path, int, str]]:
     """Send every journal's waiting records (to `uri`, else the store each run logged to);
-    returns (journal, records sent, run id). A distillation summary without a run id gets it."""
+    returns (journal, records sent, run id). A distillation summary without a run id gets it.
+    A server that does not answer raises TrackingUnreachableError saying how many records wait."""
     sent = []
     for path in journals(run_dir):
         journal = Journal(path)
-        count = send_pending(client_for(uri or journal.header["uri"]), journal)
+        target = uri or journal.header["uri"]
+        try:
+            count = send_pending(client_for(target), journal)
+        except Exception as err:
+            if not unreachable(err):
+                raise
+            waiting = sum(len(Journal(other).pending()) for other in journals(run_dir))
+            raise TrackingUnreachableError(f"the tracking server {target} is unreachable; {waiting} record(s) wait in {run_dir}, "
+                                           "sent by this command once it answers") from None
         sent.append((path, count, journal.run_id))
         summary_file = run_dir / "summary.json"
         if path.stem == "distill" and summary_file.is_file():

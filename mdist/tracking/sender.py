@@ -10,8 +10,10 @@ from mdist.tracking.journal import Journal
 
 log = logging.getLogger(__name__)
 
-METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
-PARAMS_PER_BATCH = 100
+# A batch is one request. MLflow's log_batch takes up to 1000 metrics, but a server on a busy machine
+# can need seconds for that many, near the HTTP timeout (HTTP_BOUNDS); half of it stays well inside.
+METRICS_PER_BATCH = 500
+PARAMS_PER_BATCH = 100  # MLflow's limit
 
 
 def ensure_run(client, journal: Journal) -> str:
@@ -37,6 +39,18 @@ def _refused(err: Exception) -> bool:
     return isinstance(err, MlflowException) and 400 <= err.get_http_status_code() < 500
 
 
+def unreachable(err: BaseException | None) -> bool:
+    """Whether `err` (or an error it was raised from) says the server could not be reached at all:
+    refused, timed out, no route; not an answer refusing the request."""
+    import requests
+
+    while err is not None:
+        if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _send(journal: Journal, records: int, call, *args, **kwargs) -> None:
     try:
         call(*args, **kwargs)
@@ -59,11 +73,13 @@ def send_pending(client, journal: Journal) -> int:
         kind = record["kind"]
         if kind == "metrics":
             metrics, j = [], i
-            while j < len(pending) and pending[j][1]["kind"] == "metrics" and len(metrics) < METRICS_PER_BATCH:
+            while j < len(pending) and pending[j][1]["kind"] == "metrics":  # whole records, up to a batch
                 r = pending[j][1]
+                if metrics and len(metrics) + len(r["metrics"]) > METRICS_PER_BATCH:
+                    break
                 metrics += [Metric(k, v, r["timestamp"], r["step"]) for k, v in r["metrics"].items()]
                 j += 1
-            for start in range(0, len(metrics), METRICS_PER_BATCH):
+            for start in range(0, len(metrics), METRICS_PER_BATCH):  # only a record larger than a batch is split
                 _send(journal, j - i, client.log_batch, run_id, metrics=metrics[start : start + METRICS_PER_BATCH])
         else:
             j = i + 1

@@ -5,9 +5,10 @@ store at `<run dir>/mlflow.db` with artifacts in `<run dir>/mlartifacts` (MLflow
 `./mlruns` under whatever directory the process happens to run in).
 
 Every record goes to the run's durable journal first (`mdist.tracking.journal`); a background thread
-sends it. While the server is away the thread retries with backoff and the journal grows; when it
-returns, everything is sent in order with its original step and timestamp. `close` waits a few
-seconds for the rest and warns how many records still wait (`mdist runs sync RUN_DIR` sends them).
+sends what has gathered, in batches, about once a second. While the server is away the thread
+retries with backoff (at most RETRY_MAX_S apart) and the journal grows; when it returns, everything
+is sent in order with its original step and timestamp. `close` sends the rest at once, waits while
+it goes through, and warns how many records still wait (`mdist runs sync RUN_DIR` sends them).
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ ARTIFACTS_DIR = "mlartifacts"  # artifacts of the embedded store, under the run 
 # MLflow's own defaults (120 s timeout, 7 retries with backoff) hold a call for minutes when the
 # server is gone; these bound each call to seconds (a user's own settings win).
 HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-RETRY_MAX_S = 60.0  # the longest pause between two attempts while the server is away
+FLUSH_S = 1.0  # records go to MLflow at most this often, in batches (one request, not one per step)
+RETRY_MAX_S = 4.0  # the longest pause between two attempts while the server is away: a returning server is noticed within seconds
 CREATE_WAIT_S = 10.0  # how long a new Tracker waits for its run id (a reachable server answers at once)
-CLOSE_WAIT_S = 10.0  # how long close() waits for the last records
+CLOSE_WAIT_S = 10.0  # how long close() waits for the sender to make progress on the last records
 
 
 def tracking_uri(run_dir: Path) -> str:
@@ -65,21 +67,28 @@ def client_for(uri: str):
 
 
 class _Sender(threading.Thread):
-    """Sends the journal whenever woken; after a failure retries with backoff (1, 2, 4 … 60 s)."""
+    """Sends the journal's new records in batches, at most every FLUSH_S, so a step's records cost
+    the training thread one journal append; after a failure it retries with backoff (1, 2, 4 s, then
+    every RETRY_MAX_S) whether or not new records arrive. `hurry` (close) skips any pause."""
 
     def __init__(self, journal: Journal):
         super().__init__(name="mdist-mlflow-sender", daemon=True)
         self.journal = journal
-        self.wake, self.created = threading.Event(), threading.Event()
+        self.wake, self.hurry, self.created = threading.Event(), threading.Event(), threading.Event()
         self.stopping = False
         self._client = None
         self._failing = False
 
     def run(self) -> None:
-        delay = None
+        pause, last = 0.0, float("-inf")
         while True:
-            self.wake.wait(timeout=delay)
+            self.wake.wait()
+            remaining = last + pause - time.monotonic()
+            if remaining > 0:
+                self.hurry.wait(remaining)
             self.wake.clear()
+            final = self.stopping  # this attempt began after close(): its outcome is the last word
+            last = time.monotonic()
             try:
                 if self._client is None:
                     self._client = client_for(self.journal.header["uri"])
@@ -87,13 +96,15 @@ class _Sender(threading.Thread):
                 self.created.set()
                 if self._failing:
                     log.warning("MLflow reachable again: every waiting record was sent")
-                self._failing, delay = False, None
+                self._failing, pause = False, FLUSH_S
             except Exception as err:  # server away, bad URI: keep the records, retry later
                 if not self._failing:
                     log.warning("MLflow unreachable (%s: %s); records wait in %s and are sent when it returns", type(err).__name__, err, self.journal.path)
-                self._failing, delay = True, min(RETRY_MAX_S, 2 * (delay or 0.5))
-            if self.stopping:  # closing: one more pass for records that arrived meanwhile, unless failing
-                if self._failing or not self.journal.pending():
+                pause = min(RETRY_MAX_S, 2 * pause) if self._failing else 1.0
+                self._failing = True
+                self.wake.set()  # try again after the pause, new records or not
+            if self.stopping:  # closing: passes at once until nothing waits, or one made after close() failed
+                if (self._failing and final) or not self.journal.pending():
                     return
                 self.wake.set()
 
@@ -142,15 +153,20 @@ class Tracker:
         self._queue("log_artifact", Path(path), artifact_path)
 
     def close(self, status: str | None = "FINISHED") -> int:
-        """Mark the run `status` (None: leave it RUNNING, e.g. pre-empted), send what waits for up to
-        CLOSE_WAIT_S, and return how many records still wait in the journal."""
+        """Mark the run `status` (None: leave it RUNNING, e.g. pre-empted), send what waits at once
+        (waiting while batches go through, up to CLOSE_WAIT_S without progress; one failed attempt
+        ends it), and return how many records still wait in the journal."""
         if self.journal is None:
             return 0
         if status is not None:
             self._queue("append", {"kind": "status", "status": status, "timestamp": int(time.time() * 1000)})
         self._sender.stopping = True
+        self._sender.hurry.set()  # send at once: no flush interval, no backoff
         self._sender.wake.set()
-        self._sender.join(CLOSE_WAIT_S)
+        sent = None
+        while self._sender.is_alive() and self.journal.state["sent"] != sent:  # a large backlog: wait while it drains
+            sent = self.journal.state["sent"]
+            self._sender.join(CLOSE_WAIT_S)
         waiting = len(self.journal.pending())
         if waiting:
             run_dir = self.journal.path.parent.parent
