@@ -270,7 +270,7 @@ class Checkpointer:
             self.directory.mkdir(parents=True, exist_ok=True)
             if target.exists():  # a leftover of an interrupted save, or a checkpoint that did not verify saved again:
                 shutil.rmtree(target)  # its old COMPLETE must not vouch for files being rewritten
-        barrier()
+        barrier(f"checkpoint {tag} cleared")
         with hashing_saves(engine, target) as written:
             engine.save_checkpoint(str(self.directory), tag=tag, client_state={**client_state, "step": step}, save_latest=False)
         target.mkdir(parents=True, exist_ok=True)
@@ -287,7 +287,7 @@ class Checkpointer:
             marker = {"step": step, "files": files, HASH: {name: hashes[name] for name in files}}
             _atomic_write(target / COMPLETE, json.dumps(marker, indent=1))
             _atomic_write(self.directory / LATEST, tag)
-        barrier()
+        barrier(f"checkpoint {tag} written")
         return tag
 
     def load(self, engine) -> dict | None:

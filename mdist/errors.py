@@ -28,4 +28,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing or unreadable; the message names the file and what to do."""
 
 
-UserError = (ConfigError, TeacherError, DataError, NonFiniteLossError, RunDirError, CheckpointError, FileNotFoundError)
+class DistributedError(RuntimeError):
+    """The ranks did not meet within `dist.timeout_s`; the message names the rank(s) or the barrier waited for."""
+
+
+UserError = (ConfigError, TeacherError, DataError, NonFiniteLossError, RunDirError, CheckpointError, DistributedError, FileNotFoundError)
