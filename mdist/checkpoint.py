@@ -373,7 +373,7 @@ class Checkpointer:
         writes = _Writes(target)
         if self.rank == 0:
             writes.attempt(target, lambda: self._prepare(target))
-        barrier()
+        barrier(f"checkpoint {tag} cleared")
         with writes.routing(engine):
             engine.save_checkpoint(str(self.directory), tag=tag, client_state={**client_state, "step": step}, save_latest=False)
         writes.save({"rng": rng_state(), **rank_state}, target / f"rank{self.rank}.pt")
@@ -386,7 +386,7 @@ class Checkpointer:
         if failure is not None:
             if self.rank == 0:
                 shutil.rmtree(target, ignore_errors=True)  # never a half-written checkpoint; frees its space
-            barrier()
+            barrier(f"checkpoint {tag} abandoned")
             raise failure.error(self.directory, tag)
         return tag
 

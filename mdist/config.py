@@ -101,7 +101,15 @@ class DataConfig:
     shards: Optional[str] = None  # directory with `<lang>.manifest.json` files written by `mdist prep`
     num_workers: int = 2  # DataLoader workers per rank (shards)
     shuffle_block: int = 1024  # documents shuffled together (shards)
+    worker_timeout_s: float = 600.0  # a loader worker that hands no batch for this long stops the run, named (shards, num_workers >= 1)
     heldout: dict[str, list[str]] = field(default_factory=dict)  # {lang: [files]}: held-out text scored every train.eval_every steps
+
+
+@dataclass
+class DistConfig:
+    """The process group: how long a rank waits for the others (forming the group, a barrier, any collective)."""
+
+    timeout_s: float = 600.0  # past it the waiting rank stops, naming the rank(s) or barrier it waited for
 
 
 @dataclass
@@ -130,6 +138,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -225,6 +234,7 @@ def _ranges(cfg: RunConfig) -> dict[str, tuple[Any, float, float, bool]]:
         "train.log_every": (t.log_every, 1, inf, False), "train.mlm_probability": (t.mlm_probability, 0, 1, True),
         "train.eval_every": (t.eval_every, 0, inf, False),
         "data.num_workers": (cfg.data.num_workers, 0, inf, False), "data.shuffle_block": (cfg.data.shuffle_block, 1, inf, False),
+        "data.worker_timeout_s": (cfg.data.worker_timeout_s, 0, inf, True), "dist.timeout_s": (cfg.dist.timeout_s, 0, inf, True),
         "deepspeed.persistence_threshold": (cfg.deepspeed.persistence_threshold, 0, inf, False),
     }
 

@@ -18,14 +18,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 
 import deepspeed
 import torch
 
-from mdist.config import RunConfig
+from mdist.config import DistConfig, RunConfig
+from mdist.errors import DistributedError
 
 
 def _slurm_environment() -> None:
@@ -57,16 +60,37 @@ def without_launcher_variables(env: dict) -> dict:
     return {k: v for k, v in env.items() if k not in LAUNCHER_VARIABLES}
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join (or create) the process group; works under deepspeed, torchrun, srun or a bare process."""
+_timeout = timedelta(seconds=DistConfig.timeout_s)  # of the process group this process joined
+_barrier_group = None  # a gloo group for `barrier` when the default group is NCCL (None: the default group)
+
+
+def init_distributed(timeout_s: float = DistConfig.timeout_s) -> tuple[int, int]:
+    """Join (or create) the process group; works under deepspeed, torchrun, srun or a bare process.
+
+    Every wait on the other ranks is bounded by `timeout_s` (`dist.timeout_s`): forming the group,
+    `barrier`, and each collective of training (gloo raises; NCCL's watchdog aborts the process)."""
+    global _timeout, _barrier_group
     _slurm_environment()
     if "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(free_port())  # a bare process: never collide with another run's 29500
     for key, default in zip(LAUNCHER_VARIABLES, ("0", "1", "0", "127.0.0.1", "29500")):
         os.environ.setdefault(key, default)
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False, verbose=False)
+        _timeout = timedelta(seconds=timeout_s)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        try:
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=_timeout)
+        except torch.distributed.DistError as err:
+            env = os.environ
+            raise DistributedError(f"rank {env['RANK']} of {env['WORLD_SIZE']}: the process group at {env['MASTER_ADDR']}:{env['MASTER_PORT']} "
+                                   f"did not form within {timeout_s:g} s (dist.timeout_s): {_first_line(err)}") from None
+        if backend != "gloo" and torch.distributed.get_world_size() > 1:
+            _barrier_group = torch.distributed.new_group(backend="gloo")  # monitored barriers are gloo's
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _first_line(err: Exception) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
 def shutdown_distributed() -> None:
@@ -82,12 +106,14 @@ def shutdown_distributed() -> None:
     is still mid-collective) and then destroys the process group explicitly, which joins those
     threads while the interpreter is still fully alive.
     """
+    global _barrier_group
     if not torch.distributed.is_initialized():
         return
     try:
-        torch.distributed.barrier()
+        barrier("run end")
     finally:
         torch.distributed.destroy_process_group()
+        _barrier_group = None
         _forget_deepspeed_groups()
 
 
@@ -110,9 +136,18 @@ def _forget_deepspeed_groups() -> None:
             setattr(groups, name, type(value)() if isinstance(value, (dict, list)) else None)
 
 
-def barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+def barrier(name: str) -> None:
+    """Every rank waits here for the others, at most `dist.timeout_s`; then it stops with one line naming
+    the barrier and who did not arrive (rank 0 knows which ranks; the others wait on rank 0)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return
+    try:
+        torch.distributed.monitored_barrier(group=_barrier_group, timeout=_timeout, wait_all_ranks=True)
+    except RuntimeError as err:
+        missing = re.search(r"Ranks? ([\d, ]+) failed to pass", str(err))
+        who = f"rank(s) {missing.group(1).strip()}" if missing else "rank 0 (or a rank it waits for)"
+        raise DistributedError(f"rank {torch.distributed.get_rank()}: {who} did not reach the barrier '{name}' "
+                               f"within {_timeout.total_seconds():g} s (dist.timeout_s)") from None
 
 
 def device_for_rank() -> torch.device:

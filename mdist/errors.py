@@ -36,12 +36,16 @@ class DiskFullError(RuntimeError):
     what was kept. Not bad input: `mdist` reports it as one line with exit code 1."""
 
 
+class DistributedError(RuntimeError):
+    """The ranks did not meet within `dist.timeout_s`; the message names the rank(s) or the barrier waited for."""
+
+
 class TrackingUnreachableError(ConnectionError):
     """The MLflow tracking server does not answer; the message names it (and what waits to be sent)."""
 
 
-UserError = (ConfigError, TeacherError, DataError, NonFiniteLossError, RunDirError, CheckpointError, TrackingUnreachableError,
-             FileNotFoundError)
+UserError = (ConfigError, TeacherError, DataError, NonFiniteLossError, RunDirError, CheckpointError, DistributedError,
+             TrackingUnreachableError, FileNotFoundError)
 
 
 def disk_full(err: BaseException) -> bool:

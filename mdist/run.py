@@ -72,7 +72,7 @@ def batch_source(cfg: RunConfig, docs: dict[str, list[str]], tokenizer, vocab_si
     if cfg.data.kind == "shards":
         return ShardBatchSource.from_dir(
             cfg.data.shards, cfg.languages, tokenizer, seq_len=cfg.train.seq_len,
-            num_workers=cfg.data.num_workers, shuffle_block=cfg.data.shuffle_block, **common,
+            num_workers=cfg.data.num_workers, shuffle_block=cfg.data.shuffle_block, worker_timeout_s=cfg.data.worker_timeout_s, **common,
         )
     return TextBatchSource.from_documents(docs, tokenizer, cfg.train.seq_len, **common)
 
@@ -102,7 +102,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
     tiny = cfg.teacher.path == TINY_RANDOM
     check_against_teacher(cfg, tiny_teacher_shape(cfg.teacher.tiny) if tiny else teacher_shape(Path(cfg.teacher.path)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    rank, world = init_distributed()
+    rank, world = init_distributed(cfg.dist.timeout_s)
     if overwrite and rank == 0:
         clear_outputs(out_dir)
     device = device_for_rank()
@@ -113,7 +113,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
     teacher_path = out_dir / "teacher" if tiny else Path(cfg.teacher.path)
     if rank == 0 and tiny:
         build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), teacher_path, cfg.train.seed)
-    barrier()
+    barrier("teacher ready")
     if cfg.teacher.zero3:  # ZeRO-3 teacher: built partitioned, no rank ever holds all of it
         teacher, tokenizer = load_partitioned_teacher(teacher_path, world, cfg.deepspeed.persistence_threshold)
     else:

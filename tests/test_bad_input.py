@@ -11,6 +11,7 @@ import json
 import random
 import re
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,8 @@ SETTINGS = [  # (case, --set overrides, the line names the key and what is legal
     ("temperature_zero", ["loss.temperature=0"], "config key 'loss.temperature' must be > 0, got 0.0"),
     ("mlm_probability_one", ["train.mlm_probability=1"], "config key 'train.mlm_probability' must be in (0, 1), got 1.0"),
     ("shuffle_block_zero", ["data.shuffle_block=0"], "config key 'data.shuffle_block' must be >= 1, got 0"),
+    ("worker_timeout_negative", ["data.worker_timeout_s=-1"], "config key 'data.worker_timeout_s' must be > 0, got -1.0"),
+    ("dist_timeout_zero", ["dist.timeout_s=0"], "config key 'dist.timeout_s' must be > 0, got 0.0"),
     ("tiny_hidden_not_multiple_of_heads", ["teacher.tiny.hidden=30"], "config key 'teacher.tiny.hidden' (30) must be a multiple of teacher.tiny.heads (4)"),
     ("seq_len_beyond_teacher_positions", ["train.seq_len=100"], "config key 'train.seq_len' (100) exceeds the teacher's longest input, 64 tokens"),
     ("student_deeper_than_teacher", ["students.layers=6"], "config key 'students.layers' (6) exceeds the teacher's 4 layers"),
@@ -183,6 +186,19 @@ def shards_of_random_bytes_met_by_a_loader_worker(tmp, teacher, run, request):
     return argv
 
 
+@case("language 'en', rank 0, worker 0: shard(s) {tmp}/shards/en-000000.tar, {tmp}/shards/en-000001.tar, {tmp}/shards/en-000002.tar and 1 more hold no sample")
+def shards_holding_no_sample(tmp, teacher, run, request):
+    """Whole tars with the sizes the manifest records, but not one sample: reading them on would never yield."""
+    argv, target = shards(tmp, teacher, request)
+    manifest = json.loads((target / "en.manifest.json").read_text())
+    for shard in manifest["shards"]:
+        with tarfile.open(target / shard["name"], "w"):
+            pass
+        shard["bytes"] = (target / shard["name"]).stat().st_size
+    (target / "en.manifest.json").write_text(json.dumps(manifest))
+    return argv
+
+
 @case("{tmp}/en.txt.xz: not an xz stream")
 def plain_text_named_xz(tmp, teacher, run, request):
     (tmp / "en.txt.xz").write_text("one document\n\nanother one\n")
@@ -200,6 +216,13 @@ def empty_text_file(tmp, teacher, run, request):
     (tmp / "en.txt").write_text("\n\n")
     (tmp / "tr.txt").write_text("bir iki\n")
     return distill(tmp, teacher, "data.kind=text", f"data.text={{en: [{tmp}/en.txt], tr: [{tmp}/tr.txt]}}")
+
+
+@case("{tmp}/heldout.tar: no sample with a non-empty 'txt' member")
+def heldout_shard_without_text(tmp, teacher, run, request):
+    with tarfile.open(tmp / "heldout.tar", "w") as tar:
+        tar.addfile(tarfile.TarInfo("000000000.txt"))  # one empty document
+    return distill(tmp, teacher, "train.eval_every=1", f"data.heldout={{en: ['{tmp}/heldout.tar']}}")
 
 
 # ---- the output directory --------------------------------------------------------------------
@@ -313,6 +336,7 @@ def finished_run(tmp_path_factory, tiny_teacher_dir) -> Path:
     return out
 
 
+@pytest.mark.timeout(300)  # a case that waits forever fails instead
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_stops_with_one_line_naming_it(name, tmp_path, tiny_teacher_dir, capsys, request):
     build, expect = CASES[name]

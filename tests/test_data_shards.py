@@ -1,10 +1,13 @@
 """ShardBatchSource: round trip through shards, exact resume, disjoint ranks."""
 import copy
 import json
+import os
+import time
 from collections import Counter
 
 import pytest
 import torch
+import webdataset as wds
 
 from mdist.data.masking import MaskingSpec
 from mdist.data.prep import ShardLimits, prepare
@@ -161,3 +164,69 @@ def test_two_ranks_with_two_workers_each_read_one_shard_each(corpus, tmp_path):
     assert sorted(read) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(len(ids) == 1 and ids <= markers.keys() for ids in read.values()), read  # one shard per stream
     assert len(set().union(*read.values())) == 4  # and no two streams share one
+
+
+# ---- no input never makes the loader wait forever ---------------------------------------------
+
+def write_shard(path, samples: int, text: bytes = b"") -> str:
+    """A tar shard of `samples` samples whose documents are all `text`; 0 samples: an empty tar."""
+    with open(path, "wb") as f:
+        writer = wds.TarWriter(f, encoder=False)
+        for i in range(samples):
+            writer.write({"__key__": f"{i:09d}", "txt": text})
+        writer.close()
+    return str(path)
+
+
+def broken_source(corpus, tmp_path, samples: int, workers: int, **kwargs) -> tuple[ShardBatchSource, list[str]]:
+    """en from the corpus; tr's shards (all of them without workers, worker 1's with 2) replaced by
+    shards of `samples` empty documents."""
+    root, _, tokenizer = corpus
+    good = [str(p) for p in sorted((root / "ids").glob("tr-*.tar"))]
+    bad = [write_shard(tmp_path / f"tr-bad{i}.tar", samples) for i in range(2)]
+    tr = [good[0], bad[0], good[1], bad[1]] if workers else bad
+    shards = {"en": sorted((root / "ids").glob("en-*.tar")), "tr": tr}
+    src = ShardBatchSource(shards, tokenizer, SEQ_LEN, BATCH, MaskingSpec.from_tokenizer(tokenizer, len(tokenizer)), seed=7,
+                           num_workers=workers, shuffle_block=5, pretokenised={"en": True, "tr": False}, **kwargs)
+    return src, bad
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("workers", [0, 2], ids=["language", "worker"])
+@pytest.mark.parametrize("samples, what", [(0, "hold no sample"), (3, "hold no text or ids to train on")], ids=["no_sample", "empty_documents"])
+def test_shards_that_yield_nothing_stop_naming_them(corpus, tmp_path, samples, what, workers):
+    """A language whose shards hold no sample (or only empty documents) stops the run naming them;
+    with 2 workers, the worker whose shards those are stops it (the other worker's batch comes first)."""
+    src, bad = broken_source(corpus, tmp_path, samples, workers)
+    try:
+        with pytest.raises(DataError) as err:
+            for _ in range(4):
+                src.next_batches()
+    finally:
+        src.close()
+    worker = 1 if workers else 0
+    assert f"language 'tr', rank 0, worker {worker}: shard(s) {', '.join(bad)} {what}" in str(err.value)
+    assert src.step == (1 if workers else 0)
+
+
+@pytest.mark.timeout(30)
+def test_worker_that_hands_no_batch_stops_naming_it(corpus, tmp_path):
+    """Worker 1 blocks opening its shard (a FIFO nobody writes: a hung file system): after
+    `worker_timeout_s` the run stops naming the worker and its shards, and no worker outlives it."""
+    fifo = tmp_path / "tr-stuck.tar"
+    os.mkfifo(fifo)
+    root, _, tokenizer = corpus
+    good = [str(p) for p in sorted((root / "ids").glob("tr-*.tar"))]
+    shards = {"en": sorted((root / "ids").glob("en-*.tar")), "tr": [good[0], str(fifo)]}
+    src = ShardBatchSource(shards, tokenizer, SEQ_LEN, BATCH, MaskingSpec.from_tokenizer(tokenizer, len(tokenizer)), seed=7,
+                           num_workers=2, shuffle_block=5, pretokenised={"en": True, "tr": True}, worker_timeout_s=3)
+    src.next_batches()  # worker 0's
+    workers = list(src._items._workers)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DataError, match=rf"rank 0: data loader worker 1 handed no batch within 3 s \(data.worker_timeout_s\); its shards: en: .*en-00000[13].tar.*; tr: {fifo}$"):
+            src.next_batches()
+        assert time.monotonic() - started < 15
+    finally:
+        src.close()
+    assert not any(process.is_alive() for process in workers)

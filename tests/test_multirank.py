@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,46 @@ def test_two_rank_zero3_checkpoint_with_a_flipped_byte_in_rank1s_file_is_caught(
     for name in ("en", "tr"):
         path = Path("students") / name / "model.safetensors"
         assert (run / path).read_bytes() == (tmp_path / "reference" / path).read_bytes(), name
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("mdist distill: error: ")]
+
+
+def _run_bounded(cmd: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """`cmd` in a session of its own, all of it killed when it overruns `timeout` (a hang fails the
+    test without leaving ranks behind)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"still waiting after {timeout} s: {' '.join(cmd)}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.timeout(150)
+def test_a_rank_that_never_reaches_a_barrier_stops_the_run(recipe_teacher_dir, tmp_path):
+    """Rank 1 stalls before the first barrier: rank 0 waits `dist.timeout_s`, then stops with one line
+    naming rank 1 and the barrier, and torchrun ends the run non-zero (it stops the stalled rank)."""
+    timeout = 8  # above the two ranks' start-up skew on a loaded machine (forming the group waits as long)
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), str(ROOT / "tests" / "stall_rank.py"),
+           "distill", *COMMON, "--out", str(tmp_path), "--set", f"teacher.path={recipe_teacher_dir}", "--set", f"dist.timeout_s={timeout}"]
+    proc = _run_bounded(cmd, {**_env(), "STALL_RANK": "1"}, timeout=140)
+    assert proc.returncode != 0
+    assert _error_lines(proc.stderr) == [f"mdist distill: error: rank 0: rank(s) 1 did not reach the barrier 'teacher ready' within {timeout} s (dist.timeout_s)"], proc.stderr[-3000:]
+
+
+@pytest.mark.timeout(90)
+def test_a_rank_that_never_joins_stops_the_run(tmp_path):
+    """Rank 0 of 2 started alone (the other never launched): it stops after `dist.timeout_s`, naming the
+    rendezvous address, with exit code 2."""
+    port = free_port()
+    env = {**_env(), "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    cmd = [sys.executable, "-m", "mdist", "distill", *COMMON, "--out", str(tmp_path), "--set", "dist.timeout_s=2"]
+    proc = _run_bounded(cmd, env, timeout=80)
+    assert proc.returncode == 2
+    (line,) = _error_lines(proc.stderr)
+    assert line.startswith(f"mdist distill: error: rank 0 of 2: the process group at 127.0.0.1:{port} did not form within 2 s (dist.timeout_s): "), proc.stderr[-3000:]
+    assert "1/2 clients joined" in line

@@ -66,7 +66,7 @@ class ShardBatchSource:
 
     def __init__(self, shards: dict[str, list[str | Path]], tokenizer, seq_len: int, batch_size: int, masking: MaskingSpec, seed: int,
                  rank: int = 0, world_size: int = 1, num_workers: int = 2, shuffle_block: int = 1024,
-                 pretokenised: dict[str, bool] | None = None):
+                 pretokenised: dict[str, bool] | None = None, worker_timeout_s: float = 600.0):
         if seq_len < 3 or batch_size < 1 or shuffle_block < 1 or num_workers < 0 or not 0 <= rank < world_size:
             raise DataError(f"bad loader settings: seq_len={seq_len} batch_size={batch_size} shuffle_block={shuffle_block} num_workers={num_workers} rank={rank}/{world_size}")
         streams = world_size * max(num_workers, 1)
@@ -79,6 +79,7 @@ class ShardBatchSource:
             pretokenised or {lang: False for lang in shards}, DocumentEncoder(tokenizer), masking,
             seq_len, batch_size, seed, rank, world_size, shuffle_block)
         self.num_workers = num_workers
+        self.worker_timeout_s = worker_timeout_s
         self.step = 0
         self.worker_states: dict[int, dict] = {}
         self._items: Iterator | None = None
@@ -106,14 +107,28 @@ class ShardBatchSource:
             # A generator of its own: creating the iterator draws a base seed, and from the global RNG that
             # draw would shift dropout after a resume (the iterator is created after the RNG is restored).
             loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, prefetch_factor=4 if self.num_workers else None,
-                                generator=torch.Generator().manual_seed(self.config.seed), worker_init_fn=ignore_stop_signals)
+                                generator=torch.Generator().manual_seed(self.config.seed), worker_init_fn=ignore_stop_signals,
+                                timeout=self.worker_timeout_s if self.num_workers else 0)
             self._items = iter(loader)
-        worker, state, batches = next(self._items)
+        worker, state, batches = self._next_item()
         if isinstance(batches, DataError):  # a bad shard, named by the worker that met it
             raise batches
         self.worker_states[worker] = state
         self.step += 1
         return batches
+
+    def _next_item(self) -> tuple:
+        """The loader's next item; a worker that hands none within `worker_timeout_s` stops the run, named.
+        DataLoader serves workers round-robin, so the one whose turn it is works for step `step`."""
+        try:
+            return next(self._items)
+        except RuntimeError as err:
+            if not str(err).startswith("DataLoader timed out"):
+                raise
+            c, worker = self.config, self.step % max(self.num_workers, 1)
+            shards = "; ".join(f"{lang}: {_names(c.own_shards(lang, worker, self.num_workers))}" for lang in c.shards)
+            raise DataError(f"rank {c.rank}: data loader worker {worker} handed no batch within {self.worker_timeout_s:g} s "
+                            f"(data.worker_timeout_s); its shards: {shards}") from None
 
     def state_dict(self) -> dict:
         c = self.config
@@ -132,9 +147,15 @@ class ShardBatchSource:
 
     def close(self) -> None:
         """Stop the worker processes now (they restart on the next `next_batches`). Not left to garbage
-        collection: workers ignore SIGTERM, so one still alive at interpreter exit would block it."""
+        collection: workers ignore SIGTERM, so one still alive at interpreter exit would block it; one
+        that does not stop (stuck reading a shard) is killed."""
         if self._items is not None and hasattr(self._items, "_shutdown_workers"):
+            workers = list(self._items._workers)
             self._items._shutdown_workers()  # what the iterator's __del__ does, done deterministically
+            for process in workers:
+                if process.is_alive():
+                    process.kill()
+                    process.join()
         self._items = None
 
 
@@ -179,6 +200,8 @@ class _LanguageStream:
         tok = config.encoder.tokenizer
         self.config, self.lang = config, lang
         self.shards = config.own_shards(lang, worker, workers)
+        self.where = f"language '{lang}', rank {config.rank}, worker {worker}: shard(s) {_names(self.shards)}"
+        self.empty_since: int | None = None  # the epoch of the first of the latest run of empty documents
         self.keys = (config.seed, lang_index, config.rank, worker)
         state = state or {"epoch": 0, "shard": 0, "sample": 0, "block": 0, "used": 0, "buffer": [], "pending": []}
         self.epoch, self.shard, self.sample = state["epoch"], state["shard"], state["sample"]
@@ -198,11 +221,19 @@ class _LanguageStream:
                 "buffer": list(self.packer.buffer), "pending": list(self.pending)}
 
     def _next_document(self) -> list[int]:
-        if self.used == len(self._docs):
-            (self.epoch, self.shard, self.sample), self.block, self.used = self._end, self.block + 1, 0
-            self._docs, self._end = self._read_block()
-        self.used += 1
-        return self._docs[self.used - 1]
+        """The next document with at least one token. A stream whose documents stay empty for a whole
+        epoch (two epoch changes) would never fill a row: it stops, naming its shards."""
+        while True:
+            if self.used == len(self._docs):
+                (self.epoch, self.shard, self.sample), self.block, self.used = self._end, self.block + 1, 0
+                self._docs, self._end = self._read_block()
+            self.used += 1
+            if self._docs[self.used - 1]:
+                self.empty_since = None
+                return self._docs[self.used - 1]
+            self.empty_since = self.epoch if self.empty_since is None else self.empty_since
+            if self.epoch >= self.empty_since + 2:
+                raise DataError(f"{self.where} hold no text or ids to train on (every document is empty); re-create them with `mdist prep`")
 
     def _read_block(self) -> tuple[list[list[int]], tuple[int, int, int]]:
         """The current block's documents in shuffled order, and the position after the block.
@@ -230,7 +261,7 @@ class _LanguageStream:
         that is the start of the next epoch."""
         while True:
             order = np.random.default_rng([*self.keys, 0, epoch]).permutation(len(self.shards))
-            previous = None
+            previous, whole_epoch = None, (shard, sample) == (0, 0)
             for index in range(shard, len(order)):
                 url = self.shards[order[index]]
                 samples = iter(islice(wds.tarfile_to_samples()([{"url": url}]), sample, None))
@@ -248,6 +279,8 @@ class _LanguageStream:
                         yield previous
                     previous = found, (epoch, index, sample_no)
                 sample = 0
+            if previous is None and whole_epoch:  # every shard read to its end, not one sample: reading on would never yield
+                raise DataError(f"{self.where} hold no sample; re-create them with `mdist prep`")
             epoch, shard = epoch + 1, 0
             if previous is not None:
                 yield previous[0], (epoch, 0, 0)
@@ -272,6 +305,12 @@ def read_manifest(path: Path) -> dict:
         if shard.stat().st_size != size:
             raise DataError(f"{shard}: {shard.stat().st_size} bytes, prep wrote {size} (truncated or replaced); re-run `mdist prep`")
     return manifest
+
+
+def _names(paths: tuple[str, ...], shown: int = 3) -> str:
+    """The first few of `paths`, and how many more."""
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
 
 
 def _npy_ids(data: bytes) -> list[int]:
