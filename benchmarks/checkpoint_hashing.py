@@ -36,8 +36,9 @@ from pathlib import Path
 
 import torch
 
-import mdist.checkpoint
-from mdist.checkpoint import COMPLETE, HASH, Checkpointer, _atomic_write, file_digest, rng_state
+import mdist.checkpoint_files
+from mdist.checkpoint import Checkpointer, _atomic_write, rng_state
+from mdist.checkpoint_files import COMPLETE, HASH, file_digest
 from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
 
 HIDDEN, FFN, VOCAB, POSITIONS, LAYERS = 768, 3072, 250_002, 514, 6
@@ -88,6 +89,9 @@ class StandInEngine:
         self.checkpoint_engine.save({"module": self.module, **client_state}, str(target / "mp_rank_00_model_states.pt"))
         self.checkpoint_engine.save(self.optim, str(target / "zero_pp_rank_0_mp_rank_00_optim_states.pt"))
 
+    def _copy_recovery_script(self, save_path: str) -> None:
+        """DeepSpeed copies its zero_to_fp32.py here (a few KiB); nothing to time."""
+
 
 def save_without_hashes(engine: StandInEngine, directory: Path, step: int, client: dict, rank_state: dict) -> None:
     """mdist's save before hashes (one rank): the engine's files, the rank file, a sizes-only COMPLETE."""
@@ -113,11 +117,11 @@ def save_mdist(engine: StandInEngine, directory: Path, step: int, client: dict, 
 
 
 def save_mdist_one_thread(engine: StandInEngine, directory: Path, step: int, client: dict, rank_state: dict) -> None:
-    overlap, mdist.checkpoint._OVERLAP = mdist.checkpoint._OVERLAP, float("inf")
+    overlap, mdist.checkpoint_files._OVERLAP = mdist.checkpoint_files._OVERLAP, float("inf")
     try:
         Checkpointer(directory, 0).save(engine, step, client, rank_state)
     finally:
-        mdist.checkpoint._OVERLAP = overlap
+        mdist.checkpoint_files._OVERLAP = overlap
 
 
 VARIANTS = {"no hashes": save_without_hashes, "mdist: sha256 beside the write (2nd thread)": save_mdist,

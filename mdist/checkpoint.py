@@ -33,28 +33,22 @@ checkpoint of a run directory the same way without training.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import random
 import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mdist.engine import barrier
-from mdist.errors import CheckpointError, DiskFullError, disk_full
+from mdist.checkpoint_files import COMPLETE, HASH, file_digest, mismatches, read_marker, share_of_files, size_problems
+from mdist.checkpoint_writes import Writes, first_failure
+from mdist.engine import barrier, gather_objects, world_size
+from mdist.errors import CheckpointError
 
 LATEST = "latest"
-COMPLETE = "COMPLETE"
-HASH = "sha256"  # the key in COMPLETE and the hashlib algorithm
-_CHUNK = 16 << 20  # bytes per read when a file is hashed from disk
-_OVERLAP = 1 << 20  # writes of at least this many bytes are hashed on a second thread while written
 
 
 def rng_state() -> dict:
@@ -107,224 +101,6 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-class _HashingWriter:
-    """A write-only file for `torch.save` that hashes every byte on its way to `handle`. A large
-    buffer (a tensor's storage) is hashed on `pool`'s thread while this one writes it: hashlib and
-    file writes both release the GIL, so where a core is free a save costs about the longer of the
-    two instead of their sum. Each write waits for its hash, so the digest sees the bytes in order."""
-
-    def __init__(self, handle, pool: ThreadPoolExecutor):
-        self.handle = handle
-        self.pool = pool
-        self.digest = hashlib.new(HASH)
-        self.size = 0
-
-    def write(self, data) -> int:
-        view = memoryview(data)
-        self.size += view.nbytes
-        if view.nbytes < _OVERLAP:
-            self.digest.update(view)
-            return self.handle.write(view)
-        hashing = self.pool.submit(self.digest.update, view)
-        try:
-            return self.handle.write(view)
-        finally:
-            hashing.result()
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-
-def hashed_save(obj, path: Path | str, zipfile: bool = True) -> tuple[int, str]:
-    """`torch.save(obj, path)` that returns (size, hex digest) of the bytes it wrote, hashed as they
-    were written: the file is never read back."""
-    with open(path, "wb") as handle, ThreadPoolExecutor(1, thread_name_prefix="mdist-hash") as pool:
-        writer = _HashingWriter(handle, pool)
-        torch.save(obj, writer, _use_new_zipfile_serialization=zipfile)
-    return writer.size, writer.digest.hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    """The hex digest of a file on disk (verification, and files written outside `hashed_save`)."""
-    digest = hashlib.new(HASH)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
-@dataclass
-class _Failure:
-    """A checkpoint write that failed on some rank (picklable: it travels to the other ranks)."""
-
-    rank: int
-    path: str
-    message: str
-    disk_full: bool
-    needed: int | None  # bytes the file needed, where known
-    free: int | None  # bytes free on its file system after the failure
-
-    def error(self, directory: Path, tag: str) -> Exception:
-        """The one line every rank raises (DiskFullError for a full disk or quota)."""
-        kept = latest_tag(directory)
-        kept = f"the newest complete checkpoint, {directory / kept}, is intact" if kept else "no complete checkpoint was written before it"
-        who = f" on rank {self.rank}" if _world() > 1 else ""
-        removed = f"removed the incomplete {directory / tag}; {kept}"
-        if not self.disk_full:
-            return CheckpointError(f"cannot write {self.path}{who} ({self.message}); {removed}")
-        need = f"it needs {_size(self.needed)}" if self.needed is not None else "it needs more"
-        free = f", {_size(self.free)} free" if self.free is not None else ""
-        return DiskFullError(f"disk full writing {self.path}{who} ({self.message}): {need}{free}; {removed}; "
-                             "free space, then continue with --resume")
-
-
-def _failure(err: Exception, path: Path, state, zipfile: bool) -> _Failure:
-    """What went wrong writing `path` (the torch `state` it held, if any), with the space it needed and
-    the space free; a partial file is removed at once to free its space."""
-    full = disk_full(err)
-    where = Path(err.filename) if isinstance(err, OSError) and err.filename else path
-    needed = hashed_save(state, os.devnull, zipfile)[0] if full and state is not None else None  # counted, not written
-    if isinstance(err, OSError) and where.is_file() and (state is not None or where.suffix == ".pt"):
-        where.unlink(missing_ok=True)
-    probe = next((p for p in (where, *where.parents) if p.exists()), None)
-    free = shutil.disk_usage(probe).free if probe is not None else None
-    message = err.strerror if isinstance(err, OSError) and err.strerror else f"{type(err).__name__}: {err}"
-    rank = torch.distributed.get_rank() if _world() > 1 else 0
-    return _Failure(rank, str(where), message, full, needed, free)
-
-
-class _Writes:
-    """This rank's writes of one checkpoint into `target`: the (size, digest) of each file it wrote
-    through `hashed_save` ({path relative to `target`: ...}), and its first failed write.
-
-    A failed write is recorded, not raised: DeepSpeed's save_checkpoint holds barriers between its
-    writes, and a rank that raised half-way would leave the others waiting in one. After a failure
-    this rank writes nothing more; the ranks then agree (in `Checkpointer.save`) on whether the
-    checkpoint is whole.
-    """
-
-    def __init__(self, target: Path):
-        self.target = target
-        self.written: dict[str, tuple[int, str]] = {}
-        self.failure: _Failure | None = None
-
-    def attempt(self, path: Path, write, state=None, zipfile: bool = True):
-        """`write()`'s result, or None once this rank has a failed write (this one or an earlier)."""
-        if self.failure is not None:
-            return None  # this rank's checkpoint is lost already
-        try:
-            return write()
-        except Exception as err:  # OSError mostly; torch and DeepSpeed raise RuntimeError too
-            self.failure = _failure(err, Path(path), state, zipfile)
-            return None
-
-    def save(self, state, path: Path | str, zipfile: bool = True) -> None:
-        """`hashed_save` of `state` to `path` (its directory made), recorded."""
-        path = Path(path)
-
-        def write():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return hashed_save(state, path, zipfile)
-
-        done = self.attempt(path, write, state, zipfile)
-        with contextlib.suppress(ValueError):  # a file outside the tag directory is not the checkpoint's
-            if done is not None:
-                self.written[str(path.resolve().relative_to(self.target.resolve()))] = done
-
-    @contextlib.contextmanager
-    def routing(self, engine):
-        """While inside, the DeepSpeed engine's checkpoint writes (and the recovery scripts it copies)
-        go through `save` / `attempt`. A checkpoint engine that is not torch's (an asynchronous one)
-        writes as it would, failures recorded; rank 0 then hashes its files from disk."""
-        checkpoint_engine, copy = engine.checkpoint_engine, engine._copy_recovery_script
-        if type(checkpoint_engine).__name__ == "TorchCheckpointEngine":
-            save = lambda state_dict, path: self.save(state_dict, path, checkpoint_engine.zipfile_serialization)
-        else:
-            inner = checkpoint_engine.save
-            save = lambda state_dict, path: self.attempt(Path(path), lambda: inner(state_dict, path), state_dict)
-        checkpoint_engine.save = save  # instance attributes shadow the classes' methods
-        engine._copy_recovery_script = lambda save_path: self.attempt(Path(save_path), lambda: copy(save_path))
-        try:
-            yield self
-        finally:
-            del checkpoint_engine.save, engine._copy_recovery_script
-
-
-def _first(failures) -> _Failure | None:
-    """The lowest rank's failure, or None."""
-    return next((failed for failed in failures if failed is not None), None)
-
-
-def _world() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
-
-
-def _gather(item):
-    """Every rank's `item`, in rank order (just [item] without torch.distributed)."""
-    if _world() == 1:
-        return [item]
-    items = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(items, item)
-    return items
-
-
-def _share(sizes: dict[str, int], rank: int, world: int) -> list[str]:
-    """The files rank `rank` of `world` hashes when a checkpoint is verified: the largest file first
-    to the rank with the fewest bytes so far, the same split on every rank."""
-    load = [0] * world
-    mine = []
-    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
-        least = load.index(min(load))
-        load[least] += sizes[name]
-        if least == rank:
-            mine.append(name)
-    return mine
-
-
-def read_marker(target: Path) -> dict:
-    """`COMPLETE` of a checkpoint as a dict ({} when it holds no JSON: the oldest markers held only the step)."""
-    try:
-        marker = json.loads((target / COMPLETE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return marker if isinstance(marker, dict) else {}
-
-
-def mismatches(target: Path, names: list[str] | None = None) -> list[str]:
-    """Each file of `names` (default: all that `COMPLETE` hashed) whose bytes differ from its recorded
-    hash, as a sentence naming it; files that are missing or resized are left to the size check."""
-    marker = read_marker(target)
-    hashes, sizes = marker.get(HASH) or {}, marker.get("files") or {}
-    found = []
-    for name in hashes if names is None else names:
-        path = target / name
-        if name not in hashes or not path.is_file() or (name in sizes and path.stat().st_size != sizes[name]):
-            continue
-        if file_digest(path) != hashes[name]:
-            found.append(f"{path} does not match the {HASH} that {target / COMPLETE} records for it (its bytes changed after it was written)")
-    return found
-
-
-def size_problems(target: Path, sizes: dict[str, int], names) -> list[str]:
-    """Each file of `names` that is missing from `target` or whose size differs from `sizes`, as a sentence."""
-    found = []
-    for name in names:
-        path = target / name
-        if not path.is_file():
-            found.append(f"{path} is missing from a complete checkpoint")
-        elif name in sizes and path.stat().st_size != sizes[name]:
-            found.append(f"{path} has {path.stat().st_size} bytes, {sizes[name]} were written (truncated or replaced)")
-    return found
-
-
 def verify_checkpoints(directory: Path) -> tuple[list[str], bool]:
     """Check every complete checkpoint in `directory` as `--resume` would (sizes, then contents
     against `COMPLETE`), all in this process and without loading anything. Returns the lines to
@@ -370,24 +146,24 @@ class Checkpointer:
         the incomplete tag directory, every rank raises the same error (DiskFullError for ENOSPC/EDQUOT)."""
         tag = f"step{step}"
         target = self.directory / tag
-        writes = _Writes(target)
+        writes = Writes(target)
         if self.rank == 0:
             writes.attempt(target, lambda: self._prepare(target))
         barrier(f"checkpoint {tag} cleared")
         with writes.routing(engine):
             engine.save_checkpoint(str(self.directory), tag=tag, client_state={**client_state, "step": step}, save_latest=False)
         writes.save({"rng": rng_state(), **rank_state}, target / f"rank{self.rank}.pt")
-        gathered = _gather((writes.written, writes.failure))  # collective: every rank has written everything, or failed
-        failure = _first(failed for _, failed in gathered)
+        gathered = gather_objects((writes.written, writes.failure))  # collective: every rank has written everything, or failed
+        failure = first_failure(failed for _, failed in gathered)
         if failure is None and self.rank == 0:
             writes.attempt(target / COMPLETE, lambda: self._publish(target, step, [written for written, _ in gathered]))
             failure = writes.failure
-        failure = _first(_gather(failure))  # collective: rank 0 published, or every rank knows it did not
+        failure = first_failure(gather_objects(failure))  # collective: rank 0 published, or every rank knows it did not
         if failure is not None:
             if self.rank == 0:
                 shutil.rmtree(target, ignore_errors=True)  # never a half-written checkpoint; frees its space
             barrier(f"checkpoint {tag} abandoned")
-            raise failure.error(self.directory, tag)
+            raise failure.error(self.directory / tag, latest_tag(self.directory))
         return tag
 
     def _prepare(self, target: Path) -> None:
@@ -460,14 +236,14 @@ class Checkpointer:
         hashes, sizes = marker.get(HASH), marker.get("files") or {}
         if not hashes:
             return None
-        world = _world()
-        found = mismatches(target, _share({name: sizes.get(name, 0) for name in hashes}, self.rank, world))
-        return sorted(line for part in _gather(found) for line in part)
+        world = world_size()
+        found = mismatches(target, share_of_files({name: sizes.get(name, 0) for name in hashes}, self.rank, world))
+        return sorted(line for part in gather_objects(found) for line in part)
 
     def _verify(self, target: Path) -> None:
         """Every file `COMPLETE` lists is there with its size; the world size is the one that wrote it."""
         listed = read_marker(target).get("files", {})  # older markers hold only the step
-        world = _world()
+        world = world_size()
         ranks = sum(1 for name in listed if re.fullmatch(r"rank\d+\.pt", name))
         if ranks and ranks != world:
             raise CheckpointError(f"{target} was written by {ranks} rank(s), this run has {world}: resume with {ranks}")

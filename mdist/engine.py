@@ -139,7 +139,7 @@ def _forget_deepspeed_groups() -> None:
 def barrier(name: str) -> None:
     """Every rank waits here for the others, at most `dist.timeout_s`; then it stops with one line naming
     the barrier and who did not arrive (rank 0 knows which ranks; the others wait on rank 0)."""
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+    if world_size() == 1:
         return
     try:
         torch.distributed.monitored_barrier(group=_barrier_group, timeout=_timeout, wait_all_ranks=True)
@@ -148,6 +148,20 @@ def barrier(name: str) -> None:
         who = f"rank(s) {missing.group(1).strip()}" if missing else "rank 0 (or a rank it waits for)"
         raise DistributedError(f"rank {torch.distributed.get_rank()}: {who} did not reach the barrier '{name}' "
                                f"within {_timeout.total_seconds():g} s (dist.timeout_s)") from None
+
+
+def world_size() -> int:
+    """The process group's size (1 without torch.distributed)."""
+    return torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+
+
+def gather_objects(item) -> list:
+    """Every rank's `item`, in rank order (just [item] without torch.distributed)."""
+    if world_size() == 1:
+        return [item]
+    items = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(items, item)
+    return items
 
 
 def device_for_rank() -> torch.device:

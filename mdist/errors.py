@@ -53,12 +53,15 @@ def disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def free_space(path: Path) -> int | None:
+    """Bytes free on the file system that holds `path` (or its nearest existing parent); None if none exists."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    return shutil.disk_usage(existing).free if existing is not None else None
+
+
 def disk_full_line(err: OSError) -> str:
     """One line for a full disk met outside a checkpoint (the export, the summary): the file and the space left."""
     where = Path(err.filename) if err.filename else None
-    free = ""
-    if where is not None:
-        probe = next((p for p in (where, *where.parents) if p.exists()), None)
-        if probe is not None:
-            free = f", {shutil.disk_usage(probe).free} bytes free"
+    free = free_space(where) if where is not None else None
+    free = f", {free} bytes free" if free is not None else ""
     return f"{err.strerror} writing {where or 'a file'}{free}; free space, then continue with --resume"

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from mdist.checkpoint import COMPLETE, HASH, LATEST, fallback_note, hashed_save, latest_tag, rng_state, set_rng_state
+from mdist.checkpoint import LATEST, fallback_note, latest_tag, rng_state, set_rng_state
+from mdist.checkpoint_files import COMPLETE, HASH, hashed_save
 from mdist.cli import main
 from mdist.preemption import StopFlag
 

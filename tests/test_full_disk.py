@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mdist.checkpoint import COMPLETE, LATEST
+from mdist.checkpoint import LATEST
+from mdist.checkpoint_files import COMPLETE
 from mdist.engine import free_port, without_launcher_variables
 
 ROOT = Path(__file__).resolve().parents[1]
