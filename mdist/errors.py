@@ -3,6 +3,7 @@
 A leaf: it imports nothing of mdist, so any module can raise these without an import circle.
 """
 import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -65,3 +66,14 @@ def disk_full_line(err: OSError) -> str:
     free = free_space(where) if where is not None else None
     free = f", {free} bytes free" if free is not None else ""
     return f"{err.strerror} writing {where or 'a file'}{free}; free space, then continue with --resume"
+
+
+def path_problem(path: Path, want_dir: bool) -> str | None:
+    """Why `path` cannot be used as the directory (`want_dir`) or file asked for, in a few words; None if it can."""
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir() != want_dir:
+        return "is a directory, not a file" if path.is_dir() else "is a file, not a directory"
+    if not os.access(path, os.R_OK | (os.X_OK if want_dir else 0)):
+        return "is not readable (permission denied)"
+    return None
