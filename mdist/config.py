@@ -321,7 +321,7 @@ def _check_memory(cfg: RunConfig, teacher: dict[str, Any]) -> None:
     if needed > have:
         raise ConfigError(
             f"config key 'train.batch_size' ({cfg.train.batch_size}) × train.seq_len ({cfg.train.seq_len}) needs at least "
-            f"{needed / 2**30:.1f} GiB for one micro-batch of teacher outputs, this machine has {have / 2**30:.1f} GiB; lower train.batch_size and raise train.grad_accum"
+            f"{needed / 2**20:,.0f} MiB for one micro-batch of teacher outputs, this machine has {have / 2**20:,.0f} MiB; lower train.batch_size and raise train.grad_accum"
         )
 
 
@@ -456,8 +456,9 @@ def recipe_names() -> list[str]:
 def _read_recipe(recipe: str) -> tuple[dict[str, Any], str]:
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"recipe file '{path}' does not exist")
+        problem = path_problem(path, want_dir=False)
+        if problem:
+            raise ConfigError(f"recipe file '{path}' {problem}")
         try:
             text, origin = path.read_text(encoding="utf-8"), str(path)
         except UnicodeDecodeError:

@@ -77,3 +77,22 @@ def path_problem(path: Path, want_dir: bool) -> str | None:
     if not os.access(path, os.R_OK | (os.X_OK if want_dir else 0)):
         return "is not readable (permission denied)"
     return None
+
+
+def output_problem(path: Path, want_dir: bool) -> str | None:
+    """Why `path` cannot be written as the directory (`want_dir`) or file asked for; None if it can."""
+    if path.exists():
+        if path.is_dir() != want_dir:
+            return "is a directory, not a file" if path.is_dir() else "is a file, not a directory"
+        return None if os.access(path, os.W_OK) else "is not writable (permission denied)"
+    parent = next(p for p in path.parents if p.exists())
+    if not parent.is_dir():
+        return f"cannot be created: '{parent}' is a file, not a directory"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be created: '{parent}' is not writable (permission denied)"
+
+
+def require_file(path: Path, error: type[Exception] = FileNotFoundError) -> None:
+    """Stop with one line unless `path` is a readable file: `'{path}' does not exist`, `... is a directory, not a file`, ..."""
+    problem = path_problem(path, want_dir=False)
+    if problem:
+        raise error(f"'{path}' {problem}")

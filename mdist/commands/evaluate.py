@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mdist.argtypes import at_least
+from mdist.argtypes import at_least, output_file
 from mdist.errors import ConfigError
 
 
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     plot = evaluations.add_parser("plot", help="merge retrieval result JSONs into one per-layer figure")
     plot.add_argument("results", type=Path, nargs="+", help="JSON files written by 'mdist eval retrieval'")
     plot.add_argument("--labels", nargs="+", help="legend names, one per result (default: file names)")
-    plot.add_argument("--out", type=Path, required=True, help="PNG to write")
+    plot.add_argument("--out", type=output_file, required=True, help="PNG to write")
     plot.set_defaults(run=run_plot)
 
 
@@ -49,7 +49,7 @@ def _common(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument("--students", type=Path, metavar="RUN_DIR", help="a distillation run: take the models from its students and log to its MLflow run")
     parser.add_argument("--lang", help="with --students: the language whose student is evaluated (queries for retrieval)")
     parser.add_argument("--candidate-lang", default="en", help="with --students: language of the candidate student (default: en)")
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--out", type=output_file, required=True, help="JSON file to write")
     parser.add_argument("--batch-size", type=at_least(1), default=batch_size)
     parser.add_argument("--max-length", type=at_least(3), default=512, help="longest input in tokens (model limit applies too)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
