@@ -10,8 +10,8 @@ from typing import Callable
 from mdist.errors import output_problem
 
 
-def at_least(low: float, kind: type = int, strict: bool = False) -> Callable[[str], float]:
-    """A parser of `kind` values >= `low` (> `low` when `strict`)."""
+def at_least(low: float, kind: type = int, strict: bool = False, high: float = math.inf) -> Callable[[str], float]:
+    """A parser of `kind` values >= `low` (> `low` when `strict`) and <= `high`."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -19,6 +19,8 @@ def at_least(low: float, kind: type = int, strict: bool = False) -> Callable[[st
             raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
         if not math.isfinite(value) or value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
         return value
     return parse
 

@@ -155,6 +155,8 @@ OPTIONS = [  # (case, command line, expected)
     ("prep_shard_size_negative", ["prep", "--lang", "en", "--input", "x.txt", "--out", "s", "--shard-size-mb", "-1"], "argument --shard-size-mb: must be > 0, got -1"),
     ("eval_batch_size_zero", ["eval", "perplexity", "--files", "x.txt", "--out", "o.json", "--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
     ("eval_limit_not_a_number", ["eval", "retrieval", "--src-file", "a", "--trg-file", "b", "--out", "o.json", "--limit", "ten"], "argument --limit: must be an integer, got 'ten'"),
+    ("prep_shard_size_huge", ["prep", "--lang", "en", "--input", "x.txt", "--out", "s", "--shard-size-mb", "1e300"], "argument --shard-size-mb: must be <= 1048576, got 1e300"),
+    ("eval_batch_size_huge", ["eval", "perplexity", "--files", "x.txt", "--out", "o.json", "--batch-size", "1000000"], "argument --batch-size: must be <= 65536, got 1000000"),
     ("eval_seed_negative", ["eval", "perplexity", "--files", "x.txt", "--out", "o.json", "--seed", "-3"], "argument --seed: must be >= 0, got -3"),
 ]
 for _name, _argv, _expect in OPTIONS:
