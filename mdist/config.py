@@ -393,7 +393,9 @@ def _validate(cfg: RunConfig) -> None:
         if problem:
             raise ConfigError(f"config key 'teacher.path': teacher directory '{cfg.teacher.path}' {problem}")
     if cfg.data.kind == "shards":
-        problem = "is not set" if cfg.data.shards is None else path_problem(Path(cfg.data.shards), want_dir=True)
+        if cfg.data.shards is None:
+            raise ConfigError("config key 'data.shards' is not set: data.kind shards needs the directory `mdist prep` wrote")
+        problem = path_problem(Path(cfg.data.shards), want_dir=True)
         if problem:
             raise ConfigError(f"config key 'data.shards': shard directory '{cfg.data.shards}' {problem}")
         missing = [lang for lang in cfg.languages if not manifest_path(Path(cfg.data.shards), lang).is_file()]

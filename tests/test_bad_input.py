@@ -258,6 +258,35 @@ def manifest_without_shards(tmp, teacher, run, request):
     return argv
 
 
+def manifest_entry(tmp: Path, teacher: Path, request, **entry) -> list[str]:
+    """Shards whose en manifest's first shard entry has `entry` changed."""
+    argv, target = shards(tmp, teacher, request)
+    manifest = json.loads((target / "en.manifest.json").read_text())
+    manifest["shards"][0].update(entry)
+    (target / "en.manifest.json").write_text(json.dumps(manifest))
+    return argv
+
+
+@case("{tmp}/shards/en.manifest.json: not a manifest written by `mdist prep`")
+def manifest_shard_name_leaves_the_directory(tmp, teacher, run, request):
+    return manifest_entry(tmp, teacher, request, name="../shards/en-000000.tar")
+
+
+@case("{tmp}/shards/en.manifest.json: not a manifest written by `mdist prep`")
+def manifest_shard_name_not_a_string(tmp, teacher, run, request):
+    return manifest_entry(tmp, teacher, request, name=5)
+
+
+@case("{tmp}/shards/en.manifest.json: not a manifest written by `mdist prep`")
+def manifest_shard_size_a_string(tmp, teacher, run, request):
+    return manifest_entry(tmp, teacher, request, bytes="100")
+
+
+@case("config key 'data.shards' is not set")
+def shards_without_a_directory(tmp, teacher, run, request):
+    return distill(tmp, teacher, "data.kind=shards")
+
+
 @case("{tmp}/shards/en-000001.tar: 0 bytes, prep wrote")
 def shard_empty(tmp, teacher, run, request):
     argv, target = shards(tmp, teacher, request)
