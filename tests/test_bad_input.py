@@ -236,6 +236,17 @@ def finetune_train_is_a_directory(tmp, teacher, run, request):
     return ["finetune", "--task", "xnli", "--strategy", "full-trg", "--model", str(teacher), "--trg", "tr", "--train", str(tmp), "--eval", str(tmp), "--out", str(tmp / "f")]
 
 
+FINETUNE = [  # (case, options, expected): checked before any task file is read
+    ("finetune_lr_infinite", ["--lr", "inf"], "--lr must be <= 1.0, got inf"),
+    ("finetune_batch_size_huge", ["--batch-size", "10000000"], "--batch-size must be <= 65536, got 10000000"),
+    ("finetune_seed_negative", ["--seed", "-1"], "--seed must be >= 0, got -1"),
+]
+for _name, _options, _expect in FINETUNE:
+    CASES[_name] = (lambda tmp, teacher, run, request, options=_options: [
+        "finetune", "--task", "xnli", "--strategy", "full-trg", "--model", str(teacher), "--trg", "tr",
+        "--train", str(tmp / "train.tsv"), "--eval", str(tmp / "eval.tsv"), "--out", str(tmp / "f"), *options], _expect)
+
+
 # ---- training data ---------------------------------------------------------------------------
 
 def shards(tmp: Path, teacher: Path, request, workers: int = 0) -> tuple[list[str], Path]:
