@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Callable
 
+from mdist.errors import output_problem
 
-def at_least(low: float, kind: type = int, strict: bool = False) -> Callable[[str], float]:
-    """A parser of `kind` values >= `low` (> `low` when `strict`)."""
+
+def at_least(low: float, kind: type = int, strict: bool = False, high: float = math.inf) -> Callable[[str], float]:
+    """A parser of `kind` values >= `low` (> `low` when `strict`) and <= `high`."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -16,5 +19,20 @@ def at_least(low: float, kind: type = int, strict: bool = False) -> Callable[[st
             raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
         if not math.isfinite(value) or value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
         return value
     return parse
+
+
+def output_path(want_dir: bool) -> Callable[[str], Path]:
+    """A parser of an output directory (`want_dir`) or file: one that cannot be written stops here."""
+    def parse(text: str) -> Path:
+        problem = output_problem(Path(text), want_dir)
+        if problem:
+            raise argparse.ArgumentTypeError(f"'{text}' {problem}")
+        return Path(text)
+    return parse
+
+
+output_dir, output_file = output_path(want_dir=True), output_path(want_dir=False)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
-from mdist.errors import ConfigError
+from mdist.errors import ConfigError, path_problem
 from mdist.manifests import manifest_path
 from mdist.strategies import MAPPINGS, STRATEGIES, layer_mapping, resolve_weights
 
@@ -180,6 +182,8 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
             _check_type(k, key_type, f"{key}"): _check_type(v, val_type, f"{key}.{k}")
             for k, v in value.items()
         }
+    if hint in (int, float) and isinstance(value, int) and abs(value) >= 2**63:  # float() overflows; str() may refuse
+        raise ConfigError(f"config key '{key}' must be a number of magnitude below 2**63, got an integer of {len(hex(abs(value))) * 4 - 8}+ bits")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
@@ -213,43 +217,68 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _ranges(cfg: RunConfig) -> dict[str, tuple[Any, float, float, bool]]:
-    """Every numeric key: (value, low, high, open). `open`: both bounds excluded. A None value is
-    the key's documented default (e.g. `students.hidden`: the teacher's width)."""
-    t, s, tiny = cfg.train, cfg.students, cfg.teacher.tiny
-    inf = float("inf")
+INT_MAX = 2**31 - 1  # counters DeepSpeed, torch and the step logs keep as 32-bit ints
+WEEK_S = 7 * 24 * 3600.0
+
+
+class Range(typing.NamedTuple):
+    """A numeric key's legal range. `open`: both bounds excluded; `why`: what the upper bound protects."""
+
+    value: Any
+    low: float
+    high: float
+    why: str
+    open: bool = False
+
+
+def _ranges(cfg: RunConfig) -> dict[str, Range]:
+    """Every numeric key and its range (the list README's configuration section points to). A None
+    value is the key's documented default (e.g. `students.hidden`: the teacher's width)."""
+    t, s, tiny, d = cfg.train, cfg.students, cfg.teacher.tiny, cfg.data
+    small = "a tiny test teacher"
     return {
-        "teacher.tiny.layers": (tiny.layers, 1, inf, False), "teacher.tiny.hidden": (tiny.hidden, 1, inf, False),
-        "teacher.tiny.heads": (tiny.heads, 1, inf, False), "teacher.tiny.ffn": (tiny.ffn, 1, inf, False),
-        "teacher.tiny.vocab": (tiny.vocab, 16, inf, False),  # sentencepiece needs room beyond the special pieces
-        "teacher.tiny.max_positions": (tiny.max_positions, 5, inf, False),
-        "students.layers": (s.layers, 1, inf, False), "students.hidden": (s.hidden, 1, inf, False),
-        "loss.temperature": (cfg.loss.temperature, 0, inf, True),
-        "train.steps": (t.steps, 1, inf, False), "train.batch_size": (t.batch_size, 1, inf, False),
-        "train.seq_len": (t.seq_len, 3, inf, False),  # <s>, a token, </s>
-        "train.lr": (t.lr, 0, inf, True), "train.weight_decay": (t.weight_decay, 0, inf, False),
-        "train.warmup_steps": (t.warmup_steps, 0, inf, False), "train.grad_clip": (t.grad_clip, 0, inf, False),
-        "train.seed": (t.seed, 0, 2**32 - 1, False),  # numpy's seed range
-        "train.save_every": (t.save_every, 0, inf, False), "train.grad_accum": (t.grad_accum, 1, inf, False),
-        "train.log_every": (t.log_every, 1, inf, False), "train.mlm_probability": (t.mlm_probability, 0, 1, True),
-        "train.eval_every": (t.eval_every, 0, inf, False),
-        "data.num_workers": (cfg.data.num_workers, 0, inf, False), "data.shuffle_block": (cfg.data.shuffle_block, 1, inf, False),
-        "data.worker_timeout_s": (cfg.data.worker_timeout_s, 0, inf, True), "dist.timeout_s": (cfg.dist.timeout_s, 0, inf, True),
-        "deepspeed.persistence_threshold": (cfg.deepspeed.persistence_threshold, 0, inf, False),
+        "teacher.tiny.layers": Range(tiny.layers, 1, 48, small), "teacher.tiny.hidden": Range(tiny.hidden, 1, 4096, small),
+        "teacher.tiny.heads": Range(tiny.heads, 1, 64, small), "teacher.tiny.ffn": Range(tiny.ffn, 1, 16384, small),
+        "teacher.tiny.vocab": Range(tiny.vocab, 16, 262144, small),  # low: sentencepiece needs room beyond the special pieces
+        "teacher.tiny.max_positions": Range(tiny.max_positions, 5, 8194, small),
+        "students.layers": Range(s.layers, 1, 96, "deeper than any XLM-R-family teacher"),
+        "students.hidden": Range(s.hidden, 1, 16384, "wider than any XLM-R-family teacher"),
+        "loss.temperature": Range(cfg.loss.temperature, 0, 1000, "softmax of logits / T is flat beyond it", open=True),
+        "train.steps": Range(t.steps, 1, INT_MAX, "a 32-bit step counter"),
+        "train.batch_size": Range(t.batch_size, 1, 65536, "sequences per language per micro-batch; use train.grad_accum"),
+        "train.seq_len": Range(t.seq_len, 3, 65536, "tokens per sequence"),  # low: <s>, a token, </s>
+        "train.lr": Range(t.lr, 0, 1, "an Adam step of more than 1 per parameter diverges", open=True),
+        "train.weight_decay": Range(t.weight_decay, 0, 1, "decoupled decay past 1 flips weights"),
+        "train.warmup_steps": Range(t.warmup_steps, 0, INT_MAX, "a 32-bit step counter"),
+        "train.grad_clip": Range(t.grad_clip, 0, 1e6, "a clip norm"),
+        "train.seed": Range(t.seed, 0, 2**32 - 1, "numpy's seed range"),
+        "train.save_every": Range(t.save_every, 0, INT_MAX, "a 32-bit step counter"),
+        "train.grad_accum": Range(t.grad_accum, 1, 65536, "micro-batches per optimiser step"),
+        "train.log_every": Range(t.log_every, 1, INT_MAX, "a 32-bit step counter"),
+        "train.mlm_probability": Range(t.mlm_probability, 0, 1, "a probability", open=True),
+        "train.eval_every": Range(t.eval_every, 0, INT_MAX, "a 32-bit step counter"),
+        "data.num_workers": Range(d.num_workers, 0, 256, "loader processes per rank"),
+        "data.shuffle_block": Range(d.shuffle_block, 1, 10**7, "documents held in memory per worker"),
+        "data.worker_timeout_s": Range(d.worker_timeout_s, 0, WEEK_S, "a week", open=True),
+        "dist.timeout_s": Range(cfg.dist.timeout_s, 0, WEEK_S, "a week", open=True),
+        "deepspeed.persistence_threshold": Range(cfg.deepspeed.persistence_threshold, 0, INT_MAX, "a 32-bit element count"),
     }
 
 
+def _out_of_range(key: str, r: Range) -> str | None:
+    """The line for a value outside its range (NaN and infinities included), or None."""
+    if isinstance(r.value, float) and math.isnan(r.value) or (r.value <= r.low if r.open else r.value < r.low):
+        return f"config key '{key}' must be {'>' if r.open else '>='} {r.low}, got {r.value}"
+    if r.value >= r.high if r.open else r.value > r.high:
+        return f"config key '{key}' must be {'<' if r.open else '<='} {r.high} ({r.why}), got {r.value}"
+    return None
+
+
 def _check_ranges(cfg: RunConfig) -> None:
-    for key, (value, low, high, open_) in _ranges(cfg).items():
-        if value is None:
-            continue
-        inside = low < value < high if open_ else low <= value <= high
-        if not (math.isfinite(value) and inside):
-            if high == float("inf"):
-                bound = f"> {low}" if open_ else f">= {low}"
-            else:
-                bound = f"in ({low}, {high})" if open_ else f"in [{low}, {high}]"
-            raise ConfigError(f"config key '{key}' must be {bound}, got {value}")
+    for key, r in _ranges(cfg).items():
+        line = None if r.value is None else _out_of_range(key, r)
+        if line:
+            raise ConfigError(line)
     if cfg.teacher.tiny.hidden % cfg.teacher.tiny.heads:
         raise ConfigError(f"config key 'teacher.tiny.hidden' ({cfg.teacher.tiny.hidden}) must be a multiple of teacher.tiny.heads ({cfg.teacher.tiny.heads})")
     if not cfg.tracking.experiment.strip():
@@ -270,13 +299,35 @@ def check_against_teacher(cfg: RunConfig, teacher: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'students.hidden' ({width}) must be a multiple of the teacher's {heads} attention heads")
     if cfg.students.init == "teacher" and width != hidden:
         raise ConfigError(f"config key 'students.init': 'teacher' copies the teacher's tensors and needs students.hidden {hidden} (or null); use 'random' for narrower students")
+    _check_memory(cfg, teacher)
     if cfg.students.init == "teacher" and len(layer_mapping(cfg.students.init_mapping, cfg.students.layers, layers)) != cfg.students.layers:
         raise ConfigError(f"config key 'students.init_mapping': '{cfg.students.init_mapping}' gives no teacher layer to every student layer; use uniform, top or bottom")
 
 
+def machine_memory() -> int:
+    """Bytes of memory a rank computes in: its GPU's, else the machine's RAM."""
+    import torch  # noqa: PLC0415 (this module stays light; torch is loaded by then)
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", 0))).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_memory(cfg: RunConfig, teacher: dict[str, Any]) -> None:
+    """train.batch_size × train.seq_len against memory: a lower bound on one micro-batch's teacher outputs
+    (logits, captured hidden states and Q/K, one layer's attention scores, 4 bytes each) must fit."""
+    per_token = teacher["vocab_size"] + 3 * teacher["num_hidden_layers"] * teacher["hidden_size"] + teacher["num_attention_heads"] * cfg.train.seq_len
+    needed, have = 4 * cfg.train.batch_size * cfg.train.seq_len * per_token, machine_memory()
+    if needed > have:
+        raise ConfigError(
+            f"config key 'train.batch_size' ({cfg.train.batch_size}) × train.seq_len ({cfg.train.seq_len}) needs at least "
+            f"{needed / 2**20:,.0f} MiB for one micro-batch of teacher outputs, this machine has {have / 2**20:,.0f} MiB; lower train.batch_size and raise train.grad_accum"
+        )
+
+
 def tiny_teacher_shape(tiny: TinyTeacherConfig) -> dict[str, Any]:
     """The config.json keys `check_against_teacher` reads, for the tiny random teacher."""
-    return {"num_hidden_layers": tiny.layers, "hidden_size": tiny.hidden, "num_attention_heads": tiny.heads, "max_position_embeddings": tiny.max_positions}
+    return {"num_hidden_layers": tiny.layers, "hidden_size": tiny.hidden, "num_attention_heads": tiny.heads, "max_position_embeddings": tiny.max_positions, "vocab_size": tiny.vocab}
 
 
 def _validate(cfg: RunConfig) -> None:
@@ -293,8 +344,7 @@ def _validate(cfg: RunConfig) -> None:
     if not cfg.students.groups:
         raise ConfigError("config key 'students.groups' must name at least one student")
     for name, langs in cfg.students.groups.items():
-        if not langs:
-            raise ConfigError(f"config key 'students.groups.{name}': student '{name}' owns no language")
+        _check_groups_entry(name, langs)
     choices = {
         "students.init": (cfg.students.init, ("teacher", "random")),
         "loss.kernels": (cfg.loss.kernels, ("torch", "triton")),
@@ -339,12 +389,15 @@ def _validate(cfg: RunConfig) -> None:
             "compiled layer; set one of them"
         )
     if cfg.teacher.path != TINY_RANDOM:
-        teacher_dir = Path(cfg.teacher.path)
-        if not teacher_dir.is_dir():
-            raise ConfigError(f"config key 'teacher.path': teacher directory '{teacher_dir}' does not exist")
+        problem = path_problem(Path(cfg.teacher.path), want_dir=True)
+        if problem:
+            raise ConfigError(f"config key 'teacher.path': teacher directory '{cfg.teacher.path}' {problem}")
     if cfg.data.kind == "shards":
-        if cfg.data.shards is None or not Path(cfg.data.shards).is_dir():
-            raise ConfigError(f"config key 'data.shards': shard directory '{cfg.data.shards}' does not exist")
+        if cfg.data.shards is None:
+            raise ConfigError("config key 'data.shards' is not set: data.kind shards needs the directory `mdist prep` wrote")
+        problem = path_problem(Path(cfg.data.shards), want_dir=True)
+        if problem:
+            raise ConfigError(f"config key 'data.shards': shard directory '{cfg.data.shards}' {problem}")
         missing = [lang for lang in cfg.languages if not manifest_path(Path(cfg.data.shards), lang).is_file()]
         if missing:
             raise ConfigError(f"config key 'data.shards': '{cfg.data.shards}' has no manifest for language(s) {', '.join(missing)} (run `mdist prep`)")
@@ -354,11 +407,22 @@ def _validate(cfg: RunConfig) -> None:
         missing = [lang for lang in cfg.languages if lang not in cfg.data.text]
         if missing:
             raise ConfigError(f"config key 'data.text' has no files for language(s) {', '.join(missing)}")
-        for lang, paths in cfg.data.text.items():
-            for path in paths:
-                if not Path(path).is_file():
-                    raise ConfigError(f"config key 'data.text.{lang}': file '{path}' does not exist")
+        _check_files("data.text", cfg.data.text)
     _check_heldout(cfg)
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # student names become module and directory names
+
+
+def _check_groups_entry(name: str, langs: list[str]) -> None:
+    """One student: a name usable as a directory, at least one language, each named once."""
+    for word, what in ((name, "student name"), *((lang, "language") for lang in langs)):
+        if not NAME.fullmatch(word):
+            raise ConfigError(f"config key 'students.groups.{name}': {what} '{word}' must be letters, digits, '_' or '-' (not starting with '_' or '-')")
+    if not langs:
+        raise ConfigError(f"config key 'students.groups.{name}': student '{name}' owns no language")
+    if len(set(langs)) != len(langs):
+        raise ConfigError(f"config key 'students.groups.{name}': student '{name}' lists a language twice ({', '.join(langs)})")
 
 
 def _check_heldout(cfg: RunConfig) -> None:
@@ -372,9 +436,16 @@ def _check_heldout(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'data.heldout.{lang}': '{lang}' is not a language of this run (languages: {', '.join(cfg.languages)})")
         if not paths:
             raise ConfigError(f"config key 'data.heldout.{lang}' lists no file")
+    _check_files("data.heldout", cfg.data.heldout)
+
+
+def _check_files(key: str, files: dict[str, list[str]]) -> None:
+    """Each listed file exists and is a readable file."""
+    for lang, paths in files.items():
         for path in paths:
-            if not Path(path).is_file():
-                raise ConfigError(f"config key 'data.heldout.{lang}': file '{path}' does not exist")
+            problem = path_problem(Path(path), want_dir=False)
+            if problem:
+                raise ConfigError(f"config key '{key}.{lang}': file '{path}' {problem}")
 
 
 # ---------------------------------------------------------------- recipes and overrides
@@ -387,8 +458,9 @@ def recipe_names() -> list[str]:
 def _read_recipe(recipe: str) -> tuple[dict[str, Any], str]:
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"recipe file '{path}' does not exist")
+        problem = path_problem(path, want_dir=False)
+        if problem:
+            raise ConfigError(f"recipe file '{path}' {problem}")
         try:
             text, origin = path.read_text(encoding="utf-8"), str(path)
         except UnicodeDecodeError:
@@ -400,7 +472,7 @@ def _read_recipe(recipe: str) -> tuple[dict[str, Any], str]:
         text, origin = candidate.read_text(encoding="utf-8"), f"recipe '{recipe}'"
     try:
         data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, ValueError) as err:
         raise ConfigError(f"{origin} is not valid YAML: {err}") from None
     return data, origin
 
@@ -417,7 +489,10 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override '{assignment}': '{part}' is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: an integer past Python's 4300 digits
+        raise ConfigError(f"override '{key}=...': the value cannot be read as YAML ({' '.join(str(err).split())})") from None
 
 
 def resolve_config(data: dict[str, Any]) -> RunConfig:

@@ -3,6 +3,7 @@
 A leaf: it imports nothing of mdist, so any module can raise these without an import circle.
 """
 import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -65,3 +66,33 @@ def disk_full_line(err: OSError) -> str:
     free = free_space(where) if where is not None else None
     free = f", {free} bytes free" if free is not None else ""
     return f"{err.strerror} writing {where or 'a file'}{free}; free space, then continue with --resume"
+
+
+def path_problem(path: Path, want_dir: bool) -> str | None:
+    """Why `path` cannot be used as the directory (`want_dir`) or file asked for, in a few words; None if it can."""
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir() != want_dir:
+        return "is a directory, not a file" if path.is_dir() else "is a file, not a directory"
+    if not os.access(path, os.R_OK | (os.X_OK if want_dir else 0)):
+        return "is not readable (permission denied)"
+    return None
+
+
+def output_problem(path: Path, want_dir: bool) -> str | None:
+    """Why `path` cannot be written as the directory (`want_dir`) or file asked for; None if it can."""
+    if path.exists():
+        if path.is_dir() != want_dir:
+            return "is a directory, not a file" if path.is_dir() else "is a file, not a directory"
+        return None if os.access(path, os.W_OK) else "is not writable (permission denied)"
+    parent = next(p for p in path.parents if p.exists())
+    if not parent.is_dir():
+        return f"cannot be created: '{parent}' is a file, not a directory"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot be created: '{parent}' is not writable (permission denied)"
+
+
+def require_file(path: Path, error: type[Exception] = FileNotFoundError) -> None:
+    """Stop with one line unless `path` is a readable file: `'{path}' does not exist`, `... is a directory, not a file`, ..."""
+    problem = path_problem(path, want_dir=False)
+    if problem:
+        raise error(f"'{path}' {problem}")

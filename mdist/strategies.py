@@ -51,7 +51,7 @@ def resolve_weights(strategy: str, overrides: dict[str, float] | None) -> dict[s
     for term, weight in (overrides or {}).items():
         if term not in terms:
             raise ConfigError(f"config key 'loss.weights.{term}': strategy '{strategy}' has no term '{term}' (its terms: {', '.join(terms)})")
-        if weight < 0:
+        if not weight >= 0:  # NaN too: it would pass the sum check below
             raise ConfigError(f"config key 'loss.weights.{term}' must be >= 0, got {weight}")
         weights[term] = weight
     total = sum(weights.values())

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTra
 
 from mdist.capture import ATTENTION_IMPLEMENTATION
 from mdist.config import TeacherConfig
-from mdist.errors import TeacherError
+from mdist.errors import TeacherError, path_problem
 from mdist.tokenizer import SP_MODEL_NAME, train_xlmr_tokenizer
 
 SUPPORTED_MODEL_TYPES = ("xlm-roberta", "xlm-roberta-xl")
@@ -25,8 +25,9 @@ MIN_VOCAB_FILL = 0.9  # a model's own tokenizer fills its embedding table, bar a
 
 def read_teacher_config(path: Path) -> dict:
     """The config dict of an XLM-R-family model directory (no weights read)."""
-    if not path.is_dir():
-        raise TeacherError(f"teacher directory '{path}' does not exist")
+    problem = path_problem(path, want_dir=True)
+    if problem:
+        raise TeacherError(f"teacher directory '{path}' {problem}")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise TeacherError(f"teacher directory '{path}' has no config.json (is it a Hugging Face model directory?)")

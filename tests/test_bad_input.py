@@ -111,9 +111,9 @@ SETTINGS = [  # (case, --set overrides, the line names the key and what is legal
     ("lr_nan", ["train.lr=.nan"], "config key 'train.lr' must be > 0, got nan"),
     ("weight_decay_negative", ["train.weight_decay=-0.1"], "config key 'train.weight_decay' must be >= 0, got -0.1"),
     ("warmup_negative", ["train.warmup_steps=-1"], "config key 'train.warmup_steps' must be >= 0, got -1"),
-    ("seed_negative", ["train.seed=-1"], "config key 'train.seed' must be in [0, 4294967295], got -1"),
+    ("seed_negative", ["train.seed=-1"], "config key 'train.seed' must be >= 0, got -1"),
     ("temperature_zero", ["loss.temperature=0"], "config key 'loss.temperature' must be > 0, got 0.0"),
-    ("mlm_probability_one", ["train.mlm_probability=1"], "config key 'train.mlm_probability' must be in (0, 1), got 1.0"),
+    ("mlm_probability_one", ["train.mlm_probability=1"], "config key 'train.mlm_probability' must be < 1 (a probability), got 1.0"),
     ("shuffle_block_zero", ["data.shuffle_block=0"], "config key 'data.shuffle_block' must be >= 1, got 0"),
     ("worker_timeout_negative", ["data.worker_timeout_s=-1"], "config key 'data.worker_timeout_s' must be > 0, got -1.0"),
     ("dist_timeout_zero", ["dist.timeout_s=0"], "config key 'dist.timeout_s' must be > 0, got 0.0"),
@@ -123,6 +123,26 @@ SETTINGS = [  # (case, --set overrides, the line names the key and what is legal
     ("narrow_student_from_teacher", ["students.hidden=16"], "config key 'students.init': 'teacher' copies the teacher's tensors and needs students.hidden 32"),
     ("student_hidden_not_multiple_of_heads", ["students.hidden=30", "students.init=random"], "config key 'students.hidden' (30) must be a multiple of the teacher's 4 attention heads"),
     ("init_mapping_last", ["students.init_mapping=last"], "config key 'students.init_mapping': 'last' gives no teacher layer to every student layer"),
+    # upper bounds: each numeric key has one, with its reason (mdist.config._ranges)
+    ("batch_size_huge", ["train.batch_size=100000"], "config key 'train.batch_size' must be <= 65536 (sequences per language per micro-batch; use train.grad_accum), got 100000"),
+    ("tiny_vocab_huge", ["teacher.tiny.vocab=1000000000000"], "config key 'teacher.tiny.vocab' must be <= 262144 (a tiny test teacher), got 1000000000000"),
+    ("tiny_max_positions_huge", ["teacher.tiny.max_positions=1000000000"], "config key 'teacher.tiny.max_positions' must be <= 8194"),
+    ("lr_above_one", ["train.lr=10"], "config key 'train.lr' must be < 1 (an Adam step of more than 1 per parameter diverges), got 10.0"),
+    ("dist_timeout_huge", ["dist.timeout_s=1e300"], "config key 'dist.timeout_s' must be < 604800.0 (a week), got 1e+300"),
+    ("lr_infinite", ["train.lr=.inf"], "config key 'train.lr' must be < 1"),
+    # values of odd shapes
+    ("steps_past_64_bits", ["train.steps=1" + "0" * 30], "config key 'train.steps' must be a number of magnitude below 2**63"),
+    ("lr_integer_too_long_for_a_float", ["train.lr=1" + "0" * 400], "config key 'train.lr' must be a number of magnitude below 2**63"),
+    ("override_past_4300_digits", ["train.steps=1" + "0" * 5000], "override 'train.steps=...': the value cannot be read as YAML"),
+    ("override_not_yaml", ["train.steps=["], "override 'train.steps=...': the value cannot be read as YAML"),
+    ("override_python_tag", ["train.steps=!!python/name:os.system"], "override 'train.steps=...': the value cannot be read as YAML"),
+    ("batch_size_list", ["train.batch_size=[4]"], "config key 'train.batch_size' must be of type int, got [4]"),
+    ("batch_size_empty", ["train.batch_size="], "config key 'train.batch_size' must be of type int, got None"),
+    ("loss_weight_nan", ["loss.weights={mlm: .nan}"], "config key 'loss.weights.mlm' must be >= 0, got nan"),
+    ("student_name_empty", ["students.groups={'': [en]}"], "config key 'students.groups.': student name '' must be letters, digits"),
+    ("student_name_with_a_dot", ["students.groups={a.b: [en]}"], "student name 'a.b' must be letters, digits"),
+    ("language_empty", ["students.groups={en: ['']}"], "config key 'students.groups.en': language '' must be letters, digits"),
+    ("language_listed_twice", ["students.groups={en: [en, en]}"], "config key 'students.groups.en': student 'en' lists a language twice (en, en)"),
 ]
 for _name, _sets, _expect in SETTINGS:
     CASES[_name] = (lambda tmp, teacher, run, request, sets=_sets: distill(tmp, teacher, *sets), _expect)
@@ -135,10 +155,96 @@ OPTIONS = [  # (case, command line, expected)
     ("prep_shard_size_negative", ["prep", "--lang", "en", "--input", "x.txt", "--out", "s", "--shard-size-mb", "-1"], "argument --shard-size-mb: must be > 0, got -1"),
     ("eval_batch_size_zero", ["eval", "perplexity", "--files", "x.txt", "--out", "o.json", "--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
     ("eval_limit_not_a_number", ["eval", "retrieval", "--src-file", "a", "--trg-file", "b", "--out", "o.json", "--limit", "ten"], "argument --limit: must be an integer, got 'ten'"),
+    ("prep_shard_size_huge", ["prep", "--lang", "en", "--input", "x.txt", "--out", "s", "--shard-size-mb", "1e300"], "argument --shard-size-mb: must be <= 1048576, got 1e300"),
+    ("eval_batch_size_huge", ["eval", "perplexity", "--files", "x.txt", "--out", "o.json", "--batch-size", "1000000"], "argument --batch-size: must be <= 65536, got 1000000"),
     ("eval_seed_negative", ["eval", "perplexity", "--files", "x.txt", "--out", "o.json", "--seed", "-3"], "argument --seed: must be >= 0, got -3"),
 ]
 for _name, _argv, _expect in OPTIONS:
     CASES[_name] = (lambda tmp, teacher, run, request, argv=_argv: argv, _expect)
+
+
+@case("config key 'train.batch_size' (512) × train.seq_len (32) needs at least 45 MiB for one micro-batch of teacher outputs, this machine has 1 MiB; lower train.batch_size")
+def batch_beyond_memory(tmp, teacher, run, request):
+    """Memory is the machine's (or GPU's); a 1 MiB machine makes the case the same everywhere."""
+    request.getfixturevalue("monkeypatch").setattr("mdist.config.machine_memory", lambda: 2**20)
+    return distill(tmp, teacher, "train.batch_size=512")
+
+
+# ---- paths: each says what it is when it is not what the command needs --------------------------
+
+@case("config key 'teacher.path': teacher directory '{tmp}/afile' is a file, not a directory")
+def teacher_path_is_a_file(tmp, teacher, run, request):
+    (tmp / "afile").write_text("x")
+    return distill(tmp, tmp / "afile")
+
+
+@case("config key 'data.text.en': file '{tmp}' is a directory, not a file")
+def text_file_is_a_directory(tmp, teacher, run, request):
+    return distill(tmp, teacher, "data.kind=text", f"data.text={{en: ['{tmp}'], tr: ['{tmp}']}}")
+
+
+@case("recipe file '{tmp}/r.yaml' is a directory, not a file")
+def recipe_is_a_directory(tmp, teacher, run, request):
+    (tmp / "r.yaml").mkdir()
+    return ["distill", "--recipe", str(tmp / "r.yaml"), "--out", str(tmp / "out")]
+
+
+@case("argument --out: '{tmp}/afile' is a file, not a directory")
+def distill_out_is_a_file(tmp, teacher, run, request):
+    (tmp / "afile").write_text("x")
+    return ["distill", "--recipe", "tiny", "--out", str(tmp / "afile")]
+
+
+@case("argument --out: '{tmp}/afile/o.json' cannot be created: '{tmp}/afile' is a file, not a directory")
+def eval_out_under_a_file(tmp, teacher, run, request):
+    (tmp / "afile").write_text("x")
+    return ["eval", "perplexity", "--model", str(teacher), "--files", str(tmp / "afile"), "--out", str(tmp / "afile" / "o.json")]
+
+
+@case("argument --out: '{tmp}' is a directory, not a file")
+def eval_out_is_a_directory(tmp, teacher, run, request):
+    return ["eval", "perplexity", "--model", str(teacher), "--files", str(tmp), "--out", str(tmp)]
+
+
+@case("'{tmp}' is a directory, not a file")
+def eval_input_is_a_directory(tmp, teacher, run, request):
+    return ["eval", "perplexity", "--model", str(teacher), "--files", str(tmp), "--out", str(tmp / "o.json")]
+
+
+@case("input file '{tmp}' is a directory, not a file")
+def prep_input_is_a_directory(tmp, teacher, run, request):
+    return ["prep", "--lang", "en", "--input", str(tmp), "--out", str(tmp / "shards"), "--no-progress"]
+
+
+@case("argument --out: '{teacher}/config.json' is a file, not a directory")
+def prep_out_is_a_file(tmp, teacher, run, request):
+    return ["prep", "--lang", "en", "--input", str(teacher / "config.json"), "--out", str(teacher / "config.json"), "--no-progress"]
+
+
+@case("argument --out: '{teacher}/config.json' is a file, not a directory")
+def baseline_out_is_a_file(tmp, teacher, run, request):
+    return ["baseline", "--teacher", str(teacher), "--layers", "1", "--out", str(teacher / "config.json")]
+
+
+@case("argument --out: '{teacher}/config.json' is a file, not a directory")
+def finetune_out_is_a_file(tmp, teacher, run, request):
+    return ["finetune", "--task", "xnli", "--strategy", "full-trg", "--model", str(teacher), "--trg", "tr", "--train", str(tmp), "--eval", str(tmp), "--out", str(teacher / "config.json")]
+
+
+@case("'{tmp}' is a directory, not a file")
+def finetune_train_is_a_directory(tmp, teacher, run, request):
+    return ["finetune", "--task", "xnli", "--strategy", "full-trg", "--model", str(teacher), "--trg", "tr", "--train", str(tmp), "--eval", str(tmp), "--out", str(tmp / "f")]
+
+
+FINETUNE = [  # (case, options, expected): checked before any task file is read
+    ("finetune_lr_infinite", ["--lr", "inf"], "--lr must be <= 1.0, got inf"),
+    ("finetune_batch_size_huge", ["--batch-size", "10000000"], "--batch-size must be <= 65536, got 10000000"),
+    ("finetune_seed_negative", ["--seed", "-1"], "--seed must be >= 0, got -1"),
+]
+for _name, _options, _expect in FINETUNE:
+    CASES[_name] = (lambda tmp, teacher, run, request, options=_options: [
+        "finetune", "--task", "xnli", "--strategy", "full-trg", "--model", str(teacher), "--trg", "tr",
+        "--train", str(tmp / "train.tsv"), "--eval", str(tmp / "eval.tsv"), "--out", str(tmp / "f"), *options], _expect)
 
 
 # ---- training data ---------------------------------------------------------------------------
@@ -161,6 +267,35 @@ def manifest_without_shards(tmp, teacher, run, request):
     argv, target = shards(tmp, teacher, request)
     (target / "en.manifest.json").write_text(json.dumps({"tokenizer": None}))
     return argv
+
+
+def manifest_entry(tmp: Path, teacher: Path, request, **entry) -> list[str]:
+    """Shards whose en manifest's first shard entry has `entry` changed."""
+    argv, target = shards(tmp, teacher, request)
+    manifest = json.loads((target / "en.manifest.json").read_text())
+    manifest["shards"][0].update(entry)
+    (target / "en.manifest.json").write_text(json.dumps(manifest))
+    return argv
+
+
+@case("{tmp}/shards/en.manifest.json: not a manifest written by `mdist prep`")
+def manifest_shard_name_leaves_the_directory(tmp, teacher, run, request):
+    return manifest_entry(tmp, teacher, request, name="../shards/en-000000.tar")
+
+
+@case("{tmp}/shards/en.manifest.json: not a manifest written by `mdist prep`")
+def manifest_shard_name_not_a_string(tmp, teacher, run, request):
+    return manifest_entry(tmp, teacher, request, name=5)
+
+
+@case("{tmp}/shards/en.manifest.json: not a manifest written by `mdist prep`")
+def manifest_shard_size_a_string(tmp, teacher, run, request):
+    return manifest_entry(tmp, teacher, request, bytes="100")
+
+
+@case("config key 'data.shards' is not set")
+def shards_without_a_directory(tmp, teacher, run, request):
+    return distill(tmp, teacher, "data.kind=shards")
 
 
 @case("{tmp}/shards/en-000001.tar: 0 bytes, prep wrote")

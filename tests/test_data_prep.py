@@ -105,7 +105,7 @@ def test_corrupt_xz_stream_is_counted_with_its_reason(tmp_path, docs):
 
 def test_missing_file_and_existing_shards_are_user_errors(tmp_path, docs):
     (tmp_path / "a.txt").write_text(cc100(docs[:3]))
-    with pytest.raises(DataError, match="missing input file.*nope.txt"):
+    with pytest.raises(DataError, match="input file '.*nope.txt' does not exist"):
         prepare("en", [tmp_path / "a.txt", tmp_path / "nope.txt"], tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
     prepare("en", [tmp_path / "a.txt"], tmp_path / "out", progress=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mdist.argtypes import output_dir
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from mdist.baseline import BASELINE_INITS
@@ -12,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--teacher", type=Path, required=True, help="teacher model directory (XLM-R family)")
     parser.add_argument("--layers", type=int, default=6, help="layers of the baseline")
     parser.add_argument("--init", choices=BASELINE_INITS, default="uniform", help="which teacher layers: uniform, top or bottom")
-    parser.add_argument("--out", type=Path, required=True, help="output model directory")
+    parser.add_argument("--out", type=output_dir, required=True, help="output model directory")
     parser.set_defaults(run=run)
 
 

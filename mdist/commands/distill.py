@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mdist.argtypes import output_dir
 from mdist.config import load_run_config, recipe_names
 from mdist.rundir import RunLock, check_out_dir, finished_summary
 
@@ -11,7 +12,7 @@ from mdist.rundir import RunLock, check_out_dir, finished_summary
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("distill", help="distil the teacher into monolingual students (Algorithm 1)")
     parser.add_argument("--recipe", required=True, help=f"a shipped recipe ({', '.join(recipe_names())}) or a YAML path")
-    parser.add_argument("--out", required=True, type=Path, help="run directory (students/, summary.json, mlflow.db, checkpoints/)")
+    parser.add_argument("--out", required=True, type=output_dir, help="run directory (students/, summary.json, mlflow.db, checkpoints/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=100 (repeatable)")
     earlier = parser.add_mutually_exclusive_group()
     earlier.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in OUT/checkpoints (fresh start when there is none)")

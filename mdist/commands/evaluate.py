@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mdist.argtypes import at_least
+from mdist.argtypes import at_least, output_file
 from mdist.errors import ConfigError
 
 
@@ -34,14 +34,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     perplexity = evaluations.add_parser("perplexity", help="MLM pseudo-perplexity on text files or webdataset shards")
     perplexity.add_argument("--model", type=Path, help="masked-LM model directory")
     perplexity.add_argument("--files", type=Path, nargs="+", required=True, help="text files (one sentence/document per line) or .tar shards with 'txt' members")
-    perplexity.add_argument("--seed", type=at_least(0), default=0, help="seed of the masking")
+    perplexity.add_argument("--seed", type=at_least(0, high=2**32 - 1), default=0, help="seed of the masking")
     perplexity.set_defaults(run=run_perplexity)
     _common(perplexity, batch_size=16)
 
     plot = evaluations.add_parser("plot", help="merge retrieval result JSONs into one per-layer figure")
     plot.add_argument("results", type=Path, nargs="+", help="JSON files written by 'mdist eval retrieval'")
     plot.add_argument("--labels", nargs="+", help="legend names, one per result (default: file names)")
-    plot.add_argument("--out", type=Path, required=True, help="PNG to write")
+    plot.add_argument("--out", type=output_file, required=True, help="PNG to write")
     plot.set_defaults(run=run_plot)
 
 
@@ -49,8 +49,8 @@ def _common(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument("--students", type=Path, metavar="RUN_DIR", help="a distillation run: take the models from its students and log to its MLflow run")
     parser.add_argument("--lang", help="with --students: the language whose student is evaluated (queries for retrieval)")
     parser.add_argument("--candidate-lang", default="en", help="with --students: language of the candidate student (default: en)")
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--batch-size", type=at_least(1), default=batch_size)
+    parser.add_argument("--out", type=output_file, required=True, help="JSON file to write")
+    parser.add_argument("--batch-size", type=at_least(1, high=65536), default=batch_size)
     parser.add_argument("--max-length", type=at_least(3), default=512, help="longest input in tokens (model limit applies too)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--mlflow-run-dir", type=Path, help="log to the MLflow store of this run directory (or MLFLOW_TRACKING_URI)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from mdist.argtypes import output_dir
 from mdist.errors import ConfigError
 
 
@@ -32,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-labels", type=Path, help="SIQA labels file (default: <train stem>-labels.lst beside it)")
     parser.add_argument("--eval", type=Path, required=True, help="target-language evaluation file")
     parser.add_argument("--eval-labels", type=Path, help="SIQA-format evaluation labels file")
-    parser.add_argument("--out", type=Path, required=True, help="output directory (result.json; model/ with --save-model)")
+    parser.add_argument("--out", type=output_dir, required=True, help="output directory (result.json; model/ with --save-model)")
     parser.add_argument("--label", help="model name in tables and MLflow (default: the run or model directory's name)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result in --out")
     settings = parser.add_argument_group("settings (thesis table 4.2)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mdist.argtypes import at_least
+from mdist.argtypes import at_least, output_dir
 from mdist.data.prep import ShardLimits, prepare
 from mdist.teacher import load_teacher_tokenizer
 
@@ -14,8 +14,8 @@ def add_parser(subparsers) -> None:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--lang", required=True, help="language code; names the shards (xx-000000.tar) and the manifest")
     parser.add_argument("--input", required=True, nargs="+", type=Path, help="text files, documents separated by blank lines")
-    parser.add_argument("--out", required=True, type=Path, help="shard directory (one per corpus; all languages may share it)")
-    parser.add_argument("--shard-size-mb", type=at_least(0, float, strict=True), default=256, help="close a shard at this size")
+    parser.add_argument("--out", required=True, type=output_dir, help="shard directory (one per corpus; all languages may share it)")
+    parser.add_argument("--shard-size-mb", type=at_least(0, float, strict=True, high=2**20), default=256, help="close a shard at this size")
     parser.add_argument("--docs-per-shard", type=at_least(1), default=None, help="also close a shard at this many documents")
     parser.add_argument("--tokenizer", type=Path, default=None, help="teacher directory: also store its token ids (ids.npy), so loaders skip tokenising")
     parser.add_argument("--overwrite", action="store_true", help="replace this language's existing shards in --out")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from mdist.data.documents import SkipLog, read_documents
 from mdist.data.encoding import DocumentEncoder
-from mdist.errors import DataError
+from mdist.errors import DataError, path_problem
 from mdist.manifests import manifest_path
 
 MANIFEST_FORMAT = 1
@@ -89,9 +89,10 @@ def prepare(lang: str, inputs: list[Path], out_dir: Path, limits: ShardLimits = 
     if not re.fullmatch(r"[A-Za-z0-9_]+", lang):
         raise DataError(f"language code '{lang}' must be letters, digits or _ (it names the shard files)")
     inputs = [Path(p) for p in inputs]
-    missing = [str(p) for p in inputs if not p.is_file()]
-    if missing:
-        raise DataError(f"missing input file(s): {', '.join(missing)}")
+    for path in inputs:
+        problem = path_problem(path, want_dir=False)
+        if problem:
+            raise DataError(f"input file '{path}' {problem}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous(out_dir, lang, overwrite)

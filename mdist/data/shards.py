@@ -290,12 +290,14 @@ def read_manifest(path: Path) -> dict:
     """A language's manifest, checked: JSON with its shards, each present with the size prep wrote."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        shards = [(shard["name"], shard["bytes"]) for shard in manifest["shards"]]
-        manifest["tokenizer"]  # present, null when the shards hold text only
+        shards = [_manifest_entry(shard) for shard in manifest["shards"]]
+        if not isinstance(manifest["tokenizer"], (str, type(None))):  # null when the shards hold text only
+            raise TypeError("tokenizer")
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a JSON manifest ({err}); re-run `mdist prep`") from None
     except (KeyError, TypeError):
-        raise DataError(f"{path}: not a manifest written by `mdist prep` (it needs 'tokenizer' and 'shards' with name and bytes); re-run `mdist prep`") from None
+        raise DataError(f"{path}: not a manifest written by `mdist prep` (it needs 'tokenizer' and 'shards' with name and bytes: "
+                        "a file name beside the manifest and its size); re-run `mdist prep`") from None
     if not shards:
         raise DataError(f"{path}: lists no shards; re-run `mdist prep` with input documents")
     for name, size in shards:
@@ -305,6 +307,14 @@ def read_manifest(path: Path) -> dict:
         if shard.stat().st_size != size:
             raise DataError(f"{shard}: {shard.stat().st_size} bytes, prep wrote {size} (truncated or replaced); re-run `mdist prep`")
     return manifest
+
+
+def _manifest_entry(shard: dict) -> tuple[str, int]:
+    """One shard of a manifest: (name, bytes), a plain file name beside the manifest and a size; TypeError otherwise."""
+    name, size = shard["name"], shard["bytes"]
+    if not (isinstance(name, str) and Path(name).name == name and name != ".." and type(size) is int and size >= 0):
+        raise TypeError(name)
+    return name, size
 
 
 def _names(paths: tuple[str, ...], shown: int = 3) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from mdist.errors import DataError
+from mdist.errors import DataError, require_file
 from mdist.evaluation.layers import LAYER_SETS
 from mdist.evaluation.retrieval import SCORES
 
@@ -25,8 +25,7 @@ def load_results(paths: list[Path], labels: list[str] | None = None) -> dict[str
     labels = labels or [f"{path.parent.name}/{path.stem}" if stems.count(path.stem) > 1 else path.stem for path in paths]
     results = {}
     for label, path in zip(labels, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"'{path}' does not exist")
+        require_file(path)
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
             if not all(isinstance(result[score], dict) for score in SCORES):

@@ -8,14 +8,13 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from mdist.errors import DataError
+from mdist.errors import DataError, require_file
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise FileNotFoundError(f"'{path}' does not exist")
+    require_file(path)
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -61,8 +60,7 @@ def read_documents(paths: list[Path]) -> list[str]:
     documents = []
     for path in paths:
         if path.name.endswith(TAR_SUFFIXES):
-            if not path.is_file():
-                raise FileNotFoundError(f"'{path}' does not exist")
+            require_file(path)
             texts = _read_shard(path)
             what = "no sample with a non-empty 'txt' member"
         else:

@@ -28,6 +28,10 @@ from mdist.transfer.train import FitSettings, fit, predict
 RESULT_FILE = "result.json"
 FULL_LR, EFFICIENT_LR = 2e-5, 1e-4
 TRAIN_SCORE_LIMIT = 1000  # training examples re-scored to show that the task was learnt
+UPPER_BOUNDS = {  # sane upper bounds of the numeric options: a batch, a length, a step size, numpy's seed range
+    "batch_size": 65536, "few_shot_batch_size": 65536, "max_length": 65536, "epochs": 10**6, "few_shot_epochs": 10**6,
+    "lr": 1.0, "few_shot_lr": 1.0, "seed": 2**32 - 1,
+}
 
 
 @dataclass
@@ -66,6 +70,7 @@ class TransferConfig:
     distillation_mlflow_run_id: str | None = None
 
     def validate(self) -> None:
+        """Every numeric option within its bounds (upper ones: UPPER_BOUNDS), before any file is read."""
         for key in ("batch_size", "few_shot_batch_size", "few_shot_epochs", "max_length"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
@@ -75,6 +80,11 @@ class TransferConfig:
         for key in ("lr", "few_shot_lr"):
             if getattr(self, key) is not None and not getattr(self, key) > 0:
                 raise ConfigError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
+        for key, high in UPPER_BOUNDS.items():
+            if getattr(self, key) is not None and not getattr(self, key) <= high:
+                raise ConfigError(f"--{key.replace('_', '-')} must be <= {high}, got {getattr(self, key)}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if not 0 <= self.weight_decay < 1 or not 0 <= self.warmup <= 1:
             raise ConfigError("--weight-decay must be in [0, 1) and --warmup in [0, 1]")
         if any(k < 1 for k in self.shots):

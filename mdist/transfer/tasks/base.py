@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mdist.errors import ConfigError, DataError
+from mdist.errors import ConfigError, DataError, require_file
 
 IGNORE = -100  # label of positions no loss or metric looks at (torch's cross-entropy default)
 
@@ -77,8 +77,7 @@ class Task(ABC):
 def read_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, text) of every line without its line end; bad UTF-8 is reported with its line."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"'{path}' does not exist")
+    require_file(path)
     raw_lines = path.read_bytes().split(b"\n")
     if raw_lines[-1] == b"":
         raw_lines.pop()
