@@ -315,8 +315,10 @@ def machine_memory() -> int:
 
 def _check_memory(cfg: RunConfig, teacher: dict[str, Any]) -> None:
     """train.batch_size × train.seq_len against memory: a lower bound on one micro-batch's teacher outputs
-    (logits, captured hidden states and Q/K, one layer's attention scores, 4 bytes each) must fit."""
-    per_token = teacher["vocab_size"] + 3 * teacher["num_hidden_layers"] * teacher["hidden_size"] + teacher["num_attention_heads"] * cfg.train.seq_len
+    must fit: the hidden states and Q/K of every layer that the loss holds, 4 bytes each. Logits are left
+    out (the MLM head runs at masked positions only, the fused op in vocabulary chunks), so this refuses
+    only sizes that cannot fit, never a run that could."""
+    per_token = 3 * teacher["num_hidden_layers"] * teacher["hidden_size"]
     needed, have = 4 * cfg.train.batch_size * cfg.train.seq_len * per_token, machine_memory()
     if needed > have:
         raise ConfigError(
@@ -327,7 +329,7 @@ def _check_memory(cfg: RunConfig, teacher: dict[str, Any]) -> None:
 
 def tiny_teacher_shape(tiny: TinyTeacherConfig) -> dict[str, Any]:
     """The config.json keys `check_against_teacher` reads, for the tiny random teacher."""
-    return {"num_hidden_layers": tiny.layers, "hidden_size": tiny.hidden, "num_attention_heads": tiny.heads, "max_position_embeddings": tiny.max_positions, "vocab_size": tiny.vocab}
+    return {"num_hidden_layers": tiny.layers, "hidden_size": tiny.hidden, "num_attention_heads": tiny.heads, "max_position_embeddings": tiny.max_positions}
 
 
 def _validate(cfg: RunConfig) -> None:
