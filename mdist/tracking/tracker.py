@@ -31,7 +31,7 @@ ARTIFACTS_DIR = "mlartifacts"  # artifacts of the embedded store, under the run 
 HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
 FLUSH_S = 1.0  # records go to MLflow at most this often, in batches (one request, not one per step)
 RETRY_MAX_S = 4.0  # the longest pause between two attempts while the server is away: a returning server is noticed within seconds
-CREATE_WAIT_S = 10.0  # how long the first `Tracker.run_id` waits for the run to be created (a reachable server answers at once)
+CREATE_WAIT_S = 10.0  # how long a new Tracker waits for its run id (a reachable server answers at once)
 CLOSE_WAIT_S = 10.0  # how long close() waits for the sender to make progress on the last records
 
 
@@ -129,19 +129,12 @@ class Tracker:
         self._sender = _Sender(self.journal)
         self._sender.start()
         self._sender.wake.set()
-        self._waited_for_run = False
+        self._sender.created.wait(CREATE_WAIT_S)
 
     @property
     def run_id(self) -> str | None:
-        """The MLflow run id; None while the run could not be created yet (the server is away). The first
-        call waits up to CREATE_WAIT_S for the sender to create the run: the sender does so beside the
-        caller's own start-up (an embedded store's first open takes a second or more), not before it."""
-        if self.journal is None:
-            return None
-        if not self._waited_for_run:
-            self._sender.created.wait(CREATE_WAIT_S)
-            self._waited_for_run = True
-        return self.journal.run_id
+        """The MLflow run id; None while the run could not be created yet (the server is away)."""
+        return self.journal.run_id if self.journal else None
 
     def _queue(self, method: str, *args) -> None:
         if self.journal is None:
