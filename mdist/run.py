@@ -217,7 +217,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
         try:
             tracker.close(status=None)  # RUNNING, as after a pre-emption: --resume continues the MLflow run
         except OSError:
-            pass
+            pass  # the full disk may refuse the journal's status record too; the error raised below says what matters
         shutdown_distributed()
         raise
     finally:
