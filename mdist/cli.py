@@ -24,13 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except commands.UserError as err:
-        print(f"mdist {args.command}: error: {err}", file=sys.stderr)
+        _say_error(args.command, err)
         return 2
     except DiskFullError as err:
-        print(f"mdist {args.command}: error: {err}", file=sys.stderr)
+        _say_error(args.command, err)
         return 1
     except OSError as err:
         if not disk_full(err):
             raise
-        print(f"mdist {args.command}: error: {disk_full_line(err)}", file=sys.stderr)
+        _say_error(args.command, disk_full_line(err))
         return 1
+
+
+def _say_error(command: str, what) -> None:
+    """The one error line, newline included, in a single write: `print` writes the text and its newline
+    separately, so the lines of several ranks sharing one stderr (torchrun, srun) could run together."""
+    sys.stderr.write(f"mdist {command}: error: {what}\n")
+    sys.stderr.flush()

@@ -26,3 +26,30 @@ def test_config_and_teacher_raise_the_errors_module_classes():
     assert mdist.config.ConfigError is mdist.errors.ConfigError
     assert mdist.teacher.TeacherError is mdist.errors.TeacherError
     assert {mdist.errors.ConfigError, mdist.errors.TeacherError, mdist.errors.DataError, mdist.errors.NonFiniteLossError} <= set(mdist.errors.UserError)
+
+
+class _RecordedStream:
+    """A stand-in for stderr that keeps each write apart (a pipe shared by ranks sees the same writes)."""
+
+    def __init__(self):
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_an_error_line_reaches_stderr_in_one_write_with_its_newline(monkeypatch, tmp_path):
+    """Ranks share one stderr under torchrun and srun; a line written in two parts (text, then newline)
+    could be joined by another rank's line, as seen in CI with the two ranks' disk-full lines."""
+    from mdist import cli
+
+    stream = _RecordedStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    code = cli.main(["runs", "verify", str(tmp_path / "missing")])
+    assert code == 2
+    assert len(stream.writes) == 1 and stream.writes[0].startswith("mdist runs: error: ") and stream.writes[0].endswith("\n")
+    assert stream.writes[0].count("\n") == 1
