@@ -157,3 +157,33 @@ def test_runs_sync_and_runs_with_the_server_unreachable_say_so_in_one_line(tmp_p
     assert main(["runs"]) != 0
     out, err = capsys.readouterr()
     assert out == "" and err == f"mdist runs: error: the tracking server {uri} is unreachable\n"
+
+
+def test_a_new_run_directory_store_starts_as_a_copy_of_the_cached_empty_store(tmp_path, monkeypatch):
+    """The first embedded store is built by MLflow and kept, empty, in the cache; the next is a copy of it
+    (a row planted in the cached copy shows up), with its own Default experiment's artifact location."""
+    import sqlite3
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = tmp_path / "cache" / "mdist" / f"mlflow-{mlflow.__version__}-empty.db"
+    first = Tracker(tmp_path / "first", "exp")
+    first.close()
+    assert template.is_file()
+    with sqlite3.connect(template) as db:
+        assert db.execute("SELECT count(*) FROM runs").fetchone() == (0,)  # kept before any run was made
+        db.execute("INSERT INTO experiment_tags (key, value, experiment_id) VALUES ('planted', 'in the template', 0)")
+    db.close()
+
+    second = Tracker(tmp_path / "second", "exp")
+    second.log_metrics({"loss": 0.5}, 0)
+    assert second.close() == 0
+    client = MlflowClient(tracking_uri=second.journal.header["uri"])
+    default = client.get_experiment("0")
+    assert default.tags.get("planted") == "in the template"
+    assert default.artifact_location == f"{(tmp_path / 'second' / 'mlartifacts').resolve().as_uri()}/0"
+    assert [m.value for m in client.get_metric_history(second.run_id, "loss")] == [0.5]
+    assert client.get_run(second.run_id).info.status == "FINISHED"

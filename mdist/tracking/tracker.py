@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from mdist.tracking.journal import QUEUE_DIR, Journal
 from mdist.tracking.sender import send_pending
+from mdist.tracking.store_template import create_store
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,12 @@ HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETR
 FLUSH_S = 1.0  # records go to MLflow at most this often, in batches (one request, not one per step)
 RETRY_MAX_S = 4.0  # the longest pause between two attempts while the server is away: a returning server is noticed within seconds
 CREATE_WAIT_S = 10.0  # how long a new Tracker waits for its run id (a reachable server answers at once)
+SQLITE_PREFIX = "sqlite:///"
 CLOSE_WAIT_S = 10.0  # how long close() waits for the sender to make progress on the last records
 
 
 def tracking_uri(run_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE_PREFIX}{(run_dir / 'mlflow.db').resolve()}"
 
 
 def artifact_location(run_dir: Path) -> str | None:
@@ -66,6 +68,15 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def _client_for_journal(header: Mapping[str, Any]):
+    """A client for the journal's store; the run directory's own sqlite store (the one with an
+    artifact location of ours) is created from the cached empty store when absent."""
+    uri, artifacts = header["uri"], header.get("artifact_location")
+    if artifacts and uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX):]).exists():
+        create_store(Path(uri[len(SQLITE_PREFIX):]), artifacts)
+    return client_for(uri)
+
+
 class _Sender(threading.Thread):
     """Sends the journal's new records in batches, at most every FLUSH_S, so a step's records cost
     the training thread one journal append; after a failure it retries with backoff (1, 2, 4 s, then
@@ -91,7 +102,7 @@ class _Sender(threading.Thread):
             last = time.monotonic()
             try:
                 if self._client is None:
-                    self._client = client_for(self.journal.header["uri"])
+                    self._client = _client_for_journal(self.journal.header)
                 send_pending(self._client, self.journal)  # never holds the training thread: appends go on
                 self.created.set()
                 if self._failing:
