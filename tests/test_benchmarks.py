@@ -103,3 +103,21 @@ def test_memory_model_zero3_measurement_matches_the_model(benchmark_module):
     for category, model in row["model"].items():
         assert abs(row["measured"][category] / model - 1) < 2e-3, (category, row["measured"][category], model)
     assert row["measured"]["teacher"] < 0.75 * row["whole_teacher_bytes"]
+
+
+def test_gpu_acceptance_dry_run_runs_every_step(tmp_path):
+    """The GPU call's script, every step on the CPU at tiny shapes: no step may die on an import or a
+    path, the production path's runs (stopped and resumed, two students each way) finish, and nothing
+    is recorded."""
+    root = BENCHMARKS.parent
+    results = (BENCHMARKS / "RESULTS.md").read_bytes()
+    env = dict(os.environ, MDIST_GPU_DRY_RUN="1", PYTHON=sys.executable, TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_acceptance.sh"), str(tmp_path / "out")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert done.returncode == 0, log[-4000:]
+    assert "=== done" in log and ", 0 step(s) failed" in log, log[-4000:]
+    runs = re.findall(r"^\| [^|]+\| [^|]+\| [^|]+\| (stop \+ resume|two students) \| .*\| (sequential|joint) \|", log, re.M)
+    assert runs == [("stop + resume", "sequential"), ("two students", "sequential"), ("two students", "joint")], log[-4000:]
+    assert len(list((tmp_path / "out" / "production").glob("*/summary.json"))) == 3
+    assert (BENCHMARKS / "RESULTS.md").read_bytes() == results
