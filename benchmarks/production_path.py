@@ -107,7 +107,9 @@ def write_corpus(path: Path, words: int, tokens: int, seed: int) -> Path:
 
 
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    from mdist.engine import without_launcher_variables
+
+    env = without_launcher_variables(os.environ)
     env.update(TOKENIZERS_PARALLELISM="false", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     return env
 
