@@ -113,7 +113,7 @@ def test_gpu_acceptance_dry_run_runs_every_step(tmp_path):
     results = (BENCHMARKS / "RESULTS.md").read_bytes()
     env = dict(os.environ, MDIST_GPU_DRY_RUN="1", PYTHON=sys.executable, TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
     done = subprocess.run(["bash", str(BENCHMARKS / "gpu_acceptance.sh"), str(tmp_path / "out")], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1800)
     log = (tmp_path / "out" / "log.txt").read_text()
     assert done.returncode == 0, log[-4000:]
     assert "=== done" in log and ", 0 step(s) failed" in log, log[-4000:]
