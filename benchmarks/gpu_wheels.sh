@@ -87,8 +87,8 @@ for wheel in "$DIR"/*.whl; do  # nothing but the list
     [[ " ${keep[*]} " == *" $stem "* ]] || { rm "$wheel"; echo "gpu-wheels: not listed, removed $wheel"; }
 done
 
-count=$(find "$DIR" -maxdepth 1 -name '*.whl' | wc -l)
-bytes=$(find "$DIR" -maxdepth 1 -name '*.whl' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+count=$(find "$DIR" -maxdepth 1 -type f -name '*.whl' | wc -l)
+bytes=$(find "$DIR" -maxdepth 1 -type f -name '*.whl' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
 mib=$(awk -v b="$bytes" 'BEGIN {printf "%.1f", b / 1048576}')
 echo "gpu-wheels: $count wheels in $DIR, $mib MiB"
 [ "$bytes" -le $((LIMIT_MIB * 1048576)) ] || die "$DIR holds $mib MiB, over the $LIMIT_MIB MiB a device call can carry"
