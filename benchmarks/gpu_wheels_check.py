@@ -22,13 +22,18 @@ from pathlib import Path
 
 
 def check_webdataset(tmp: Path) -> str:
+    """As mdist.data.prep writes a shard and mdist.data.shards reads it."""
+    import tarfile
+
     import webdataset as wds
 
-    shard = tmp / "shard-000000.tar"
-    with wds.TarWriter(str(shard)) as sink:
-        sink.write({"__key__": "doc0", "txt": "hello world", "json": {"lang": "en"}})
-    samples = list(wds.WebDataset(str(shard), shardshuffle=False).decode())
-    assert len(samples) == 1 and samples[0]["txt"] == "hello world" and samples[0]["json"] == {"lang": "en"}, samples
+    shard = tmp / "en-000000.tar"
+    with open(shard, "wb") as file:
+        sink = wds.TarWriter(file, encoder=False, mtime=0, format=tarfile.USTAR_FORMAT)
+        sink.write({"__key__": "doc0", "txt": b"hello world", "json": b'{"lang": "en"}'})
+        sink.close()
+    samples = list(wds.tarfile_to_samples()([{"url": str(shard)}]))
+    assert [(s["__key__"], s["txt"], s["json"]) for s in samples] == [("doc0", b"hello world", b'{"lang": "en"}')], samples
     return f"webdataset {version('webdataset')}: wrote and read one shard"
 
 
