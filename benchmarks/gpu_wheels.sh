@@ -43,9 +43,9 @@ LOG=$DIR/.log
 WORK=$(mktemp -d) || die "no scratch folder"
 trap 'rm -rf "$WORK"' EXIT
 
-# The scratch venv that builds sdists: constraints.txt's setuptools and the package's build requirements, no torch.
-build_venv() {
-    local venv=$WORK/build-venv
+# A scratch venv that builds NAME's sdist: constraints.txt's setuptools and the build requirements, no torch.
+build_venv() {  # NAME BUILD...
+    local venv=$WORK/venv-$1; shift
     [ -x "$venv/bin/python" ] || "$PYTHON3" -m venv "$venv" >>"$LOG" 2>&1 || return 1
     "$venv/bin/python" -m pip install -q "setuptools==$(pin setuptools)" "$@" >>"$LOG" 2>&1 || return 1
     echo "$venv/bin/python"
@@ -55,7 +55,7 @@ fetch() {  # NAME VERSION HOW BUILD...: one wheel into DIR
     local name=$1 version=$2 how=$3; shift 3
     if [ "$how" = sdist ]; then
         local python src
-        python=$(build_venv "$@") || return 1
+        python=$(build_venv "$name" "$@") || return 1
         src=$WORK/$name && mkdir -p "$src" || return 1
         # DS_BUILD_OPS=0: DeepSpeed as pure Python (its ops JIT-built on the device, for the accelerator it finds there)
         DS_BUILD_OPS=0 DS_ACCELERATOR=cuda "$python" -m pip download --no-deps --no-binary :all: --no-build-isolation -d "$src" "$name==$version" >>"$LOG" 2>&1 &&
