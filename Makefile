@@ -12,10 +12,11 @@ TORCH       ?= $(shell grep -m1 '^torch==' constraints.txt)
 OUT         ?= demo-out
 STAMP       ?= .setup-stamp
 LOCK_VENV   ?= .lock-venv
+WHEELS      ?= .whl
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test constraints clean
+.PHONY: setup demo test constraints gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -50,5 +51,11 @@ constraints:
 	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sed -E 's/\+[^ ]*$$//'; } > $(LOCK_VENV)/constraints.txt
 	mv $(LOCK_VENV)/constraints.txt constraints.txt
 
+# The lent GPU machine's missing packages (benchmarks/gpu_wheels.txt, at constraints.txt's pins) as wheels for its
+# Python 3.12 in $(WHEELS), to carry there and install with pip's --no-index --no-deps --target (see that file).
+# Needs pip and PyPI, not the .venv; wheels already there are kept.
+gpu-wheels:
+	bash benchmarks/gpu_wheels.sh $(WHEELS)
+
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) .constraints.txt $(STAMP) $(OUT) .torch_extensions
+	rm -rf $(VENV) $(LOCK_VENV) .constraints.txt $(STAMP) $(OUT) .torch_extensions $(WHEELS)
