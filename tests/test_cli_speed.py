@@ -99,3 +99,11 @@ def test_python_dash_m_mdist_help_answers_within_a_second():
         seconds.append(time.perf_counter() - start)
         assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
     assert min(seconds) < HELP_SECONDS, f"mdist --help took {min(seconds):.2f} s at best of {', '.join(f'{s:.2f}' for s in seconds)}"
+
+
+def test_runs_verify_loads_no_deepspeed_and_prints_no_banner(tmp_path):
+    """A command that does not train stays clear of DeepSpeed, whose import writes 'Setting accelerator to CPU'."""
+    (tmp_path / "checkpoints" / "step1").mkdir(parents=True)  # incomplete: nothing to hash
+    result, stdout, stderr = _probe(["runs", "verify", str(tmp_path)])
+    assert result["code"] == 0 and "deepspeed" not in result["heavy"], result
+    assert "--resume would start from step 0" in stdout and stderr == ""
