@@ -1,5 +1,6 @@
 """argparse types for numeric options: a value out of range stops with argparse's one line (exit
-code 2) naming the option, before anything is read or built."""
+code 2) naming the option, before anything is read or built. Light, as every parser definition must
+be: `mdist --help` and argument errors answer without loading torch."""
 from __future__ import annotations
 
 import argparse
@@ -36,3 +37,18 @@ def output_path(want_dir: bool) -> Callable[[str], Path]:
 
 
 output_dir, output_file = output_path(want_dir=True), output_path(want_dir=False)
+
+
+def add_device_option(parser: argparse._ActionsContainer) -> None:
+    """`--device`, by default `auto`, which `chosen_device` resolves once the command runs: asking torch
+    for a GPU while the parser is defined would load torch for `--help` too."""
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto: cuda when a GPU is visible, else cpu")
+
+
+def chosen_device(name: str) -> str:
+    """The `--device` value with `auto` resolved."""
+    if name != "auto":
+        return name
+    import torch  # noqa: PLC0415 (light module; the command that asks is about to use torch)
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

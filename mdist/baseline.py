@@ -9,17 +9,14 @@ from pathlib import Path
 from transformers import AutoModelForMaskedLM
 
 from mdist.errors import ConfigError, TeacherError
-from mdist.strategies import layer_mapping
+from mdist.strategies import INIT_MAPPINGS, layer_mapping
 from mdist.students import init_from_teacher
 from mdist.teacher import check_teacher_dir, load_teacher_tokenizer
 
-BASELINE_INITS = ("uniform", "top", "bottom")
-
-
 def export_baseline(teacher_dir: Path, layers: int, init: str, out_dir: Path) -> dict:
     """Write the baseline to `out_dir` and return its provenance (also in `baseline.json`)."""
-    if init not in BASELINE_INITS:
-        raise ConfigError(f"--init must be one of {', '.join(BASELINE_INITS)}, got '{init}'")
+    if init not in INIT_MAPPINGS:
+        raise ConfigError(f"--init must be one of {', '.join(INIT_MAPPINGS)}, got '{init}'")
     config = check_teacher_dir(teacher_dir)
     teacher_layers = config.get("num_hidden_layers", 0)
     if not 1 <= layers <= teacher_layers:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mdist.checkpoint_files import COMPLETE, HASH, file_digest, mismatches, read_marker, share_of_files, size_problems
+from mdist.checkpoint_files import COMPLETE, HASH, complete_tags, file_digest, mismatches, read_marker, share_of_files, size_problems
 from mdist.checkpoint_writes import Writes, first_failure
 from mdist.engine import barrier, gather_objects, world_size
 from mdist.errors import CheckpointError
@@ -64,12 +64,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def complete_tags(directory: Path) -> list[str]:
-    """Tags of the complete checkpoints in `directory`, oldest first."""
-    steps = [int(m.group(1)) for path in directory.glob("step*") if (m := re.fullmatch(r"step(\d+)", path.name)) and (path / COMPLETE).is_file()]
-    return [f"step{step}" for step in sorted(steps)]
 
 
 def latest_tag(directory: Path) -> str | None:
@@ -99,38 +93,6 @@ def _atomic_write(path: Path, text: str) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def verify_checkpoints(directory: Path) -> tuple[list[str], bool]:
-    """Check every complete checkpoint in `directory` as `--resume` would (sizes, then contents
-    against `COMPLETE`), all in this process and without loading anything. Returns the lines to
-    print (one per checkpoint and each problem, then what `--resume` would do) and whether every
-    complete checkpoint verified."""
-    lines, outcome, ok = [], None, True
-    for tag in reversed(complete_tags(directory)):  # newest first, as --resume tries them
-        target = directory / tag
-        marker = read_marker(target)
-        sizes = marker.get("files") or {}
-        resized = size_problems(target, sizes, sizes)
-        problems = resized + mismatches(target)
-        if problems:
-            ok = False
-            lines += [f"{target}: FAILED"] + [f"  {problem}" for problem in problems]
-            if resized and outcome is None:
-                outcome = f"--resume would stop at {target} ({resized[0]})"
-            continue
-        if marker.get(HASH):
-            lines.append(f"{target}: ok ({len(sizes)} files, sizes and {HASH})")
-        else:
-            lines.append(f"{target}: ok, sizes only ({len(sizes)} files; its {COMPLETE} records no content hashes: an older mdist wrote it)")
-        if outcome is None:
-            outcome = f"--resume would continue from {target}"
-    for path in sorted(directory.glob("step*")):
-        if path.is_dir() and not (path / COMPLETE).is_file():
-            lines.append(f"{path}: incomplete (no {COMPLETE}), never resumed from")
-    if outcome is None:
-        outcome = f"no complete checkpoint in {directory}" + (": --resume would start from step 0" if ok else " verifies: --resume would stop")
-    return [*lines, outcome], ok
 
 
 class Checkpointer:

@@ -1,10 +1,12 @@
 """A checkpoint's files and whether they are intact: `COMPLETE` records each file's size and sha256, hashed
 as `hashed_save` writes it (nothing is read back); `size_problems` and `mismatches` compare the files on disk
-with it (resume, `mdist runs verify`). Layout and publishing: `mdist.checkpoint`."""
+with it (resume, `mdist runs verify`; `verify_checkpoints` here, so that command loads no DeepSpeed).
+Layout and publishing: `mdist.checkpoint`."""
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -109,3 +111,41 @@ def size_problems(target: Path, sizes: dict[str, int], names) -> list[str]:
         elif name in sizes and path.stat().st_size != sizes[name]:
             found.append(f"{path} has {path.stat().st_size} bytes, {sizes[name]} were written (truncated or replaced)")
     return found
+
+
+def complete_tags(directory: Path) -> list[str]:
+    """Tags of the complete checkpoints in `directory`, oldest first."""
+    steps = [int(m.group(1)) for path in directory.glob("step*") if (m := re.fullmatch(r"step(\d+)", path.name)) and (path / COMPLETE).is_file()]
+    return [f"step{step}" for step in sorted(steps)]
+
+
+def verify_checkpoints(directory: Path) -> tuple[list[str], bool]:
+    """Check every complete checkpoint in `directory` as `--resume` would (sizes, then contents
+    against `COMPLETE`), all in this process and without loading anything. Returns the lines to
+    print (one per checkpoint and each problem, then what `--resume` would do) and whether every
+    complete checkpoint verified."""
+    lines, outcome, ok = [], None, True
+    for tag in reversed(complete_tags(directory)):  # newest first, as --resume tries them
+        target = directory / tag
+        marker = read_marker(target)
+        sizes = marker.get("files") or {}
+        resized = size_problems(target, sizes, sizes)
+        problems = resized + mismatches(target)
+        if problems:
+            ok = False
+            lines += [f"{target}: FAILED"] + [f"  {problem}" for problem in problems]
+            if resized and outcome is None:
+                outcome = f"--resume would stop at {target} ({resized[0]})"
+            continue
+        if marker.get(HASH):
+            lines.append(f"{target}: ok ({len(sizes)} files, sizes and {HASH})")
+        else:
+            lines.append(f"{target}: ok, sizes only ({len(sizes)} files; its {COMPLETE} records no content hashes: an older mdist wrote it)")
+        if outcome is None:
+            outcome = f"--resume would continue from {target}"
+    for path in sorted(directory.glob("step*")):
+        if path.is_dir() and not (path / COMPLETE).is_file():
+            lines.append(f"{path}: incomplete (no {COMPLETE}), never resumed from")
+    if outcome is None:
+        outcome = f"no complete checkpoint in {directory}" + (": --resume would start from step 0" if ok else " verifies: --resume would stop")
+    return [*lines, outcome], ok

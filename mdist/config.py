@@ -21,6 +21,7 @@ import yaml
 
 from mdist.errors import ConfigError, path_problem
 from mdist.manifests import manifest_path
+from mdist.recipes import recipe_names
 from mdist.strategies import MAPPINGS, STRATEGIES, layer_mapping, resolve_weights
 
 TINY_RANDOM = "tiny-random"
@@ -451,10 +452,6 @@ def _check_files(key: str, files: dict[str, list[str]]) -> None:
 
 
 # ---------------------------------------------------------------- recipes and overrides
-
-
-def recipe_names() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("mdist.recipes").iterdir() if p.name.endswith(".yaml"))
 
 
 def _read_recipe(recipe: str) -> tuple[dict[str, Any], str]:

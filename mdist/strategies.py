@@ -40,6 +40,7 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 MAPPINGS = ("uniform", "top", "bottom", "last")
+INIT_MAPPINGS = ("uniform", "top", "bottom")  # those that give every student layer a teacher layer to copy (baselines)
 
 
 def resolve_weights(strategy: str, overrides: dict[str, float] | None) -> dict[str, float]:

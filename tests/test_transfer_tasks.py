@@ -12,6 +12,7 @@ from conftest import SHARED_DATA
 
 from mdist.errors import ConfigError
 from mdist.errors import DataError
+from mdist.transfer import TASK_NAMES
 from mdist.transfer.tasks import NER, TASKS, XCOPA, XNLI, ChoiceExample, PairExample, TaggedSentence, get_task
 from mdist.transfer.tasks.base import IGNORE
 
@@ -52,6 +53,11 @@ def test_task_table(name, head, metric, epochs, ks, num_labels):
     task = get_task(name)
     assert (task.name, task.head, task.metric, task.zero_shot_epochs, task.few_shot_ks, task.num_labels, task.max_length) == (name, head, metric, epochs, ks, num_labels, 128)
     assert TASKS[name] is task
+
+
+def test_the_light_task_names_are_the_registry_s_in_order():
+    """`mdist finetune --task` offers TASK_NAMES without loading torch; the tables follow TASKS' order."""
+    assert tuple(TASKS) == TASK_NAMES
 
 
 def test_unknown_task_names_the_known_ones():

@@ -1,4 +1,8 @@
-"""Subcommands. Each module has `add_parser(subparsers)` that sets `run=` on its parser."""
+"""Subcommands. Each module has `add_parser(subparsers)` that sets `run=` on its parser.
+
+Every module is imported for every command, `--help` included, so a module imports only light modules at
+its top (argparse types, name lists, errors); torch, transformers, DeepSpeed, mlflow and whatever loads them
+are imported inside its `run` functions. tests/test_cli_speed.py holds every command to this."""
 from mdist.commands import baseline, demo, distill, evaluate, finetune, prep, runs, transfer_table
 from mdist.errors import UserError
 

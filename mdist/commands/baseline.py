@@ -5,15 +5,14 @@ import argparse
 from pathlib import Path
 
 from mdist.argtypes import output_dir
+from mdist.strategies import INIT_MAPPINGS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from mdist.baseline import BASELINE_INITS
-
     parser = sub.add_parser("baseline", help="export an M-layer model initialised from the teacher's layers, without distillation")
     parser.add_argument("--teacher", type=Path, required=True, help="teacher model directory (XLM-R family)")
     parser.add_argument("--layers", type=int, default=6, help="layers of the baseline")
-    parser.add_argument("--init", choices=BASELINE_INITS, default="uniform", help="which teacher layers: uniform, top or bottom")
+    parser.add_argument("--init", choices=INIT_MAPPINGS, default="uniform", help="which teacher layers: uniform, top or bottom")
     parser.add_argument("--out", type=output_dir, required=True, help="output model directory")
     parser.set_defaults(run=run)
 

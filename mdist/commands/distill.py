@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from mdist.argtypes import output_dir
-from mdist.config import load_run_config, recipe_names
+from mdist.recipes import recipe_names
 from mdist.rundir import RunLock, check_out_dir, finished_summary
 
 
@@ -21,6 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mdist.config import load_run_config  # yaml and the validators: not needed for --help
+
     cfg = load_run_config(args.recipe, args.overrides)
     with RunLock(args.out):  # one run per directory, held until this run ends (mdist.rundir)
         return _run_locked(args, cfg)

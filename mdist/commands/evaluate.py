@@ -10,9 +10,7 @@ import json
 import re
 from pathlib import Path
 
-import torch
-
-from mdist.argtypes import at_least, output_file
+from mdist.argtypes import add_device_option, at_least, chosen_device, output_file
 from mdist.errors import ConfigError
 
 
@@ -52,7 +50,7 @@ def _common(parser: argparse.ArgumentParser, batch_size: int) -> None:
     parser.add_argument("--out", type=output_file, required=True, help="JSON file to write")
     parser.add_argument("--batch-size", type=at_least(1, high=65536), default=batch_size)
     parser.add_argument("--max-length", type=at_least(3), default=512, help="longest input in tokens (model limit applies too)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_option(parser)
     parser.add_argument("--mlflow-run-dir", type=Path, help="log to the MLflow store of this run directory (or MLFLOW_TRACKING_URI)")
     parser.add_argument("--mlflow-run-id", help="existing MLflow run to log to (default: a new run; with --students a child of the distillation run)")
 
@@ -69,7 +67,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("eval retrieval: give --src-model and --trg-model, or --students RUN_DIR and --lang")
     label = args.label or args.lang or src_model.name
-    result = evaluate_retrieval(src_model, trg_model, args.src_file, args.trg_file, args.batch_size, args.max_length, args.device, args.limit, progress=True)
+    result = evaluate_retrieval(src_model, trg_model, args.src_file, args.trg_file, args.batch_size, args.max_length, chosen_device(args.device), args.limit, progress=True)
     _write_json(args.out, result)
     if args.plot:
         plot_layer_curves({label: result}, args.plot)
@@ -90,7 +88,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
         model = args.model
     else:
         raise ConfigError("eval perplexity: give --model, or --students RUN_DIR and --lang")
-    result = evaluate_perplexity(model, args.files, args.seed, args.batch_size, args.max_length, args.device)
+    result = evaluate_perplexity(model, args.files, args.seed, args.batch_size, args.max_length, chosen_device(args.device))
     if args.lang:
         result["lang"] = args.lang
     _write_json(args.out, result)

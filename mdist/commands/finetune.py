@@ -8,19 +8,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from mdist.argtypes import output_dir
+from mdist.argtypes import add_device_option, chosen_device, output_dir
 from mdist.errors import ConfigError
+from mdist.transfer import TASK_NAMES
+from mdist.transfer.strategies import STRATEGIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from mdist.transfer.strategies import STRATEGIES
-    from mdist.transfer.tasks import TASKS
-
     parser = sub.add_parser("finetune", help="fine-tune on the source language with a transfer strategy, evaluate on the target language",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--task", required=True, choices=list(TASKS), help="xnli (accuracy), ner (PAN-X, entity F1), xcopa (train SIQA/COPA, accuracy)")
+    parser.add_argument("--task", required=True, choices=TASK_NAMES, help="xnli (accuracy), ner (PAN-X, entity F1), xcopa (train SIQA/COPA, accuracy)")
     parser.add_argument("--strategy", required=True, metavar="NAME", help=f"one of {', '.join(STRATEGIES)}, or freeze+k for any k")
     models = parser.add_argument_group("models (one of)")
     models.add_argument("--students", type=Path, metavar="RUN_DIR", help="a distillation run: S_src and S_trg are the students of --src and --trg")
@@ -46,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     settings.add_argument("--seed", type=int, default=42)
     settings.add_argument("--train-limit", type=int, help="use only the first N training examples")
     settings.add_argument("--eval-limit", type=int, help="use only the first N evaluation examples")
-    settings.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_option(settings)
     few = parser.add_argument_group("few-shot (after zero-shot training, on the evaluated target model)")
     few.add_argument("--shots", type=int, nargs="+", default=[], metavar="K", help="k labelled target examples, one continuation per k (thesis: 10 100 500; XCOPA 10 50 100)")
     few.add_argument("--shots-file", type=Path, help="labelled target-language examples to draw the k from (seeded)")
@@ -89,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
         max_length=args.max_length, seed=args.seed, shots=args.shots, shots_file=args.shots_file, shots_labels=args.shots_labels,
         few_shot_epochs=args.few_shot_epochs, few_shot_batch_size=args.few_shot_batch_size, few_shot_lr=args.few_shot_lr,
-        task_teacher=args.task_teacher, save_model=args.save_model, device=args.device, **resolve_models(args),
+        task_teacher=args.task_teacher, save_model=args.save_model, device=chosen_device(args.device), **resolve_models(args),
     )
     result = run_transfer(cfg)
     metric = result["metric"]

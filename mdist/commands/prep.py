@@ -5,8 +5,6 @@ import argparse
 from pathlib import Path
 
 from mdist.argtypes import at_least, output_dir
-from mdist.data.prep import ShardLimits, prepare
-from mdist.teacher import load_teacher_tokenizer
 
 
 def add_parser(subparsers) -> None:
@@ -24,6 +22,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from mdist.data.prep import ShardLimits, prepare
+    from mdist.teacher import load_teacher_tokenizer
+
     tokenizer = load_teacher_tokenizer(args.tokenizer) if args.tokenizer is not None else None
     limits = ShardLimits(int(args.shard_size_mb * 2**20), args.docs_per_shard)
     manifest = prepare(args.lang, args.input, args.out, limits, tokenizer, args.overwrite, progress=not args.no_progress)

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 def verify(run_dir: Path | None) -> int:
     """Check every complete checkpoint of a run directory (or of a checkpoints directory) as `--resume`
     would, without training: 0 when all verify, 1 when one does not."""
-    from mdist.checkpoint import verify_checkpoints
+    from mdist.checkpoint_files import verify_checkpoints  # not mdist.checkpoint: that loads DeepSpeed (and its banner)
 
     if run_dir is None or not run_dir.is_dir():
         raise FileNotFoundError(f"runs verify: '{run_dir}' is not a run directory")

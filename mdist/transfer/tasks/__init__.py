@@ -7,7 +7,7 @@ from mdist.transfer.tasks.ner import NER, TaggedSentence
 from mdist.transfer.tasks.xcopa import XCOPA, ChoiceExample
 from mdist.transfer.tasks.xnli import XNLI, PairExample
 
-TASKS: dict[str, Task] = {"xnli": XNLI(), "ner": NER(), "xcopa": XCOPA()}
+TASKS: dict[str, Task] = {task.name: task for task in (XNLI(), NER(), XCOPA())}  # in the order of mdist.transfer.TASK_NAMES (tested)
 
 __all__ = ["TASKS", "Batch", "ChoiceExample", "NER", "PairExample", "TaggedSentence", "Task", "XCOPA", "XNLI", "get_task"]
 
