@@ -168,7 +168,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _check_type(value, inner, key)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
+        return build_dataclass(hint, value, key)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
@@ -200,7 +200,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {hint} at {key}")  # a bug in this module
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
     where = f"'{prefix}'" if prefix else "the top level"
     if not isinstance(data, dict):
         raise ConfigError(f"config section {where} must be a mapping, got {data!r}")
@@ -454,28 +454,36 @@ def _check_files(key: str, files: dict[str, list[str]]) -> None:
 
 
 def recipe_names() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("mdist.recipes").iterdir() if p.name.endswith(".yaml"))
+    return shipped_names("mdist.recipes")
 
 
-def _read_recipe(recipe: str) -> tuple[dict[str, Any], str]:
-    path = Path(recipe)
+def shipped_names(package: str) -> list[str]:
+    """The YAML files shipped in `package` (recipes, studies), without their suffix."""
+    return sorted(p.name[: -len(".yaml")] for p in resources.files(package).iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml_mapping(name: str, package: str = "mdist.recipes", kind: str = "recipe") -> tuple[dict[str, Any], str]:
+    """A YAML path, or the name of a file shipped in `package`, read as a mapping; with the words that name it in errors."""
+    path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         problem = path_problem(path, want_dir=False)
         if problem:
-            raise ConfigError(f"recipe file '{path}' {problem}")
+            raise ConfigError(f"{kind} file '{path}' {problem}")
         try:
             text, origin = path.read_text(encoding="utf-8"), str(path)
         except UnicodeDecodeError:
-            raise ConfigError(f"recipe file '{path}' is not text (a recipe is a YAML file)") from None
+            raise ConfigError(f"{kind} file '{path}' is not text (a {kind} is a YAML file)") from None
     else:
-        candidate = resources.files("mdist.recipes") / f"{recipe}.yaml"
+        candidate = resources.files(package) / f"{name}.yaml"
         if not candidate.is_file():
-            raise ConfigError(f"unknown recipe '{recipe}' (shipped: {', '.join(recipe_names())}; or give a YAML path)")
-        text, origin = candidate.read_text(encoding="utf-8"), f"recipe '{recipe}'"
+            raise ConfigError(f"unknown {kind} '{name}' (shipped: {', '.join(shipped_names(package))}; or give a YAML path)")
+        text, origin = candidate.read_text(encoding="utf-8"), f"{kind} '{name}'"
     try:
         data = yaml.safe_load(text) or {}
     except (yaml.YAMLError, ValueError) as err:
         raise ConfigError(f"{origin} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must be a YAML mapping at the top level")
     return data, origin
 
 
@@ -498,15 +506,13 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 
 
 def resolve_config(data: dict[str, Any]) -> RunConfig:
-    cfg = _build(RunConfig, data, "")
+    cfg = build_dataclass(RunConfig, data, "")
     _validate(cfg)
     return cfg
 
 
 def load_run_config(recipe: str, overrides: list[str] = ()) -> RunConfig:
-    data, origin = _read_recipe(recipe)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{origin} must be a YAML mapping at the top level")
+    data, _ = read_yaml_mapping(recipe)
     for assignment in overrides:
         apply_override(data, assignment)
     return resolve_config(data)
