@@ -481,7 +481,7 @@ def read_yaml_mapping(name: str, package: str = "mdist.recipes", kind: str = "re
     try:
         data = yaml.safe_load(text) or {}
     except (yaml.YAMLError, ValueError) as err:
-        raise ConfigError(f"{origin} is not valid YAML: {err}") from None
+        raise ConfigError(f"{origin} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{origin} must be a YAML mapping at the top level")
     return data, origin
