@@ -70,6 +70,11 @@ def test_thesis_study_plans_every_stage_with_its_dependencies_and_resources(tmp_
     assert stages["retrieval-teacher-sw"].deps == [] and set(stages["report"].deps) == {s for s in stages if not s.startswith(("prep", "report"))}
 
 
+def test_a_refused_study_writes_and_submits_nothing(tiny_teacher_dir, tmp_path, capsys):
+    assert main(["study", "run", *_tiny(tiny_teacher_dir, tmp_path / "s", "--set", f"data={tmp_path}"), "--slurm"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "s").exists()
+
+
 def test_plan_prints_stages_commands_dependencies_and_resources(tiny_teacher_dir, tmp_path, capsys):
     _need_data()
     assert main(["study", "plan", *_tiny(tiny_teacher_dir, tmp_path / "s")]) == 0
@@ -191,27 +196,41 @@ def test_one_mlflow_experiment_holds_every_stage_run_tagged(killed_and_rerun):
     assert {e.name for e in client.search_experiments()} == {"tiny", "Default"}  # nothing logged elsewhere in the study's store
 
 
-def test_tiny_study_on_slurm_chains_jobs_with_afterok_and_an_array_for_the_grid(slurm, tiny_teacher_dir, tmp_path, capsys, cpu_env, monkeypatch):  # noqa: F811
+def test_tiny_study_on_slurm_chains_jobs_and_resubmits_only_what_a_cancelled_job_left(slurm, tiny_teacher_dir, tmp_path, capsys, cpu_env, monkeypatch):  # noqa: F811
+    """Every stage a job (afterok), the grid one array; the second distillation's job is cancelled while it
+    runs, its dependants leave the queue; submitting again runs those stages only, and the study completes."""
     _need_data()
     monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
     out = tmp_path / "tiny"
     assert main(["study", "run", *_tiny(tiny_teacher_dir, out), "--slurm"]) == 0
     submitted = capsys.readouterr().out
     assert "finetune: job array" in submitted and f"submitted {TINY_STAGES} stage(s)" in submitted
+    target = out / "stages" / "distill-monoalignment.json"
+    _wait_for(lambda: json.loads(target.read_text())["state"] == "running", 600, "the second distillation did not start")
+    subprocess.run(["scancel", json.loads(target.read_text())["job_id"]], env=slurm.env, check=True)
     _wait_for(lambda: not slurm.queued(), 900, "the study's jobs did not leave the queue")
+    before = _records(out)
+    assert main(["study", "status", str(out)]) == 0
+    status = capsys.readouterr().out
+    assert re.search(r"\| distill-monoalignment \| failed \(SLURM job \d+ left the queue", status), status
+    assert re.search(r"\| report \| failed \(SLURM job \d+ left the queue", status), status  # its dependency failed: cancelled
+
+    assert main(["study", "run", *_tiny(tiny_teacher_dir, out), "--slurm"]) == 0
+    again = capsys.readouterr().out
+    assert "submitted 4 stage(s)" in again, again  # distill-monoalignment, its retrieval and perplexity, the report
+    _wait_for(lambda: not slurm.queued(), 900, "the resubmitted jobs did not leave the queue")
     records = _records(out)
     failed = {name: Path(r["log"]).read_text()[-2000:] for name, r in records.items() if r["state"] != "done" and r.get("log")}
     assert all(r["state"] == "done" for r in records.values()), failed or records
+    redone = {name for name in records if records[name] != before[name]}
+    assert redone == {"distill-monoalignment", "retrieval-monoalignment-tr", "perplexity-monoalignment-tr", "report"}
+    assert records["distill-monoalignment"]["attempt"] == 2
 
-    from mdist.study.config import load_study as load
     from mdist.study.stages import plan
 
-    for stage in plan(load("tiny", [f"teacher={tiny_teacher_dir}", f"data={SHARED_DATA}"]), out):
+    for stage in plan(load_study("tiny", [f"teacher={tiny_teacher_dir}", f"data={SHARED_DATA}"]), out):
         for dep in stage.deps:  # afterok: no stage started before each of its dependencies ended
             assert records[stage.name]["start"] >= records[dep]["end"], (stage.name, dep)
     arrays = {records[name]["job_id"].split("_")[0] for name in records if name.startswith("finetune-")}
     assert len(arrays) == 1 and all("_" in records[name]["job_id"] for name in records if name.startswith("finetune-"))
     assert (out / "report.md").is_file() and (out / "plots" / "retrieval-tr.png").is_file()
-
-    assert main(["study", "status", str(out)]) == 0
-    assert f"study 'tiny' in {out}: {TINY_STAGES} done" in capsys.readouterr().out

@@ -42,7 +42,7 @@ def write_report(out: Path, name: str) -> Path:
     tables, plots = out / "tables", out / "plots"
     tables.mkdir(parents=True, exist_ok=True)
     sections = [f"# Study '{name}'", "", f"Stage states: `mdist study status {out}`; MLflow: `mdist runs --store {out} --tag mdist.study={name}`.", ""]
-    for lang_dir in sorted((out / "eval" / "retrieval").glob("*/")):
+    for lang_dir in sorted(p for p in (out / "eval" / "retrieval").glob("*") if p.is_dir()):
         paths = sorted(lang_dir.glob("*.json"))
         results = load_results(paths, [path.stem for path in paths])
         table, plot = tables / f"retrieval-{lang_dir.name}.md", plots / f"retrieval-{lang_dir.name}.png"

@@ -15,7 +15,7 @@ from pathlib import Path
 from mdist.errors import ConfigError
 from mdist.study.config import Study
 from mdist.study.stages import Stage
-from mdist.study.state import DONE, RUNNING, SUBMITTED, now, state_of, write_record
+from mdist.study.state import DONE, RUNNING, SUBMITTED, now, read_record, state_of, write_record
 
 ARRAY_KIND = "finetune"  # the grid: one job array
 
@@ -46,7 +46,7 @@ def submit(study: Study, out: Path, stages: list[Stage], env: dict, queued: set[
             continue
         job = _sbatch(study, out, stage.kind, [stage.name], _dependency(stage.deps, jobs), env, f"mdist-{study.name}-{stage.name}")
         jobs[stage.name] = job
-        write_record(out, stage.name, {"state": SUBMITTED, "argv": stage.argv, "job_id": job, "submitted": now()})
+        _mark_submitted(out, stage, job)
         say(f"{stage.name}: job {job}" + (f" after {', '.join(d for d in stage.deps if d in jobs)}" if any(d in jobs for d in stage.deps) else ""))
     return jobs
 
@@ -60,7 +60,12 @@ def _submit_array(study: Study, out: Path, array: list[Stage], env: dict, jobs: 
                   f"mdist-{study.name}-{ARRAY_KIND}", ["--array", f"0-{len(array) - 1}"])
     for index, stage in enumerate(array):
         jobs[stage.name] = f"{job}_{index}"
-        write_record(out, stage.name, {"state": SUBMITTED, "argv": stage.argv, "job_id": jobs[stage.name], "submitted": now()})
+        _mark_submitted(out, stage, jobs[stage.name])
+
+
+def _mark_submitted(out: Path, stage: Stage, job: str) -> None:
+    earlier = read_record(out, stage.name) or {}
+    write_record(out, stage.name, {"state": SUBMITTED, "argv": stage.argv, "job_id": job, "submitted": now(), "attempt": earlier.get("attempt", 0)})
 
 
 def _dependency(deps: list[str], jobs: dict[str, str]) -> list[str]:
