@@ -470,7 +470,7 @@ def read_yaml_mapping(name: str, package: str = "mdist.recipes", kind: str = "re
         if problem:
             raise ConfigError(f"{kind} file '{path}' {problem}")
         try:
-            text, origin = path.read_text(encoding="utf-8"), str(path)
+            text, origin = path.read_text(encoding="utf-8"), f"{kind} file '{path}'"
         except UnicodeDecodeError:
             raise ConfigError(f"{kind} file '{path}' is not text (a {kind} is a YAML file)") from None
     else:
