@@ -23,7 +23,7 @@ from mdist.study.config import data_files, load_study
 from test_slurm import slurm  # noqa: F401 (the one-node cluster fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_STAGES = 18  # prep ×2, distill ×2, baseline, retrieval ×4, perplexity ×2, finetune 3 models × 2 tasks, report
+TINY_STAGES = 16  # prep ×2, distill ×2, baseline, retrieval ×4, perplexity ×2, finetune 2 models × 2 tasks, report
 
 
 def _need_data():
@@ -150,7 +150,7 @@ def test_tables_hold_the_numbers_of_the_stage_results(killed_and_rerun):
     transfer = (out / "tables" / "transfer.md").read_text()
     header = next(line for line in transfer.splitlines() if line.startswith("| model"))
     assert header == "| model · strategy | XNLI tr | NER tr | Average |"
-    for model, strategy in (("monoshot", "full-trg"), ("teacher", "full-src"), ("baseline-bottom", "full-trg")):
+    for model, strategy in (("monoshot", "full-trg"), ("teacher", "full-src")):
         scores = []
         for task, metric in (("xnli", "accuracy"), ("ner", "f1")):
             result = json.loads((out / "finetune" / model / strategy / f"{task}-tr-seed42" / "result.json").read_text())
@@ -212,7 +212,7 @@ def test_tiny_study_on_slurm_chains_jobs_and_resubmits_only_what_a_cancelled_job
     before = _records(out)
     assert main(["study", "status", str(out)]) == 0
     status = capsys.readouterr().out
-    assert re.search(r"\| distill-monoalignment \| failed \(SLURM job \d+ left the queue", status), status
+    assert re.search(r"\| distill-monoalignment \| failed \((its process is gone|SLURM job \d+ left the queue)", status), status
     assert re.search(r"\| report \| failed \(SLURM job \d+ left the queue", status), status  # its dependency failed: cancelled
 
     assert main(["study", "run", *_tiny(tiny_teacher_dir, out), "--slurm"]) == 0
