@@ -75,6 +75,20 @@ def test_a_refused_study_writes_and_submits_nothing(tiny_teacher_dir, tmp_path, 
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "s").exists()
 
 
+def test_a_study_running_elsewhere_is_refused(tiny_teacher_dir, tmp_path, capsys):
+    _need_data()
+    import socket
+
+    from mdist.study.stages import plan
+    from mdist.study.state import write_record
+
+    out = tmp_path / "s"
+    first = plan(load_study("tiny", [f"teacher={tiny_teacher_dir}", f"data={SHARED_DATA}"]), out)[0]
+    write_record(out, first.name, {"state": "running", "argv": first.argv, "pid": os.getpid(), "host": socket.gethostname()})
+    assert main(["study", "run", *_tiny(tiny_teacher_dir, out)]) == 2
+    assert f"error: stage {first.name} of this study is running (pid {os.getpid()} on" in capsys.readouterr().err
+
+
 def test_plan_prints_stages_commands_dependencies_and_resources(tiny_teacher_dir, tmp_path, capsys):
     _need_data()
     assert main(["study", "plan", *_tiny(tiny_teacher_dir, tmp_path / "s")]) == 0

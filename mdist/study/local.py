@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mdist
+from mdist.errors import ConfigError
 from mdist.study.stages import Stage
 from mdist.study.state import DONE, FAILED, RUNNING, log_path, now, read_record, state_of, write_record
 
@@ -52,13 +53,19 @@ def run_stage(out: Path, stage: Stage, env: dict, tasks: int = 1) -> int:
 
 
 def run_local(out: Path, stages: list[Stage], env: dict, say=print) -> int:
-    """Every stage not yet done, in plan order (dependencies first); stops at the first failure."""
+    """Every stage not yet done, in plan order (dependencies first); stops at the first failure.
+    Refuses while a stage of the study runs elsewhere (another `study run` on the same directory)."""
+    running = [(stage.name, record) for stage in stages for state, record in [state_of(out, stage)] if state == RUNNING]
+    if running:
+        name, record = running[0]
+        raise ConfigError(f"stage {name} of this study is running (pid {record.get('pid')} on {record.get('host')}); wait for it or stop it")
+    by_name = {stage.name: stage for stage in stages}
     for stage in stages:
         state, _ = state_of(out, stage)
         if state == DONE:
             say(f"{stage.name}: done, skipped")
             continue
-        blocked = [dep for dep in stage.deps if state_of(out, next(s for s in stages if s.name == dep))[0] != DONE]
+        blocked = [dep for dep in stage.deps if state_of(out, by_name[dep])[0] != DONE]
         if blocked:
             say(f"{stage.name}: waits for {', '.join(blocked)}")
             return 1
@@ -67,4 +74,3 @@ def run_local(out: Path, stages: list[Stage], env: dict, say=print) -> int:
             say(f"{stage.name}: failed; see {log_path(out, stage.name)}")
             return 1
     return 0
-
