@@ -127,7 +127,8 @@ def killed_and_rerun(tmp_path_factory, tiny_teacher_dir):
     try:
         _wait_for(lambda: record.is_file() or first.poll() is not None, 600, "the second distillation did not start")
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     assert first.returncode == -signal.SIGKILL, first.stdout.read().decode()[-3000:]
     before = _records(out)
