@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 from pathlib import Path
 
 from mdist.argtypes import output_dir
@@ -62,7 +63,7 @@ def run_plan(args: argparse.Namespace) -> int:
     for stage in stages:
         print(f"\n{stage.name}  [{stage.kind}; slurm: {' '.join(resource_options(study, stage.kind))}]")
         print(f"  after: {', '.join(stage.deps) or '-'}")
-        print(f"  mdist {' '.join(stage.argv)}")
+        print(f"  mdist {shlex.join(stage.argv)}")
     return 0
 
 
