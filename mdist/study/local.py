@@ -13,12 +13,13 @@ from mdist.errors import ConfigError
 from mdist.study.stages import Stage
 from mdist.study.state import DONE, FAILED, RUNNING, log_path, now, read_record, state_of, write_record
 
-def study_env(name: str, out: Path, base: dict | None = None) -> dict:
+
+def study_env(name: str, out: Path) -> dict:
     """The environment of a study's stages: this mdist importable (a checkout need not be installed),
     the study's name and directory for MLflow, and no launcher variables of the calling process."""
     from mdist.engine import without_launcher_variables
 
-    env = without_launcher_variables(dict(os.environ if base is None else base))
+    env = without_launcher_variables(dict(os.environ))
     repo = str(Path(mdist.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([repo, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
