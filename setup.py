@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["mdist", "mdist.*"]) + ["mdist.kernels", "mdist.ds_configs"],
     package_dir={"mdist": "mdist", "mdist.kernels": "kernels", "mdist.ds_configs": "ds_configs"},
-    package_data={"mdist.recipes": ["*.yaml"], "mdist.ds_configs": ["*.json"]},
+    package_data={"mdist.recipes": ["*.yaml"], "mdist.studies": ["*.yaml"], "mdist.ds_configs": ["*.json"]},
     install_requires=[
         "torch>=2.4",
         "deepspeed>=0.15",

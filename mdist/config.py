@@ -22,6 +22,7 @@ import yaml
 from mdist.errors import ConfigError, path_problem
 from mdist.manifests import manifest_path
 from mdist.recipes import recipe_names
+from mdist.shipped import shipped_names
 from mdist.strategies import MAPPINGS, STRATEGIES, layer_mapping, resolve_weights
 
 TINY_RANDOM = "tiny-random"
@@ -169,7 +170,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _check_type(value, inner, key)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
+        return build_dataclass(hint, value, key)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
@@ -201,7 +202,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {hint} at {key}")  # a bug in this module
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
     where = f"'{prefix}'" if prefix else "the top level"
     if not isinstance(data, dict):
         raise ConfigError(f"config section {where} must be a mapping, got {data!r}")
@@ -454,25 +455,28 @@ def _check_files(key: str, files: dict[str, list[str]]) -> None:
 # ---------------------------------------------------------------- recipes and overrides
 
 
-def _read_recipe(recipe: str) -> tuple[dict[str, Any], str]:
-    path = Path(recipe)
+def read_yaml_mapping(name: str, package: str = "mdist.recipes", kind: str = "recipe") -> tuple[dict[str, Any], str]:
+    """A YAML path, or the name of a file shipped in `package`, read as a mapping; with the words that name it in errors."""
+    path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         problem = path_problem(path, want_dir=False)
         if problem:
-            raise ConfigError(f"recipe file '{path}' {problem}")
+            raise ConfigError(f"{kind} file '{path}' {problem}")
         try:
-            text, origin = path.read_text(encoding="utf-8"), str(path)
+            text, origin = path.read_text(encoding="utf-8"), f"{kind} file '{path}'"
         except UnicodeDecodeError:
-            raise ConfigError(f"recipe file '{path}' is not text (a recipe is a YAML file)") from None
+            raise ConfigError(f"{kind} file '{path}' is not text (a {kind} is a YAML file)") from None
     else:
-        candidate = resources.files("mdist.recipes") / f"{recipe}.yaml"
+        candidate = resources.files(package) / f"{name}.yaml"
         if not candidate.is_file():
-            raise ConfigError(f"unknown recipe '{recipe}' (shipped: {', '.join(recipe_names())}; or give a YAML path)")
-        text, origin = candidate.read_text(encoding="utf-8"), f"recipe '{recipe}'"
+            raise ConfigError(f"unknown {kind} '{name}' (shipped: {', '.join(shipped_names(package))}; or give a YAML path)")
+        text, origin = candidate.read_text(encoding="utf-8"), f"{kind} '{name}'"
     try:
         data = yaml.safe_load(text) or {}
     except (yaml.YAMLError, ValueError) as err:
-        raise ConfigError(f"{origin} is not valid YAML: {err}") from None
+        raise ConfigError(f"{origin} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must be a YAML mapping at the top level")
     return data, origin
 
 
@@ -495,15 +499,13 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 
 
 def resolve_config(data: dict[str, Any]) -> RunConfig:
-    cfg = _build(RunConfig, data, "")
+    cfg = build_dataclass(RunConfig, data, "")
     _validate(cfg)
     return cfg
 
 
 def load_run_config(recipe: str, overrides: list[str] = ()) -> RunConfig:
-    data, origin = _read_recipe(recipe)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{origin} must be a YAML mapping at the top level")
+    data, _ = read_yaml_mapping(recipe)
     for assignment in overrides:
         apply_override(data, assignment)
     return resolve_config(data)

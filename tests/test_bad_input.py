@@ -453,6 +453,45 @@ def verify_a_directory_without_checkpoints(tmp, teacher, run, request):
     return ["runs", "verify", str(tmp / "out")]
 
 
+# ---- study files: refused before any stage runs or is submitted ----------------------------------
+
+def study(tmp: Path, teacher: Path, *sets: str, name: str = "tiny") -> list[str]:
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"  # conftest.SHARED_DATA; the checks below read no file of it
+    return ["study", "run", name, "--out", str(tmp / "study"), "--slurm", "--set", f"teacher={teacher}", "--set", f"data={data}"] + [
+        item for s in sets for item in ("--set", s)]
+
+
+@case("study file '{tmp}/s.yaml' is not valid YAML: ")
+def study_file_not_yaml(tmp, teacher, run, request):
+    (tmp / "s.yaml").write_text("name: tiny\nlanguages: [tr\n")
+    return study(tmp, teacher, name=str(tmp / "s.yaml"))
+
+
+@case("study 'tiny': unknown config key 'finetune.model' (known in 'finetune': models, options, seeds)")
+def study_unknown_key(tmp, teacher, run, request):
+    return study(tmp, teacher, "finetune.model={teacher: [full-src]}")
+
+
+@case("study 'tiny': config key 'finetune.models.monoshot': unknown transfer strategy 'adapter-middle'")
+def study_unknown_transfer_strategy(tmp, teacher, run, request):
+    return study(tmp, teacher, "finetune.models={monoshot: [full-trg, adapter-middle]}")
+
+
+@case("study 'tiny': config key 'distill.monoshot' (recipe 'tiny'): config key 'strategy': unknown strategy 'monoshoot'")
+def study_unknown_distillation_strategy(tmp, teacher, run, request):
+    return study(tmp, teacher, "distill.monoshot={recipe: tiny, set: [strategy=monoshoot]}")
+
+
+@case("study 'tiny': config key 'corpus.en': file '{tmp}/text/en/udhr.en.txt' does not exist")
+def study_data_file_missing(tmp, teacher, run, request):
+    return study(tmp, teacher, f"data={tmp}")
+
+
+@case("study 'tiny': config key 'teacher': teacher directory '{tmp}/none' does not exist")
+def study_teacher_missing(tmp, teacher, run, request):
+    return study(tmp, tmp / "none")
+
+
 @pytest.fixture(scope="module")
 def prepared_shards(tmp_path_factory, synthetic_docs) -> Path:
     from mdist.data.prep import ShardLimits, prepare

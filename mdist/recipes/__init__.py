@@ -2,8 +2,8 @@
 --help` lists the names without loading the config machinery."""
 from __future__ import annotations
 
-from importlib import resources
+from mdist.shipped import shipped_names
 
 
 def recipe_names() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files(__name__).iterdir() if p.name.endswith(".yaml"))
+    return shipped_names(__name__)

@@ -37,15 +37,24 @@ SQLITE_PREFIX = "sqlite:///"
 CLOSE_WAIT_S = 10.0  # how long close() waits for the sender to make progress on the last records
 
 
+# Set by `mdist study` for its stages: every stage's run goes to the study's store and experiment, tagged.
+STUDY, STUDY_DIR, STUDY_STAGE = "MDIST_STUDY", "MDIST_STUDY_DIR", "MDIST_STUDY_STAGE"
+
+
+def _store_dir(run_dir: Path) -> Path:
+    """The directory whose embedded store a run logs to: its own, or, in a study, the study's."""
+    return Path(os.environ[STUDY_DIR]) if os.environ.get(STUDY_DIR) else run_dir
+
+
 def tracking_uri(run_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE_PREFIX}{(run_dir / 'mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE_PREFIX}{(_store_dir(run_dir) / 'mlflow.db').resolve()}"
 
 
 def artifact_location(run_dir: Path) -> str | None:
     """Artifacts beside the embedded sqlite store; a tracking server decides for itself (None)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return None
-    return (run_dir / ARTIFACTS_DIR).resolve().as_uri()
+    return (_store_dir(run_dir) / ARTIFACTS_DIR).resolve().as_uri()
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -132,8 +141,10 @@ class Tracker:
         self.journal: Journal | None = None
         if not enabled:
             return
-        header = {"uri": tracking_uri(run_dir), "experiment": experiment, "run_name": run_name, "parent_run_id": parent_run_id,
-                  "artifact_location": artifact_location(run_dir), "start_time": int(time.time() * 1000)}
+        study = os.environ.get(STUDY)
+        tags = {"mdist.study": study, "mdist.stage": os.environ.get(STUDY_STAGE, "")} if study else {}
+        header = {"uri": tracking_uri(run_dir), "experiment": study or experiment, "run_name": run_name, "parent_run_id": parent_run_id,
+                  "artifact_location": artifact_location(run_dir), "start_time": int(time.time() * 1000), "tags": tags}
         self.journal = Journal.open(run_dir / QUEUE_DIR / f"{name or run_id or uuid.uuid4().hex}.jsonl", header, fresh)
         if run_id is not None and self.journal.run_id is None:
             self.journal.mark(run_id=run_id)

@@ -1,7 +1,7 @@
 """The thesis's downstream tables from transfer results (`result.json` files under a directory).
 
 Zero-shot (tables 4.4 / 4.6): one row per model and strategy, one column per task and target
-language, and the average of the row's cells. Few-shot (table 4.5): per task and target language,
+language, and the average of the row's cells; a cell run with several seeds shows their mean. Few-shot (table 4.5): per task and target language,
 one column per k, k = 0 being the zero-shot score.
 """
 from __future__ import annotations
@@ -46,16 +46,23 @@ def _columns(results: list[tuple[Path, dict]]) -> list[tuple[str, str]]:
     return sorted({(r["task"], r["trg"]) for _, r in results}, key=lambda c: (order.index(c[0]) if c[0] in order else len(order), c))
 
 
-def _grid(results: list[tuple[Path, dict]], value) -> dict[str, dict[tuple[str, str], float]]:
-    grid: dict[str, dict] = {}
+def _grid(results: list[tuple[Path, dict]], value) -> dict[str, dict[tuple[str, str], float | dict]]:
+    """Row → column → value; runs of one cell that differ only in their seed are averaged (a dict value per key)."""
+    cells: dict[str, dict] = {}
     origin: dict[tuple, Path] = {}
     for path, result in results:
-        row, column = row_name(result), (result["task"], result["trg"])
-        if (row, column) in origin:
-            raise DataError(f"two results for '{row}' on {column[0]}-{column[1]}: {origin[row, column]} and {path} (give them different --label)")
-        origin[row, column] = path
-        grid.setdefault(row, {})[column] = value(result)
-    return grid
+        row, column, seed = row_name(result), (result["task"], result["trg"]), result.get("settings", {}).get("seed")
+        if (row, column, seed) in origin:
+            raise DataError(f"two results for '{row}' on {column[0]}-{column[1]}: {origin[row, column, seed]} and {path} (give them different --label)")
+        origin[row, column, seed] = path
+        cells.setdefault(row, {}).setdefault(column, []).append(value(result))
+    return {row: {column: _mean(values) for column, values in columns.items()} for row, columns in cells.items()}
+
+
+def _mean(values: list):
+    if isinstance(values[0], dict):
+        return {key: sum(v[key] for v in values) / len(values) for key in values[0] if all(key in v for v in values)}
+    return sum(values) / len(values)
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:

@@ -1,0 +1,1 @@
+"""Shipped studies (`mdist study plan|run NAME`): YAML files read by mdist.study.config."""
