@@ -125,7 +125,7 @@ def load_study(study: str, overrides: list[str] = ()) -> Study:
 
 
 def _validate(study: Study) -> None:
-    from mdist.baseline import BASELINE_INITS
+    from mdist.strategies import INIT_MAPPINGS
     from mdist.transfer.strategies import get_strategy
     from mdist.transfer.tasks import TASKS
 
@@ -140,8 +140,8 @@ def _validate(study: Study) -> None:
         if kind not in STAGE_KINDS:
             raise ConfigError(f"config key 'resources.{kind}': unknown stage kind (known: {', '.join(STAGE_KINDS)})")
     for init in study.baselines.inits:
-        if init not in BASELINE_INITS:
-            raise ConfigError(f"config key 'baselines.inits': unknown init '{init}' (known: {', '.join(BASELINE_INITS)})")
+        if init not in INIT_MAPPINGS:
+            raise ConfigError(f"config key 'baselines.inits': unknown init '{init}' (known: {', '.join(INIT_MAPPINGS)})")
     for name in study.distill:
         if not NAME.fullmatch(name) or name == "teacher" or name.startswith("baseline-"):
             raise ConfigError(f"config key 'distill.{name}': a run name is letters, digits, '_' or '-', not 'teacher' or 'baseline-*'")
