@@ -10,7 +10,7 @@ Launchers (all end in `init_distributed`):
   LOCAL_RANK / MASTER_ADDR / MASTER_PORT;
 - plain `srun` (one task per GPU) sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; MASTER_ADDR is
   taken from the environment (the sbatch script exports it from `scontrol show hostnames`) or,
-  failing that, the first host of SLURM_JOB_NODELIST when it is a plain name;
+  failing that, is the first host of SLURM_JOB_NODELIST (`gpu[017-020]` → gpu017);
 - a bare process is a world of one.
 """
 from __future__ import annotations
@@ -36,12 +36,19 @@ def _slurm_environment() -> None:
     if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or "SLURM_NTASKS" not in os.environ:
         return
     os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"], LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"))
-    if "MASTER_ADDR" not in os.environ:
-        nodes = os.environ.get("SLURM_JOB_NODELIST", os.environ.get("SLURM_NODELIST", ""))
-        if nodes and not any(ch in nodes for ch in "[],"):
-            os.environ["MASTER_ADDR"] = nodes
+    nodes = os.environ.get("SLURM_JOB_NODELIST", os.environ.get("SLURM_NODELIST", ""))
+    if "MASTER_ADDR" not in os.environ and nodes:
+        os.environ["MASTER_ADDR"] = first_host(nodes)
     if "MASTER_PORT" not in os.environ and "SLURM_JOB_ID" in os.environ:
         os.environ["MASTER_PORT"] = str(20000 + int(os.environ["SLURM_JOB_ID"]) % 20000)
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list, as `scontrol show hostnames` would print it first:
+    `gpu[017-020,031]` → gpu017, `node[3-4]-ib,login1` → node3-ib, `a1,b2` → a1. Every rank of every
+    node computes the same name, so all meet there (not on 127.0.0.1, which is each node's own)."""
+    prefix, first, suffix = re.match(r"([^\[,]*)(?:\[([^\]\-,]*)[^\]]*\]([^,\[]*))?", nodelist).groups()
+    return prefix + (first or "") + (suffix or "")
 
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

@@ -216,3 +216,12 @@ def test_slurm_variables_become_torch_distributed_ones(monkeypatch):
     monkeypatch.setenv("SLURM_PROCID", "3")
     _slurm_environment()
     assert os.environ["RANK"] == "0"
+
+
+@pytest.mark.parametrize("nodelist, first", [("gpu017", "gpu017"), ("gpu[017-020,031]", "gpu017"), ("n[1-2]", "n1"),
+                                             ("node[3-4]-ib,login1", "node3-ib"), ("a1,b2", "a1")])
+def test_the_first_host_of_a_slurm_node_list(nodelist, first):
+    """Every rank of a multi-node srun meets on the node list's first host (tests/test_multinode.py runs it)."""
+    from mdist.engine import first_host
+
+    assert first_host(nodelist) == first
