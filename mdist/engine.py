@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -145,16 +146,34 @@ def _forget_deepspeed_groups() -> None:
 
 def barrier(name: str) -> None:
     """Every rank waits here for the others, at most `dist.timeout_s`; then it stops with one line naming
-    the barrier and who did not arrive (rank 0 knows which ranks; the others wait on rank 0)."""
+    the barrier and who did not arrive (rank 0 knows which ranks; the others wait on rank 0). A rank
+    whose process or node is gone closes its connection: that ends the wait at once, and says so."""
     if world_size() == 1:
         return
+    started = time.monotonic()
     try:
         torch.distributed.monitored_barrier(group=_barrier_group, timeout=_timeout, wait_all_ranks=True)
     except RuntimeError as err:
         missing = re.search(r"Ranks? ([\d, ]+) failed to pass", str(err))
         who = f"rank(s) {missing.group(1).strip()}" if missing else "rank 0 (or a rank it waits for)"
+        waited, limit = time.monotonic() - started, _timeout.total_seconds()
+        if waited < 0.9 * limit:
+            raise DistributedError(f"rank {torch.distributed.get_rank()}: {who} left before the barrier '{name}' (the connection "
+                                   f"closed after {waited:.1f} s: the process or its node is gone)") from None
         raise DistributedError(f"rank {torch.distributed.get_rank()}: {who} did not reach the barrier '{name}' "
-                               f"within {_timeout.total_seconds():g} s (dist.timeout_s)") from None
+                               f"within {limit:g} s (dist.timeout_s)") from None
+
+
+def lost_peer(err: RuntimeError) -> DistributedError | None:
+    """A collective's gloo transport error (`Read error [10.0.0.12]:41234: Connection reset by peer`: that
+    peer's process or node is gone; or a timeout: it did not answer within `dist.timeout_s`) as one line
+    naming the peer's address; None for any other error. (NCCL's watchdog aborts the process instead.)"""
+    text = str(err)
+    if "gloo/transport" not in text:
+        return None
+    detail = re.sub(r"^\[[^\]]*\] ", "", text).split(". ")[0]
+    return DistributedError(f"rank {torch.distributed.get_rank()}: a collective with the other ranks failed: {detail} (a rank's process "
+                            f"or node is gone, or it did not answer within {_timeout.total_seconds():g} s, dist.timeout_s)")
 
 
 def world_size() -> int:
