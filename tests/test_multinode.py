@@ -15,6 +15,7 @@ network namespace with its own address on a bridge and no loopback address, so a
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -49,8 +50,9 @@ def _distill(cluster: LocalSlurm, out: Path, *sets: str, launcher: str = "srun")
                           env=_env(cluster, LAUNCHER=launcher), cwd=ROOT)
 
 
-def _students(out: Path) -> dict[str, bytes]:
-    return {name: (out / "students" / name / "model.safetensors").read_bytes() for name in ("en", "tr")}
+def _students(out: Path) -> dict[str, str]:
+    """Each exported student's sha256: equal digests, equal bytes (and a short message when they differ)."""
+    return {name: hashlib.sha256((out / "students" / name / "model.safetensors").read_bytes()).hexdigest() for name in ("en", "tr")}
 
 
 def _log(out: Path) -> str:
@@ -58,7 +60,7 @@ def _log(out: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def one_node(cluster, tmp_path_factory) -> dict[str, bytes]:
+def one_node(cluster, tmp_path_factory) -> dict[str, str]:
     """The reference: 2 ranks on one node (torchrun on this machine, over its loopback), same global batch."""
     out = tmp_path_factory.mktemp("one-node") / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
