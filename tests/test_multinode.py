@@ -140,9 +140,10 @@ def _one_mlflow_run_with_every_step_once(out: Path) -> None:
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "lr")) == list(range(STEPS))
 
 
-def test_multinode_preempted_job_checkpoints_on_both_nodes_requeues_and_ends_with_the_same_students(cluster, one_node, tmp_path):
+@pytest.mark.parametrize("launcher", ["srun", "deepspeed", "torchrun"])
+def test_multinode_preempted_job_checkpoints_on_both_nodes_requeues_and_ends_with_the_same_students(launcher, cluster, one_node, tmp_path):
     out = tmp_path / "run"
-    job_id = _distill(cluster, out)
+    job_id = _distill(cluster, out, launcher=launcher)
     _wait_for_checkpoint(cluster, job_id, out)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], env=cluster.env, check=True)
 
