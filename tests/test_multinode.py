@@ -8,7 +8,8 @@ network namespace with its own address on a bridge and no loopback address, so a
   rendezvous) trains the tiny recipe on 2 nodes × 1 rank to students byte-identical to 2 ranks on
   one node (the same global batch);
 - with shard data, the ranks of different nodes read disjoint shards;
-- pre-emption: USR1 to the batch step checkpoints on both nodes, requeues, resumes, same students;
+- pre-emption under each launcher: USR1 to the batch step checkpoints on both nodes, requeues, resumes,
+  same students, and no launcher dies of the signal;
 - a node lost mid-run (every process of it killed, slurmd included): the job fails within seconds
   naming the lost rank, SLURM requeues it, it resumes on the node once back and ends with the same
   students, one MLflow run with every step once.
