@@ -10,7 +10,7 @@ Launchers (all end in `init_distributed`):
   LOCAL_RANK / MASTER_ADDR / MASTER_PORT;
 - plain `srun` (one task per GPU) sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; MASTER_ADDR is
   taken from the environment (the sbatch script exports it from `scontrol show hostnames`) or,
-  failing that, the first host of SLURM_JOB_NODELIST when it is a plain name;
+  failing that, is the first host of SLURM_JOB_NODELIST (`gpu[017-020]` → gpu017);
 - a bare process is a world of one.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
@@ -36,12 +37,19 @@ def _slurm_environment() -> None:
     if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or "SLURM_NTASKS" not in os.environ:
         return
     os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"], LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"))
-    if "MASTER_ADDR" not in os.environ:
-        nodes = os.environ.get("SLURM_JOB_NODELIST", os.environ.get("SLURM_NODELIST", ""))
-        if nodes and not any(ch in nodes for ch in "[],"):
-            os.environ["MASTER_ADDR"] = nodes
+    nodes = os.environ.get("SLURM_JOB_NODELIST", os.environ.get("SLURM_NODELIST", ""))
+    if "MASTER_ADDR" not in os.environ and nodes:
+        os.environ["MASTER_ADDR"] = first_host(nodes)
     if "MASTER_PORT" not in os.environ and "SLURM_JOB_ID" in os.environ:
         os.environ["MASTER_PORT"] = str(20000 + int(os.environ["SLURM_JOB_ID"]) % 20000)
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list, as `scontrol show hostnames` would print it first:
+    `gpu[017-020,031]` → gpu017, `node[3-4]-ib,login1` → node3-ib, `a1,b2` → a1. Every rank of every
+    node computes the same name, so all meet there (not on 127.0.0.1, which is each node's own)."""
+    prefix, first, suffix = re.match(r"([^\[,]*)(?:\[([^\]\-,]*)[^\]]*\]([^,\[]*))?", nodelist).groups()
+    return prefix + (first or "") + (suffix or "")
 
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -138,16 +146,34 @@ def _forget_deepspeed_groups() -> None:
 
 def barrier(name: str) -> None:
     """Every rank waits here for the others, at most `dist.timeout_s`; then it stops with one line naming
-    the barrier and who did not arrive (rank 0 knows which ranks; the others wait on rank 0)."""
+    the barrier and who did not arrive (rank 0 knows which ranks; the others wait on rank 0). A rank
+    whose process or node is gone closes its connection: that ends the wait at once, and says so."""
     if world_size() == 1:
         return
+    started = time.monotonic()
     try:
         torch.distributed.monitored_barrier(group=_barrier_group, timeout=_timeout, wait_all_ranks=True)
     except RuntimeError as err:
         missing = re.search(r"Ranks? ([\d, ]+) failed to pass", str(err))
         who = f"rank(s) {missing.group(1).strip()}" if missing else "rank 0 (or a rank it waits for)"
+        waited, limit = time.monotonic() - started, _timeout.total_seconds()
+        if waited < 0.9 * limit:
+            raise DistributedError(f"rank {torch.distributed.get_rank()}: {who} left before the barrier '{name}' (the connection "
+                                   f"closed after {waited:.1f} s: the process or its node is gone)") from None
         raise DistributedError(f"rank {torch.distributed.get_rank()}: {who} did not reach the barrier '{name}' "
-                               f"within {_timeout.total_seconds():g} s (dist.timeout_s)") from None
+                               f"within {limit:g} s (dist.timeout_s)") from None
+
+
+def lost_peer(err: RuntimeError) -> DistributedError | None:
+    """A collective's gloo transport error (`Read error [10.0.0.12]:41234: Connection reset by peer`: that
+    peer's process or node is gone; or a timeout: it did not answer within `dist.timeout_s`) as one line
+    naming the peer's address; None for any other error. (NCCL's watchdog aborts the process instead.)"""
+    text = str(err)
+    if "gloo/transport" not in text:
+        return None
+    detail = re.sub(r"^\[[^\]]*\] ", "", text).split(". ")[0]
+    return DistributedError(f"rank {torch.distributed.get_rank()}: a collective with the other ranks failed: {detail} (a rank's process "
+                            f"or node is gone, or it did not answer within {_timeout.total_seconds():g} s, dist.timeout_s)")
 
 
 def world_size() -> int:

@@ -19,7 +19,7 @@ from mdist.data.synthetic import SyntheticCorpus
 from mdist.data.text import TextBatchSource, read_text_corpus
 from mdist.checkpoint import Checkpointer, latest_tag
 from mdist.engine import (
-    barrier, batch_geometry, device_for_rank, gathered, init_distributed, load_partitioned_teacher, render_student_config,
+    barrier, batch_geometry, device_for_rank, gathered, init_distributed, load_partitioned_teacher, lost_peer, render_student_config,
     shutdown_distributed, student_engine, teacher_engine,
 )
 from mdist.encode import compile_encoder_layers
@@ -220,6 +220,11 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
             pass  # the full disk may refuse the journal's status record too; the error raised below says what matters
         shutdown_distributed()
         raise
+    except RuntimeError as err:  # a rank lost mid-collective: one line naming its address, not a traceback
+        lost = lost_peer(err)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         stop.restore()
         source.close()

@@ -23,6 +23,43 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().paren
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the SLURM tests: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """`slurm_cluster(nodes)`: a running SLURM cluster of that many nodes (tests/slurm_cluster.py), one of
+    each size per session (started by the first test that asks, stopped at the session's end, also when a
+    test failed). Without SLURM, root or network namespaces the test is skipped with the reason; in CI
+    (CI set) it fails instead, since CI installs them (.ci/run)."""
+    from slurm_cluster import LocalSlurm, SlurmUnavailable, missing_requirement
+
+    clusters, reasons = {}, {}
+
+    def cluster(nodes: int = 1):
+        if nodes not in clusters and nodes not in reasons:
+            reasons[nodes] = missing_requirement(nodes)
+            if reasons[nodes] is None:
+                clusters[nodes] = LocalSlurm(tmp_path_factory.mktemp(f"slurm{nodes}"), nodes)
+                try:
+                    clusters[nodes].start()
+                except SlurmUnavailable as err:
+                    clusters.pop(nodes).stop()
+                    reasons[nodes] = f"local SLURM did not start: {err}"
+        if reasons[nodes]:
+            _unavailable(reasons[nodes])
+        return clusters[nodes]
+
+    try:
+        yield cluster
+    finally:
+        for started in clusters.values():
+            started.stop()
+
+
 @pytest.fixture(scope="session")
 def synthetic_docs():
     from mdist.data.synthetic import SyntheticCorpus

@@ -216,3 +216,45 @@ def test_slurm_variables_become_torch_distributed_ones(monkeypatch):
     monkeypatch.setenv("SLURM_PROCID", "3")
     _slurm_environment()
     assert os.environ["RANK"] == "0"
+
+
+@pytest.mark.parametrize("nodelist, first", [("gpu017", "gpu017"), ("gpu[017-020,031]", "gpu017"), ("n[1-2]", "n1"),
+                                             ("node[3-4]-ib,login1", "node3-ib"), ("a1,b2", "a1")])
+def test_the_first_host_of_a_slurm_node_list(nodelist, first):
+    """Every rank of a multi-node srun meets on the node list's first host (tests/test_multinode.py runs it)."""
+    from mdist.engine import first_host
+
+    assert first_host(nodelist) == first
+
+
+LOSE_RANK_1 = """\
+import os, signal, torch
+from mdist.engine import init_distributed, lost_peer
+rank, _ = init_distributed(30)
+torch.distributed.all_reduce(torch.ones(1))
+if rank == 1:
+    os.kill(os.getpid(), signal.SIGKILL)  # as when its node dies
+try:
+    for _ in range(100):
+        torch.distributed.all_reduce(torch.ones(1))
+except RuntimeError as err:
+    print(lost_peer(err))
+"""
+
+
+def test_a_rank_lost_mid_collective_is_one_line_naming_its_address():
+    """Rank 1 killed between collectives: rank 0's gloo error at once, as one line with rank 1's address."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from mdist.engine import free_port, without_launcher_variables
+
+    env = {**without_launcher_variables(os.environ), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    ranks = [subprocess.Popen([sys.executable, "-c", LOSE_RANK_1], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for r in (0, 1)]
+    said = ranks[0].communicate(timeout=60)[0].strip().splitlines()[-1]
+    ranks[1].wait(timeout=60)
+    assert re.fullmatch(r"rank 0: a collective with the other ranks failed: \w[^\[]*\[127\.0\.0\.1\]:\d+: Connection (reset|closed) by peer "
+                        r"\(a rank's process or node is gone, or it did not answer within 30 s, dist.timeout_s\)", said), said

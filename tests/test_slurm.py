@@ -14,7 +14,6 @@ instead, since CI installs SLURM (.ci/run).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from mdist.engine import free_port, without_launcher_variables
-from slurm_cluster import LocalSlurm, SlurmUnavailable, missing_requirement
+from mdist.engine import free_port
+from slurm_cluster import LocalSlurm
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -32,37 +31,13 @@ TASKS = ["--nodes", "1", "--ntasks-per-node", "2", "--cpus-per-task", "1"]  # th
 DISTILL = ["slurm/distill.sbatch", "tiny", "--set", f"train.steps={STEPS}", "--set", "train.save_every=4"]
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the SLURM tests: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    reason = missing_requirement()
-    if reason:
-        _unavailable(reason)
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
-    try:
-        cluster.start()
-    except SlurmUnavailable as err:
-        cluster.stop()
-        _unavailable(f"local SLURM did not start: {err}")
-    yield cluster
-    cluster.stop()
-
-
-def _env(slurm: LocalSlurm) -> dict:
-    """What a user's shell exports to sbatch / srun: the cluster, the interpreter, DeepSpeed's CPU accelerator."""
-    env = without_launcher_variables(os.environ)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
-    env.update(SLURM_CONF=str(slurm.conf), PYTHON=sys.executable, DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false")
-    return env
+def slurm(slurm_cluster) -> LocalSlurm:
+    return slurm_cluster(1)
 
 
 def _submit(slurm: LocalSlurm, log: Path, *args: str) -> str:
-    return slurm.sbatch("--output", str(log), *args, env=_env(slurm), cwd=ROOT)
+    return slurm.sbatch("--output", str(log), *args, env=slurm.user_env(), cwd=ROOT)
 
 
 def _students(out: Path) -> dict[str, bytes]:
@@ -122,37 +97,22 @@ def test_crashing_tasks_fail_the_job_at_once_with_the_error_in_its_log(slurm, tm
     assert time.monotonic() - started < 60
 
 
-PROBE = """\
-import os
-import sys
-from pathlib import Path
-import torch
-from mdist.engine import init_distributed, shutdown_distributed
-rank, world = init_distributed()
-ranks = [None] * world
-torch.distributed.all_gather_object(ranks, (rank, int(os.environ["LOCAL_RANK"])))
-line = f"rank {rank} of {world}, local rank {os.environ['LOCAL_RANK']}, group {sorted(ranks)}"
-(Path(sys.argv[1]) / f"rank{rank}.txt").write_text(line)  # one file per rank: prints on a shared pipe interleave
-shutdown_distributed()
-"""
-
-
 @pytest.mark.parametrize("launcher", ["srun", "torchrun"])
 def test_ranks_under_srun_and_under_torchrun_inside_the_allocation(launcher, slurm, tmp_path):
     """Plain srun: mdist.engine reads SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID. torchrun started
     by srun (one task per node): torchrun's RANK / WORLD_SIZE / LOCAL_RANK win over srun's."""
-    probe, reports = tmp_path / "probe.py", tmp_path / "reports"
-    probe.write_text(PROBE)
+    probe, reports = ROOT / "tests" / "rank_probe.py", tmp_path / "reports"
     reports.mkdir()
     if launcher == "srun":
         command = ["srun", "--ntasks", "2", sys.executable, str(probe), str(reports)]
     else:
         command = ["srun", "--ntasks", "1", "--cpus-per-task", "2", str(BIN / "torchrun"), "--nproc_per_node", "2",
                    "--master_port", str(free_port()), str(probe), str(reports)]
-    proc = subprocess.run(command, env=_env(slurm), cwd=ROOT, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(command, env=slurm.user_env(), cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    lines = [path.read_text() for path in sorted(reports.iterdir())]
-    assert lines == [f"rank {r} of 2, local rank {r}, group [(0, 0), (1, 1)]" for r in (0, 1)], proc.stdout
+    seen = [json.loads(path.read_text()) for path in sorted(reports.iterdir())]
+    assert [(r["rank"], r["world"], r["local_rank"]) for r in seen] == [(0, 2, 0), (1, 2, 1)], proc.stdout
+    assert all([rank_and_local[:2] for rank_and_local in r["group"]] == [[0, 0], [1, 1]] for r in seen), seen
 
 
 def test_eval_and_finetune_jobs_on_the_distilled_run(slurm, reference, tmp_path):
