@@ -187,3 +187,23 @@ def test_a_new_run_directory_store_starts_as_a_copy_of_the_cached_empty_store(tm
     assert default.artifact_location == f"{(tmp_path / 'second' / 'mlartifacts').resolve().as_uri()}/0"
     assert [m.value for m in client.get_metric_history(second.run_id, "loss")] == [0.5]
     assert client.get_run(second.run_id).info.status == "FINISHED"
+
+
+def test_a_store_created_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):
+    """Two stages of a study create the same store at once: the second never overwrites the first's."""
+    import sqlite3
+
+    from mdist.tracking.store_template import create_store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    create_store(tmp_path / "first.db", (tmp_path / "a").as_uri())  # builds the cached template
+    store = tmp_path / "study.db"
+    create_store(store, (tmp_path / "a").as_uri())
+    with sqlite3.connect(store) as db:
+        db.execute("INSERT INTO experiment_tags (key, value, experiment_id) VALUES ('logged', 'by the first stage', 0)")
+    db.close()
+    create_store(store, (tmp_path / "b").as_uri())  # the second stage found it absent a moment earlier
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT value FROM experiment_tags WHERE key = 'logged'").fetchall() == [("by the first stage",)]
+        assert db.execute("SELECT artifact_location FROM experiments WHERE experiment_id = 0").fetchone()[0].startswith((tmp_path / "a").as_uri())
+    db.close()

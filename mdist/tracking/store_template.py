@@ -26,11 +26,25 @@ def _template(version: str) -> Path:
     return cache_dir() / f"mlflow-{version}-empty.db"
 
 
-def _replace_with_copy(source: Path, target: Path) -> None:
-    """Copy `source` to `target` atomically: a concurrent reader sees the whole file or none."""
+def _copy_into_place(source: Path, target: Path, replace: bool) -> bool:
+    """Copy `source` to `target` atomically: a concurrent reader sees the whole file or none. Without
+    `replace`, a `target` that appeared meanwhile (another stage of a study creating the same store,
+    perhaps already logging to it) is kept and the copy dropped. Whether the copy is now `target`."""
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    if replace:
+        os.replace(partial, target)
+        return True
+    try:
+        os.link(partial, target)  # fails if target exists: never overwrites
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: a plain rename, as close as it allows
+        os.replace(partial, target)
+        return True
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _build(path: Path, artifact_root: str) -> None:
@@ -50,11 +64,12 @@ def create_store(path: Path, artifact_root: str) -> None:
         _build(path, artifact_root)
         try:
             template.parent.mkdir(parents=True, exist_ok=True)
-            _replace_with_copy(path, template)
+            _copy_into_place(path, template, replace=True)
         except OSError:
             pass  # no cache here: the next store is built by MLflow again
         return
-    _replace_with_copy(template, path)
+    if not _copy_into_place(template, path, replace=False):
+        return  # created meanwhile by another process of the same study
     now = int(time.time() * 1000)
     with sqlite3.connect(path) as db:
         db.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? WHERE experiment_id = 0",

@@ -27,13 +27,13 @@ from mdist.tracking.store_template import create_store
 log = logging.getLogger(__name__)
 
 ARTIFACTS_DIR = "mlartifacts"  # artifacts of the embedded store, under the run directory
+SQLITE_PREFIX = "sqlite:///"
 # MLflow's own defaults (120 s timeout, 7 retries with backoff) hold a call for minutes when the
 # server is gone; these bound each call to seconds (a user's own settings win).
 HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
 FLUSH_S = 1.0  # records go to MLflow at most this often, in batches (one request, not one per step)
 RETRY_MAX_S = 4.0  # the longest pause between two attempts while the server is away: a returning server is noticed within seconds
 CREATE_WAIT_S = 10.0  # how long a new Tracker waits for its run id (a reachable server answers at once)
-SQLITE_PREFIX = "sqlite:///"
 CLOSE_WAIT_S = 10.0  # how long close() waits for the sender to make progress on the last records
 
 
