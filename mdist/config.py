@@ -21,7 +21,6 @@ import yaml
 
 from mdist.errors import ConfigError, path_problem
 from mdist.manifests import manifest_path
-from mdist.recipes import recipe_names
 from mdist.shipped import shipped_names
 from mdist.strategies import MAPPINGS, STRATEGIES, layer_mapping, resolve_weights
 

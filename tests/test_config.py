@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from mdist.config import load_run_config, recipe_names
+from mdist.config import load_run_config
+from mdist.recipes import recipe_names
 from mdist.errors import ConfigError
 from mdist.strategies import STRATEGIES, layer_mapping, resolve_weights
 

@@ -7,6 +7,8 @@ the teacher path is relative to the working directory, as in recipes.
 """
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -202,7 +204,7 @@ def distill_overrides(study: Study, run: DistillRun, data: list[str]) -> list[st
     """The `--set` items a distillation runs with: the study's teacher, `data` and students, then the run's own."""
     fixed = [f"teacher.path={Path(study.teacher).resolve()}", *data]
     if not any(item.split("=", 1)[0].strip() == "students.groups" for item in run.set):
-        fixed.append("students.groups={" + ", ".join(f"{lang}: [{lang}]" for lang in study.all_languages) + "}")
+        fixed.append("students.groups=" + json.dumps({lang: [lang] for lang in study.all_languages}))  # JSON: `no` stays a string
     return [*fixed, *run.set]
 
 
@@ -213,7 +215,7 @@ def shard_data(shards: Path) -> list[str]:
 def _check_recipe(study: Study, name: str, run: DistillRun) -> None:
     """The recipe with the study's settings, validated as `mdist distill` will; the shards do not exist yet,
     so the corpus text stands in for them (the same languages, files that exist)."""
-    text = "{" + ", ".join(f"{lang}: [{', '.join(repr(str(study.path(p))) for p in study.corpus[lang])}]" for lang in study.all_languages) + "}"
+    text = json.dumps({lang: [str(study.path(p)) for p in study.corpus[lang]] for lang in study.all_languages})
     try:
         cfg = load_run_config(run.recipe, distill_overrides(study, run, ["data.kind=text", f"data.text={text}"]))
     except ConfigError as err:

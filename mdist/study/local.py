@@ -12,6 +12,7 @@ import mdist
 from mdist.errors import ConfigError
 from mdist.study.stages import Stage
 from mdist.study.state import DONE, FAILED, RUNNING, log_path, now, read_record, state_of, write_record
+from mdist.tracking.tracker import STUDY, STUDY_DIR, STUDY_STAGE
 
 
 def study_env(name: str, out: Path) -> dict:
@@ -23,7 +24,7 @@ def study_env(name: str, out: Path) -> dict:
     repo = str(Path(mdist.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([repo, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.update(MDIST_STUDY=name, MDIST_STUDY_DIR=str(out.resolve()))
+    env.update({STUDY: name, STUDY_DIR: str(out.resolve())})
     return env
 
 
@@ -45,7 +46,7 @@ def run_stage(out: Path, stage: Stage, env: dict, tasks: int = 1) -> int:
     with open(log, "a", encoding="utf-8") as stream:  # appended: one file holds every attempt
         stream.write(f"==== {now()} attempt {record['attempt']}: {' '.join(command)}\n")
         stream.flush()
-        code = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env={**env, "MDIST_STUDY_STAGE": stage.name}).returncode
+        code = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env={**env, STUDY_STAGE: stage.name}).returncode
         if code == 0 and not Path(stage.output).exists():
             stream.write(f"==== exit 0 but {stage.output} was not written\n")
             code = 1
