@@ -48,8 +48,9 @@ def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list, as `scontrol show hostnames` would print it first:
     `gpu[017-020,031]` → gpu017, `node[3-4]-ib,login1` → node3-ib, `a1,b2` → a1. Every rank of every
     node computes the same name, so all meet there (not on 127.0.0.1, which is each node's own)."""
-    prefix, first, suffix = re.match(r"([^\[,]*)(?:\[([^\]\-,]*)[^\]]*\]([^,\[]*))?", nodelist).groups()
-    return prefix + (first or "") + (suffix or "")
+    prefix, first, suffix = re.match(r"([^\[,]*)(?:\[([^\]\-,]*)[^\]]*\]([^,]*))?", nodelist).groups()
+    host = prefix + (first or "") + (suffix or "")
+    return first_host(host) if "[" in host else host  # rack[1-2]-node[01-04]: one bracket group at a time
 
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -183,9 +184,10 @@ def world_size() -> int:
 
 def gather_objects(item) -> list:
     """Every rank's `item`, in rank order (just [item] without torch.distributed)."""
-    if world_size() == 1:
+    world = world_size()
+    if world == 1:
         return [item]
-    items = [None] * torch.distributed.get_world_size()
+    items = [None] * world
     torch.distributed.all_gather_object(items, item)
     return items
 

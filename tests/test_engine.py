@@ -219,7 +219,8 @@ def test_slurm_variables_become_torch_distributed_ones(monkeypatch):
 
 
 @pytest.mark.parametrize("nodelist, first", [("gpu017", "gpu017"), ("gpu[017-020,031]", "gpu017"), ("n[1-2]", "n1"),
-                                             ("node[3-4]-ib,login1", "node3-ib"), ("a1,b2", "a1")])
+                                             ("node[3-4]-ib,login1", "node3-ib"), ("a1,b2", "a1"),
+                                             ("rack[1-2]-node[01-04]", "rack1-node01")])
 def test_the_first_host_of_a_slurm_node_list(nodelist, first):
     """Every rank of a multi-node srun meets on the node list's first host (tests/test_multinode.py runs it)."""
     from mdist.engine import first_host
