@@ -288,8 +288,9 @@ KillWait=10
             self._daemons = []
         finally:
             if self.network:
+                namespaces = _ip("netns", "list")
                 for node in self.nodes:
-                    for pid in self.network.pids(node) if node.namespace in _ip("netns", "list") else []:
+                    for pid in self.network.pids(node) if node.namespace in namespaces else []:
                         os.kill(pid, signal.SIGKILL)
                 self.network.remove()
 

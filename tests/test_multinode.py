@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from mdist.engine import free_port
-from slurm_cluster import LocalSlurm, NodeNetwork
+from slurm_cluster import LocalSlurm
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -41,8 +41,8 @@ def cluster(slurm_cluster) -> LocalSlurm:
 
 
 def _env(cluster: LocalSlurm, **extra: str) -> dict:
-    """A user's shell on a cluster: gloo pinned to the nodes' interface (README, 'Several nodes')."""
-    return {**cluster.user_env(), "GLOO_SOCKET_IFNAME": NodeNetwork.INTERFACE, **extra}
+    """A user's shell on a cluster (gloo pinned to the nodes' interface by user_env: README, 'Several nodes')."""
+    return {**cluster.user_env(), **extra}
 
 
 def _distill(cluster: LocalSlurm, out: Path, *sets: str, launcher: str = "srun") -> str:

@@ -207,3 +207,36 @@ def test_a_store_created_meanwhile_by_another_process_is_kept(tmp_path, monkeypa
         assert db.execute("SELECT value FROM experiment_tags WHERE key = 'logged'").fetchall() == [("by the first stage",)]
         assert db.execute("SELECT artifact_location FROM experiments WHERE experiment_id = 0").fetchone()[0].startswith((tmp_path / "a").as_uri())
     db.close()
+
+
+CREATE_STORE = """
+import sys, time
+from pathlib import Path
+from mdist.tracking.store_template import create_store
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # all start together
+create_store(Path(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_stores_created_at_once_with_no_cached_template_give_one_whole_store(tmp_path):
+    """The stages of a study on a machine whose cache is empty all build the study's store at once:
+    every one succeeds and the store is one whole MLflow store, not migrations run over each other."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "study.db"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    start = str(time.time() + 8)  # after the imports of every process
+    procs = [subprocess.Popen([sys.executable, "-c", CREATE_STORE, str(store), (tmp_path / "a").as_uri(), start], env=env,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "study.db"]  # no build or copy left behind
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    run = client.create_run(client.create_experiment("e"))
+    client.log_metric(run.info.run_id, "loss", 0.5)
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [0.5]

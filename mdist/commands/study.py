@@ -75,7 +75,6 @@ def run_study(args: argparse.Namespace) -> int:
     plan = {"study": study.name, "tasks": {s.kind: study.resources_of(s.kind).tasks for s in stages}, "stages": [s.to_dict() for s in stages]}
     (out / PLAN_FILE).write_text(json.dumps(plan, indent=1) + "\n", encoding="utf-8")
     env = study_env(study.name, out)
-    _create_store(out)
     if args.slurm:
         from mdist.study.slurm import submit
 
@@ -88,15 +87,6 @@ def run_study(args: argparse.Namespace) -> int:
     code = run_local(out, stages, env)
     print(status_table(out, stages, None)[0], end="")
     return code
-
-
-def _create_store(out: Path) -> None:
-    """The study's MLflow store, made once here: stages running at the same time must not each create it."""
-    from mdist.tracking import artifact_location
-    from mdist.tracking.store_template import create_store
-
-    if not os.environ.get("MLFLOW_TRACKING_URI") and not (out / "mlflow.db").exists():
-        create_store(out / "mlflow.db", artifact_location(out))
 
 
 def _load_plan(out: Path):

@@ -61,16 +61,11 @@ def run_local(out: Path, stages: list[Stage], env: dict, say=print) -> int:
     if running:
         name, record = running[0]
         raise ConfigError(f"stage {name} of this study is running (pid {record.get('pid')} on {record.get('host')}); wait for it or stop it")
-    by_name = {stage.name: stage for stage in stages}
-    for stage in stages:
+    for stage in stages:  # plan order: a stage's dependencies are done before it (else this returned)
         state, _ = state_of(out, stage)
         if state == DONE:
             say(f"{stage.name}: done, skipped")
             continue
-        blocked = [dep for dep in stage.deps if state_of(out, by_name[dep])[0] != DONE]
-        if blocked:
-            say(f"{stage.name}: waits for {', '.join(blocked)}")
-            return 1
         say(f"{stage.name}: {'again after ' + state if state == FAILED else 'running'} (log {log_path(out, stage.name)})")
         if run_stage(out, stage, env) != 0:
             say(f"{stage.name}: failed; see {log_path(out, stage.name)}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from mdist.errors import ConfigError
 from mdist.study.config import Study
 from mdist.study.stages import Stage
-from mdist.study.state import DONE, RUNNING, SUBMITTED, now, read_record, state_of, write_record
+from mdist.study.state import DONE, RUNNING, SUBMITTED, array_job, now, read_record, state_of, write_record
 
 ARRAY_KIND = "finetune"  # the grid: one job array
 
@@ -42,7 +42,7 @@ def submit(study: Study, out: Path, stages: list[Stage], env: dict, queued: set[
         if stage.kind == ARRAY_KIND:
             if stage is array[0]:
                 _submit_array(study, out, array, env, jobs)
-                say(f"{ARRAY_KIND}: job array {jobs[stage.name].split('_')[0]} ({len(array)} tasks)")
+                say(f"{ARRAY_KIND}: job array {array_job(jobs[stage.name])} ({len(array)} tasks)")
             continue
         job = _sbatch(study, out, stage.kind, [stage.name], _dependency(stage.deps, jobs), env, f"mdist-{study.name}-{stage.name}")
         jobs[stage.name] = job
@@ -69,7 +69,7 @@ def _mark_submitted(out: Path, stage: Stage, job: str) -> None:
 
 
 def _dependency(deps: list[str], jobs: dict[str, str]) -> list[str]:
-    ids = sorted({jobs[dep].split("_")[0] for dep in deps if dep in jobs})
+    ids = sorted({array_job(jobs[dep]) for dep in deps if dep in jobs})
     return ["--dependency", "afterok:" + ":".join(ids), "--kill-on-invalid-dep=yes"] if ids else []
 
 

@@ -62,12 +62,13 @@ def state_of(out: Path, stage: Stage, queued: set[str] | None = None) -> tuple[s
         return PENDING, record  # its output was removed: it runs again
     if state == RUNNING and record.get("host") == socket.gethostname() and record.get("pid") and not _alive(record["pid"]):
         return FAILED, {**record, "why": "its process is gone (killed?)"}
-    if state in (SUBMITTED, RUNNING) and record.get("job_id") and queued is not None and _job(record["job_id"]) not in queued:
+    if state in (SUBMITTED, RUNNING) and record.get("job_id") and queued is not None and array_job(record["job_id"]) not in queued:
         return FAILED, {**record, "why": f"SLURM job {record['job_id']} left the queue without finishing the stage"}
     return state, record
 
 
-def _job(job_id: str) -> str:
+def array_job(job_id: str) -> str:
+    """The job id SLURM queues a job under: an array task's (`1234_5`) is its array's (`1234`)."""
     return job_id.split("_")[0]
 
 

@@ -56,17 +56,23 @@ def _build(path: Path, artifact_root: str) -> None:
 
 
 def create_store(path: Path, artifact_root: str) -> None:
-    """Create the empty sqlite store `path` (absent) with artifacts under `artifact_root` (a URI)."""
+    """Create the empty sqlite store `path` (absent) with artifacts under `artifact_root` (a URI). Safe
+    when several processes (the stages of a study) create the same store at once: one copy wins, whole."""
     import mlflow
 
     template = _template(mlflow.__version__)
     if not template.is_file():
-        _build(path, artifact_root)
+        built = path.with_name(f".{path.name}.{os.getpid()}.build")  # beside it: concurrent creators never share a half-built store
         try:
-            template.parent.mkdir(parents=True, exist_ok=True)
-            _copy_into_place(path, template, replace=True)
-        except OSError:
-            pass  # no cache here: the next store is built by MLflow again
+            _build(built, artifact_root)
+            try:
+                template.parent.mkdir(parents=True, exist_ok=True)
+                _copy_into_place(built, template, replace=True)
+            except OSError:
+                pass  # no cache here: the next store is built by MLflow again
+            _copy_into_place(built, path, replace=False)
+        finally:
+            built.unlink(missing_ok=True)
         return
     if not _copy_into_place(template, path, replace=False):
         return  # created meanwhile by another process of the same study
