@@ -139,6 +139,16 @@ def test_every_relative_link_resolves(page):
     assert broken == [], f"{page.name}: links that lead nowhere: {broken}"
 
 
+DEVELOPER_NOTES = re.compile(r"issue|#\d|gpu-wheels|gpu_acceptance|wheelhouse|\.whl\b", re.I)
+
+
+@pytest.mark.parametrize("page", [README, *DOCS], ids=[p.relative_to(ROOT).as_posix() for p in [README, *DOCS]])
+def test_user_docs_carry_no_developer_notes(page):
+    """Issue numbers, the wheelhouse and the GPU acceptance script belong in CONTRIBUTING.md."""
+    found = [line for line in page.read_text(encoding="utf-8").splitlines() if DEVELOPER_NOTES.search(line)]
+    assert found == [], f"{page.name}: developer notes in the user's documentation: {found}"
+
+
 def test_ci_runs_the_readmes_test_command():
     two_commands = README.read_text(encoding="utf-8").split("## The two commands", 1)[1]
     first_block = _shell_blocks(two_commands)[0]
