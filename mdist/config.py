@@ -233,7 +233,7 @@ class Range(typing.NamedTuple):
 
 
 def _ranges(cfg: RunConfig) -> dict[str, Range]:
-    """Every numeric key and its range (the list README's configuration section points to). A None
+    """Every numeric key and its range (the list docs/configuration.md points to). A None
     value is the key's documented default (e.g. `students.hidden`: the teacher's width)."""
     t, s, tiny, d = cfg.train, cfg.students, cfg.teacher.tiny, cfg.data
     small = "a tiny test teacher"

@@ -3,7 +3,7 @@ subsets of the real XNLI / PAN-X / SIQA files with every strategy, evaluated on 
 
 The scores of such tiny students are near chance on Turkish and are not asserted; what is asserted
 is that every strategy runs by name on every task, that learning is visible on the English training
-subset, and that results, tables, baselines and MLflow links are what the README says.
+subset, and that results, tables, baselines and MLflow links are what docs/transfer.md says.
 """
 from __future__ import annotations
 
