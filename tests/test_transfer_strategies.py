@@ -12,11 +12,12 @@ import torch
 
 from mdist.baseline import export_baseline
 from mdist.transfer.adapters import BottleneckAdapter, OutputWithAdapter
-from mdist.transfer.model import ModelSpec, build_task_model
+from mdist.transfer.model import ModelSpec, build_task_model, load_task_model, save_task_model
 from mdist.transfer.runner import TransferConfig, build_models, train_and_transfer, trainable_names
+from mdist.transfer.shots import nested_shots
 from mdist.transfer.strategies import STRATEGIES, get_strategy
-from mdist.transfer.tasks import PairExample, get_task
-from mdist.transfer.train import FitSettings, logit_mse, step_loss
+from mdist.transfer.tasks import Batch, PairExample, get_task
+from mdist.transfer.train import FitSettings, logit_mse, lr_schedule, step_loss
 
 TASK = get_task("xnli")
 SETTINGS = FitSettings(epochs=2, batch_size=8, lr=1e-2, seed=0)
@@ -189,3 +190,73 @@ def test_logit_mse_is_the_thesis_formula():
     kept = [(0, 0), (0, 2), (1, 2)]
     expected = sum(((tokens_t[b, l] - tokens_s[b, l]) ** 2).sum() for b, l in kept) / len(kept)
     torch.testing.assert_close(logit_mse(tokens_s, tokens_t, batch), expected)
+
+
+# ---- readings of the thesis where it is ambiguous ----------------------------------------------
+
+
+def test_adapter_projections_start_with_the_adapters_library_bert_init():
+    """`BnConfig(init_weights="bert")`: weights normal(0, 0.02), biases zero (the library's value, not the constant)."""
+    torch.manual_seed(0)
+    adapter = BottleneckAdapter(768)  # 48 × 768 values per projection: the sample std is within ±1.5 % of the true one
+    for linear in (adapter.down, adapter.up):
+        assert abs(linear.weight.std().item() - 0.02) < 0.0005
+        assert abs(linear.weight.mean().item()) < 0.0005
+        assert torch.count_nonzero(linear.bias) == 0
+
+
+@pytest.mark.parametrize("task", ["xnli", "xcopa"])
+def test_linear_head_is_one_layer_on_s(students, task):
+    """`--head linear`: hidden·labels + labels parameters, logits = W·h_<s> + b (thesis §4.1); the default keeps transformers' dense+tanh."""
+    torch.manual_seed(0)
+    model = build_task_model(ModelSpec(task, str(students[0]), head="linear"), "cpu")[0].eval()
+    hidden, labels = model.encoder.config.hidden_size, get_task(task).num_labels
+    assert sum(p.numel() for p in model.head.parameters()) == hidden * labels + labels
+    ids = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 2, 1], [0, 5, 9, 2, 1], [0, 6, 2, 1, 1]])
+    batch = Batch(ids, (ids != 1).long(), torch.zeros(2 if task == "xcopa" else 4, dtype=torch.long), num_choices=2 if task == "xcopa" else None)
+    with torch.no_grad():
+        cls = model.encoder(input_ids=ids, attention_mask=batch.attention_mask).last_hidden_state[:, 0].double()
+        expected = cls @ model.head.out.weight.double().T + model.head.out.bias.double()
+        torch.testing.assert_close(model(batch).double(), expected.view(-1, 2) if task == "xcopa" else expected, rtol=1e-5, atol=1e-6)
+    default = build_task_model(ModelSpec(task, str(students[0])), "cpu")[0]
+    assert sum(p.numel() for p in default.head.parameters()) == hidden * hidden + hidden + hidden * labels + labels
+
+
+def test_freeze0_with_the_linear_head_trains_only_that_layer_and_it_survives_saving(students, tmp_path):
+    cfg = _config(students, "freeze+0")
+    cfg.head = "linear"
+    models = build_models(cfg, get_strategy("freeze+0"))
+    hidden = models.trained[0].encoder.config.hidden_size
+    assert trainable_names(models.trained[0]) == ["head.out.weight", "head.out.bias"]
+    assert sum(p.numel() for p in models.trained[0].parameters() if p.requires_grad) == hidden * 3 + 3
+    spec = ModelSpec("xnli", str(students[1]), head="linear")
+    save_task_model(models.evaluated, spec, tmp_path)
+    loaded, _, loaded_spec = load_task_model(tmp_path, "cpu")
+    assert loaded_spec.head == "linear" and loaded.head.dense is None
+    torch.testing.assert_close(loaded.head.out.weight, models.evaluated.head.out.weight)
+
+
+@pytest.mark.parametrize("schedule, factors", [
+    ("linear", [1.0, 1.0, 8 / 9, 7 / 9, 6 / 9, 5 / 9, 4 / 9, 3 / 9, 2 / 9, 1 / 9]),  # 10 steps, warm-up round(0.1·10) = 1 step
+    ("constant", [1.0] * 10),
+])
+def test_learning_rate_schedules_step_by_step(schedule, factors):
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.5)
+    scheduler = lr_schedule(optimizer, FitSettings(epochs=1, batch_size=1, lr=0.5, warmup=0.1, schedule=schedule), total=10)
+    seen = []
+    for _ in range(10):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([0.5 * f for f in factors])
+
+
+def test_few_shot_samples_are_nested_and_seeded():
+    pool = [f"example {i}" for i in range(700)]
+    drawn = nested_shots(pool, [10, 100, 500], seed=7)
+    assert [len(drawn[k]) for k in (10, 100, 500)] == [10, 100, 500]
+    assert len(set(drawn[500])) == 500 and all(0 <= i < len(pool) for i in drawn[500])
+    assert set(drawn[10]) < set(drawn[100]) < set(drawn[500])
+    assert drawn == nested_shots(pool, [500, 10, 100], seed=7)  # the same samples whatever the order of the k's
+    assert set(drawn[10]) != set(nested_shots(pool, [10], seed=8)[10])

@@ -46,11 +46,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device_option(settings)
     few = parser.add_argument_group("few-shot (after zero-shot training, on the evaluated target model)")
     few.add_argument("--shots", type=int, nargs="+", default=[], metavar="K", help="k labelled target examples, one continuation per k (thesis: 10 100 500; XCOPA 10 50 100)")
-    few.add_argument("--shots-file", type=Path, help="labelled target-language examples to draw the k from (seeded)")
+    few.add_argument("--shots-file", type=Path, help="labelled target-language examples; the k are the first k of one seeded shuffle (nested)")
     few.add_argument("--shots-labels", type=Path, help="SIQA-format labels of --shots-file")
     few.add_argument("--few-shot-epochs", type=int, default=50)
     few.add_argument("--few-shot-batch-size", type=int, default=32)
     few.add_argument("--few-shot-lr", type=float, default=2e-5)
+    few.add_argument("--few-shot-schedule", choices=("linear", "constant"), default="linear",
+                     help="linear: --warmup then linear decay (thesis §4.2.3); constant: no schedule (table 4.2's '–')")
+    readings = parser.add_argument_group("readings of the thesis where it is ambiguous (README: Zero- and few-shot transfer)")
+    readings.add_argument("--head", choices=("dense-tanh", "linear"), default="dense-tanh",
+                          help="classifier on <s> (XNLI, XCOPA): transformers' dense+tanh+linear, or one linear layer (thesis §4.1); NER's tagger is always one linear layer")
+    readings.add_argument("--ner-labels", choices=("first", "all"), default="first",
+                          help="first: each word's tag on its first sub-token, F1 over words; all: every sub-token carries its word's tag, F1 over sub-tokens")
     parser.add_argument("--task-teacher", type=Path, help="task distillation: a teacher fine-tuned with --save-model (its model/ directory); "
                         "loss = 0.5·MSE(logits) + 0.5·task loss")
     parser.add_argument("--save-model", action="store_true", help="save the evaluated task model to OUT/model (needed for --task-teacher)")
@@ -86,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
         max_length=args.max_length, seed=args.seed, shots=args.shots, shots_file=args.shots_file, shots_labels=args.shots_labels,
         few_shot_epochs=args.few_shot_epochs, few_shot_batch_size=args.few_shot_batch_size, few_shot_lr=args.few_shot_lr,
-        task_teacher=args.task_teacher, save_model=args.save_model, device=chosen_device(args.device), **resolve_models(args),
+        task_teacher=args.task_teacher, save_model=args.save_model, device=chosen_device(args.device), head=args.head, ner_labels=args.ner_labels,
+        few_shot_schedule=args.few_shot_schedule, **resolve_models(args),
     )
     result = run_transfer(cfg)
     metric = result["metric"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,10 +19,12 @@ from torch import nn
 
 from mdist.errors import ConfigError
 from mdist.evaluation.encode import max_tokens
-from mdist.transfer.model import ModelSpec, TaskModel, build_task_model, load_task_model, save_task_model
+from mdist.transfer.model import HEAD_KINDS, ModelSpec, TaskModel, build_task_model, load_task_model, save_task_model
 from mdist.transfer.strategies import TransferStrategy, get_strategy
-from mdist.transfer.tasks import Task, get_task
-from mdist.transfer.train import FitSettings, fit, predict
+from mdist.transfer.shots import nested_shots
+from mdist.transfer.tasks import NER, Task, get_task
+from mdist.transfer.tasks.ner import SUB_TOKEN_LABELS
+from mdist.transfer.train import SCHEDULES, FitSettings, fit, predict
 
 RESULT_FILE = "result.json"
 FULL_LR, EFFICIENT_LR = 2e-5, 1e-4
@@ -68,6 +69,10 @@ class TransferConfig:
     device: str = "cpu"
     distillation_run: Path | None = None
     distillation_mlflow_run_id: str | None = None
+    # readings of the thesis where it is ambiguous; the first value of each choice tuple is the default (README)
+    head: str = HEAD_KINDS[0]
+    ner_labels: str = SUB_TOKEN_LABELS[0]
+    few_shot_schedule: str = SCHEDULES[0]
 
     def validate(self) -> None:
         """Every numeric option within its bounds (upper ones: UPPER_BOUNDS), before any file is read."""
@@ -91,6 +96,11 @@ class TransferConfig:
             raise ConfigError(f"--shots must be positive counts, got {self.shots}")
         if self.shots and self.shots_file is None:
             raise ConfigError("--shots needs --shots-file (labelled target-language examples)")
+        for key, known in (("head", HEAD_KINDS), ("ner_labels", SUB_TOKEN_LABELS), ("few_shot_schedule", SCHEDULES)):
+            if getattr(self, key) not in known:
+                raise ConfigError(f"--{key.replace('_', '-')} must be one of {', '.join(known)}, got '{getattr(self, key)}'")
+        if self.ner_labels != SUB_TOKEN_LABELS[0] and self.task != "ner":
+            raise ConfigError(f"--ner-labels applies to --task ner only, not {self.task}")
 
 
 @dataclass
@@ -138,7 +148,7 @@ def move(source: TaskModel, target: TaskModel, names: list[str]) -> None:
 def build_models(cfg: TransferConfig, strategy: TransferStrategy) -> Models:
     def build(path: Path, adapters: nn.ModuleList | None = None):
         torch.manual_seed(cfg.seed)  # the same fresh head / layers / adapters for every student
-        return build_task_model(ModelSpec(cfg.task, str(path), strategy.extra_layers, strategy.adapters), cfg.device, adapters)
+        return build_task_model(ModelSpec(cfg.task, str(path), strategy.extra_layers, strategy.adapters, cfg.head), cfg.device, adapters)
 
     if strategy.trains == "trg":
         trg, tokenizer = build(cfg.trg_model)
@@ -197,6 +207,8 @@ def run_transfer(cfg: TransferConfig) -> dict:
     started = time.perf_counter()
     cfg.validate()
     task, strategy = get_task(cfg.task), get_strategy(cfg.strategy)
+    if cfg.task == "ner":
+        task = NER(cfg.ner_labels)
     train_examples = _examples(task, cfg.train, cfg.train_labels, cfg.train_limit)
     eval_examples = _examples(task, cfg.eval, cfg.eval_labels, cfg.eval_limit)
     shot_pool = _examples(task, cfg.shots_file, cfg.shots_labels, None) if cfg.shots else []
@@ -231,11 +243,13 @@ def run_transfer(cfg: TransferConfig) -> dict:
     zero_shot = _score(task, models.evaluated, eval_examples, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang}")
 
     few_shot = {}
+    shot_indices = nested_shots(shot_pool, cfg.shots, cfg.seed)
+    shot_settings = FitSettings(cfg.few_shot_epochs, cfg.few_shot_batch_size, cfg.few_shot_lr, cfg.weight_decay, cfg.warmup, seed=cfg.seed,
+                                schedule=cfg.few_shot_schedule)
     for k in cfg.shots:
-        shots = random.Random(cfg.seed).sample(shot_pool, k)
+        shots = [shot_pool[i] for i in shot_indices[k]]
         model = copy.deepcopy(models.evaluated)
         select_trainable(model, strategy)
-        shot_settings = FitSettings(cfg.few_shot_epochs, cfg.few_shot_batch_size, cfg.few_shot_lr, cfg.weight_decay, cfg.warmup, seed=cfg.seed)
         fit([model], task, _features(task, shots, eval_tokenizer, model, cfg.max_length), eval_tokenizer.pad_token_id, shot_settings, cfg.device, f"{cfg.task} {k}-shot")
         few_shot[str(k)] = _score(task, model, eval_examples, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang} {k}-shot")
         del model
@@ -256,14 +270,15 @@ def run_transfer(cfg: TransferConfig) -> dict:
         "trainable_parameters": sum(p.numel() for p in {id(p): p for m in models.trained for p in m.parameters() if p.requires_grad}.values()),
         "moved_parameters": moved,
         "settings": {**asdict(settings), "max_length": cfg.max_length, "train_examples": len(train_examples), "eval_examples": len(eval_examples),
-                     "few_shot": {"epochs": cfg.few_shot_epochs, "batch_size": cfg.few_shot_batch_size, "lr": cfg.few_shot_lr} if cfg.shots else None,
+                     "few_shot": {**asdict(shot_settings), "drawn": shot_indices[max(cfg.shots)]} if cfg.shots else None,  # k-shot: the first k drawn
+                     "head": cfg.head if task.head != "token" else "linear", "ner_labels": cfg.ner_labels if cfg.task == "ner" else None,
                      "task_teacher": str(cfg.task_teacher) if cfg.task_teacher else None, "device": cfg.device},
         "seconds": round(time.perf_counter() - started, 1),
     }
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if cfg.save_model:
-        save_task_model(models.evaluated, ModelSpec(cfg.task, str(cfg.src_model if strategy.evaluates == "src" else cfg.trg_model), strategy.extra_layers, strategy.adapters), cfg.out / "model")
+        save_task_model(models.evaluated, ModelSpec(cfg.task, str(cfg.src_model if strategy.evaluates == "src" else cfg.trg_model), strategy.extra_layers, strategy.adapters, cfg.head), cfg.out / "model")
     log_result(result, cfg)
     return result
 

@@ -21,6 +21,7 @@ from mdist.transfer.model import TaskModel
 from mdist.transfer.tasks import Batch, Task
 
 TASK_DISTILLATION_WEIGHT = 0.5  # α = β = 0.5 (thesis §3.3.6)
+SCHEDULES = ("linear", "constant")  # the first is the default
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,17 @@ class FitSettings:
     warmup: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 42
+    schedule: str = SCHEDULES[0]
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, settings: FitSettings, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate over the steps. "linear": warm-up over `warmup` of the steps, then linear decay
+    to 0; "constant": the peak lr throughout, no warm-up (one reading of the "–" for few-shot in thesis table 4.2)."""
+    if settings.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule '{settings.schedule}' (known: {', '.join(SCHEDULES)})")
+    if settings.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return warmup_linear_decay(optimizer, max(1, round(settings.warmup * total)), total)
 
 
 def _length(feature: dict) -> int:
@@ -108,7 +120,7 @@ def fit(
     optimizer = torch.optim.AdamW(groups, lr=settings.lr)
     steps_per_epoch = -(-len(features) // settings.batch_size)
     total = steps_per_epoch * settings.epochs
-    schedule = warmup_linear_decay(optimizer, max(1, round(settings.warmup * total)), total)
+    schedule = lr_schedule(optimizer, settings, total)
     generator = torch.Generator().manual_seed(settings.seed)
     for model in models:
         model.train()
