@@ -113,6 +113,9 @@ def test_few_shot_task_distillation_baseline_and_mlflow_link(demo_run, tmp_path)
     assert (few["schedule"], few["warmup"], few["epochs"], few["batch_size"], few["lr"]) == ("linear", 0.1, 2, 32, 2e-5)
     assert len(set(few["drawn"])) == 8 and all(0 <= i < len(get_task("xnli").read(shots)) for i in few["drawn"])  # the 4 shots: its first 4
     assert distilled["settings"]["head"] == "dense-tanh" and distilled["settings"]["ner_labels"] is None
+    assert distilled["settings"]["task_teacher_loss"] == "task"
+    literal = _finetune(demo_run, "xnli", "adapter-joint", tmp_path / "td-mlm", "--task-teacher", str(teacher_ft / "model"), "--task-teacher-loss", "mlm")
+    assert literal["strategy"] == "adapter-joint+td-mlm" and literal["settings"]["task_teacher_loss"] == "mlm"
 
     assert main(["baseline", "--teacher", str(demo_run / "teacher"), "--layers", "2", "--init", "top", "--out", str(tmp_path / "top2")]) == 0
     provenance = json.loads((tmp_path / "top2" / "baseline.json").read_text())
@@ -150,6 +153,7 @@ def test_ner_with_every_sub_token_labelled_runs_and_says_so(demo_run, tmp_path):
     (lambda d: ("--strategy", "full-trg", "--shots", "5"), "--shots needs --shots-file"),
     (lambda d: ("--strategy", "full-trg", "--lr", "-1"), "--lr must be positive"),
     (lambda d: ("--strategy", "full-trg", "--ner-labels", "all"), "--ner-labels applies to --task ner only, not xnli"),
+    (lambda d: ("--strategy", "full-trg", "--task-teacher-loss", "mlm"), "--task-teacher-loss needs --task-teacher"),
     (lambda d: ("--strategy", "full-trg", "--eval", str(d / "missing.tsv")), r"missing\.tsv' does not exist"),
 ])
 def test_bad_input_gives_one_clear_line(demo_run, tmp_path, capsys, setup, message):

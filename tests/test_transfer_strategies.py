@@ -260,3 +260,36 @@ def test_few_shot_samples_are_nested_and_seeded():
     assert set(drawn[10]) < set(drawn[100]) < set(drawn[500])
     assert drawn == nested_shots(pool, [500, 10, 100], seed=7)  # the same samples whatever the order of the k's
     assert set(drawn[10]) != set(nested_shots(pool, [10], seed=8)[10])
+
+
+@pytest.mark.parametrize("strategy", ["full-trg", "bitfit-src"])
+def test_literal_task_distillation_is_half_logit_mse_half_the_students_mlm_loss(students, examples, strategy):
+    """`--task-teacher-loss mlm` (§3.3.6 read literally): ½·(1/N)Σ‖z_T − z_S‖² + ½·MLM, the MLM loss being what the
+    student directory's own masked LM (loaded afresh by transformers) computes on the same masked batch; no task loss."""
+    from transformers import AutoModelForMaskedLM
+
+    from mdist.data.masking import MaskingSpec, mask_tokens
+    from mdist.transfer.mlm import MaskedLMLoss
+
+    models = build_models(_config(students, strategy), get_strategy(strategy))
+    student = models.trained[0].eval()
+    teacher = _fresh(students[0], "full-src").eval()
+    tokenizer = models.tokenizers["train"]
+    batch = TASK.collate(TASK.encode(examples[:8], tokenizer, 64), tokenizer.pad_token_id)
+    mlm = MaskedLMLoss(student, tokenizer, seed=5)
+    loss = step_loss([student], batch, teacher, [mlm])
+
+    reference = AutoModelForMaskedLM.from_pretrained(student.encoder.name_or_path).eval()
+    masked, labels = mask_tokens(batch.input_ids, MaskingSpec.from_tokenizer(tokenizer, reference.config.vocab_size), torch.Generator().manual_seed(5))
+    assert (labels != -100).sum() > 5
+    with torch.no_grad():
+        z_s, z_t = student(batch).double(), teacher(batch).double()
+        mse = sum(((z_t[i] - z_s[i]) ** 2).sum() for i in range(len(z_s))) / len(z_s)
+        mlm_reference = reference(input_ids=masked, attention_mask=batch.attention_mask, labels=labels).loss.double()
+    torch.testing.assert_close(loss.double(), 0.5 * mse + 0.5 * mlm_reference, rtol=1e-5, atol=1e-6)
+
+    loss.backward()  # the MLM term reaches what the strategy trains; the MLM head itself stays as pre-trained
+    assert mlm.head.decoder.weight is student.encoder.embeddings.word_embeddings.weight
+    assert not any(p.requires_grad for name, p in mlm.head.named_parameters() if name != "decoder.weight")
+    encoder_trained = [p for name, p in student.named_parameters() if p.requires_grad and name.startswith("encoder.")]
+    assert encoder_trained and all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder_trained)

@@ -19,14 +19,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mdist.errors import ConfigError, DataError
 from mdist.evaluation.encode import load_encoder
+from mdist.transfer import HEAD_KINDS
 from mdist.transfer.adapters import insert_adapters, new_adapters
 from mdist.transfer.tasks import Batch, Task, get_task
 
 SPEC_FILE = "task_model.json"
 WEIGHTS_FILE = "task_model.pt"
-
-
-HEAD_KINDS = ("dense-tanh", "linear")  # the first is the default (see `SequenceHead`)
 
 
 class SequenceHead(nn.Module):

@@ -13,6 +13,7 @@ import torch
 from seqeval.metrics import f1_score, precision_score, recall_score
 
 from mdist.errors import ConfigError, DataError
+from mdist.transfer import SUB_TOKEN_LABELS
 from mdist.transfer.tasks.base import IGNORE, Batch, Task, check_lengths, pad_rows, read_lines, require_examples
 
 
@@ -20,9 +21,6 @@ from mdist.transfer.tasks.base import IGNORE, Batch, Task, check_lengths, pad_ro
 class TaggedSentence:
     words: tuple[str, ...]
     tags: tuple[str, ...]  # one of NER.label_names per word
-
-
-SUB_TOKEN_LABELS = ("first", "all")  # the first is the default (see the module docstring)
 
 
 class NER(Task):
