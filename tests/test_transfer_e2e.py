@@ -109,11 +109,21 @@ def test_few_shot_task_distillation_baseline_and_mlflow_link(demo_run, tmp_path)
                           "--shots", "4", "8", "--shots-file", str(shots), "--few-shot-epochs", "2")
     assert distilled["strategy"] == "full-trg+td"
     assert set(distilled["few_shot"]) == {"4", "8"} and all(s["n"] == 24 for s in distilled["few_shot"].values())
+    few = distilled["settings"]["few_shot"]
+    assert (few["schedule"], few["warmup"], few["epochs"], few["batch_size"], few["lr"]) == ("linear", 0.1, 2, 32, 2e-5)
+    assert len(set(few["drawn"])) == 8 and all(0 <= i < len(get_task("xnli").read(shots)) for i in few["drawn"])  # the 4 shots: its first 4
+    assert distilled["settings"]["head"] == "dense-tanh" and distilled["settings"]["ner_labels"] is None
+    assert distilled["settings"]["task_teacher_loss"] == "task"
+    literal = _finetune(demo_run, "xnli", "adapter-joint", tmp_path / "td-mlm", "--task-teacher", str(teacher_ft / "model"), "--task-teacher-loss", "mlm")
+    assert literal["strategy"] == "adapter-joint+td-mlm" and literal["settings"]["task_teacher_loss"] == "mlm"
 
     assert main(["baseline", "--teacher", str(demo_run / "teacher"), "--layers", "2", "--init", "top", "--out", str(tmp_path / "top2")]) == 0
     provenance = json.loads((tmp_path / "top2" / "baseline.json").read_text())
     assert provenance["teacher_layers"] == [3, 4]
-    assert main(["finetune", *common, "--strategy", "full-trg", "--model", str(tmp_path / "top2"), "--out", str(tmp_path / "base")]) == 0
+    assert main(["finetune", *common, "--strategy", "full-trg", "--model", str(tmp_path / "top2"), "--out", str(tmp_path / "base"),
+                 "--head", "linear", "--shots", "4", "--shots-file", str(shots), "--few-shot-epochs", "1", "--few-shot-schedule", "constant"]) == 0
+    base = json.loads((tmp_path / "base" / "result.json").read_text())
+    assert base["settings"]["head"] == "linear" and base["settings"]["few_shot"]["schedule"] == "constant"
 
     assert main(["transfer-table", "--runs", str(tmp_path), "--out", str(tmp_path / "t.md")]) == 0
     table = (tmp_path / "t.md").read_text()
@@ -130,11 +140,20 @@ def test_few_shot_task_distillation_baseline_and_mlflow_link(demo_run, tmp_path)
     assert by_strategy["full-trg+td"].data.metrics["xnli.tr.few_shot_8.accuracy"] == pytest.approx(distilled["few_shot"]["8"]["accuracy"])
 
 
+def test_ner_with_every_sub_token_labelled_runs_and_says_so(demo_run, tmp_path):
+    _need_data()
+    result = _finetune(demo_run, "ner", "full-trg", tmp_path / "ner-all", "--ner-labels", "all")
+    assert result["settings"]["ner_labels"] == "all" and result["settings"]["head"] == "linear"
+    assert 0.0 <= result["zero_shot"]["f1"] <= 1.0 and result["zero_shot"]["n"] == 24
+
+
 @pytest.mark.parametrize("setup,message", [
     (lambda d: ("--strategy", "adapter-middle"), "unknown transfer strategy 'adapter-middle'"),
     (lambda d: ("--strategy", "full-trg", "--train", str(d / "bad.tsv")), r"bad\.tsv:2: expected 3 tab-separated columns"),
     (lambda d: ("--strategy", "full-trg", "--shots", "5"), "--shots needs --shots-file"),
     (lambda d: ("--strategy", "full-trg", "--lr", "-1"), "--lr must be positive"),
+    (lambda d: ("--strategy", "full-trg", "--ner-labels", "all"), "--ner-labels applies to --task ner only, not xnli"),
+    (lambda d: ("--strategy", "full-trg", "--task-teacher-loss", "mlm"), "--task-teacher-loss needs --task-teacher"),
     (lambda d: ("--strategy", "full-trg", "--eval", str(d / "missing.tsv")), r"missing\.tsv' does not exist"),
 ])
 def test_bad_input_gives_one_clear_line(demo_run, tmp_path, capsys, setup, message):

@@ -12,11 +12,12 @@ import torch
 
 from mdist.baseline import export_baseline
 from mdist.transfer.adapters import BottleneckAdapter, OutputWithAdapter
-from mdist.transfer.model import ModelSpec, build_task_model
+from mdist.transfer.model import ModelSpec, build_task_model, load_task_model, save_task_model
 from mdist.transfer.runner import TransferConfig, build_models, train_and_transfer, trainable_names
+from mdist.transfer.shots import nested_shots
 from mdist.transfer.strategies import STRATEGIES, get_strategy
-from mdist.transfer.tasks import PairExample, get_task
-from mdist.transfer.train import FitSettings, logit_mse, step_loss
+from mdist.transfer.tasks import Batch, PairExample, get_task
+from mdist.transfer.train import FitSettings, logit_mse, lr_schedule, step_loss
 
 TASK = get_task("xnli")
 SETTINGS = FitSettings(epochs=2, batch_size=8, lr=1e-2, seed=0)
@@ -189,3 +190,109 @@ def test_logit_mse_is_the_thesis_formula():
     kept = [(0, 0), (0, 2), (1, 2)]
     expected = sum(((tokens_t[b, l] - tokens_s[b, l]) ** 2).sum() for b, l in kept) / len(kept)
     torch.testing.assert_close(logit_mse(tokens_s, tokens_t, batch), expected)
+
+
+# ---- readings of the thesis where it is ambiguous ----------------------------------------------
+
+
+def test_adapter_projections_start_with_the_adapters_library_bert_init():
+    """`BnConfig(init_weights="bert")`: weights normal(0, 0.02), biases zero (the library's value, not the constant)."""
+    torch.manual_seed(0)
+    adapter = BottleneckAdapter(768)  # 48 × 768 values per projection: the sample std is within ±1.5 % of the true one
+    for linear in (adapter.down, adapter.up):
+        assert abs(linear.weight.std().item() - 0.02) < 0.0005
+        assert abs(linear.weight.mean().item()) < 0.0005
+        assert torch.count_nonzero(linear.bias) == 0
+
+
+@pytest.mark.parametrize("task", ["xnli", "xcopa"])
+def test_linear_head_is_one_layer_on_s(students, task):
+    """`--head linear`: hidden·labels + labels parameters, logits = W·h_<s> + b (thesis §4.1); the default keeps transformers' dense+tanh."""
+    torch.manual_seed(0)
+    model = build_task_model(ModelSpec(task, str(students[0]), head="linear"), "cpu")[0].eval()
+    hidden, labels = model.encoder.config.hidden_size, get_task(task).num_labels
+    assert sum(p.numel() for p in model.head.parameters()) == hidden * labels + labels
+    ids = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 9, 2, 1], [0, 5, 9, 2, 1], [0, 6, 2, 1, 1]])
+    batch = Batch(ids, (ids != 1).long(), torch.zeros(2 if task == "xcopa" else 4, dtype=torch.long), num_choices=2 if task == "xcopa" else None)
+    with torch.no_grad():
+        cls = model.encoder(input_ids=ids, attention_mask=batch.attention_mask).last_hidden_state[:, 0].double()
+        expected = cls @ model.head.out.weight.double().T + model.head.out.bias.double()
+        torch.testing.assert_close(model(batch).double(), expected.view(-1, 2) if task == "xcopa" else expected, rtol=1e-5, atol=1e-6)
+    default = build_task_model(ModelSpec(task, str(students[0])), "cpu")[0]
+    assert sum(p.numel() for p in default.head.parameters()) == hidden * hidden + hidden + hidden * labels + labels
+
+
+def test_freeze0_with_the_linear_head_trains_only_that_layer_and_it_survives_saving(students, tmp_path):
+    cfg = _config(students, "freeze+0")
+    cfg.head = "linear"
+    models = build_models(cfg, get_strategy("freeze+0"))
+    hidden = models.trained[0].encoder.config.hidden_size
+    assert trainable_names(models.trained[0]) == ["head.out.weight", "head.out.bias"]
+    assert sum(p.numel() for p in models.trained[0].parameters() if p.requires_grad) == hidden * 3 + 3
+    spec = ModelSpec("xnli", str(students[1]), head="linear")
+    save_task_model(models.evaluated, spec, tmp_path)
+    loaded, _, loaded_spec = load_task_model(tmp_path, "cpu")
+    assert loaded_spec.head == "linear" and loaded.head.dense is None
+    torch.testing.assert_close(loaded.head.out.weight, models.evaluated.head.out.weight)
+
+
+@pytest.mark.parametrize("schedule, factors", [
+    ("linear", [1.0, 1.0, 8 / 9, 7 / 9, 6 / 9, 5 / 9, 4 / 9, 3 / 9, 2 / 9, 1 / 9]),  # 10 steps, warm-up round(0.1·10) = 1 step
+    ("constant", [1.0] * 10),
+])
+def test_learning_rate_schedules_step_by_step(schedule, factors):
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.5)
+    scheduler = lr_schedule(optimizer, FitSettings(epochs=1, batch_size=1, lr=0.5, warmup=0.1, schedule=schedule), total=10)
+    seen = []
+    for _ in range(10):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([0.5 * f for f in factors])
+
+
+@pytest.mark.parametrize("size, ks", [(700, [10, 100, 500]), (100, [10, 50, 100])])  # XCOPA: k = 100 of its 100 val examples
+def test_few_shot_samples_are_nested_and_seeded(size, ks):
+    """For every seed (a separate `random.sample` per k breaks nesting for some seeds, e.g. 2, 14 or 25)."""
+    pool = [f"example {i}" for i in range(size)]
+    for seed in range(50):
+        drawn = nested_shots(pool, ks, seed=seed)
+        assert [len(drawn[k]) for k in ks] == ks
+        assert len(set(drawn[ks[-1]])) == ks[-1] and all(0 <= i < size for i in drawn[ks[-1]])
+        assert set(drawn[ks[0]]) <= set(drawn[ks[1]]) <= set(drawn[ks[2]])
+        assert drawn == nested_shots(pool, ks[::-1], seed=seed)  # the same samples whatever the order of the k's
+    assert set(nested_shots(pool, [10], seed=7)[10]) != set(nested_shots(pool, [10], seed=8)[10])
+
+
+@pytest.mark.parametrize("strategy", ["full-trg", "bitfit-src"])
+def test_literal_task_distillation_is_half_logit_mse_half_the_students_mlm_loss(students, examples, strategy):
+    """`--task-teacher-loss mlm` (§3.3.6 read literally): ½·(1/N)Σ‖z_T − z_S‖² + ½·MLM, the MLM loss being what the
+    student directory's own masked LM (loaded afresh by transformers) computes on the same masked batch; no task loss."""
+    from transformers import AutoModelForMaskedLM
+
+    from mdist.data.masking import MaskingSpec, mask_tokens
+    from mdist.transfer.mlm import MaskedLMLoss
+
+    models = build_models(_config(students, strategy), get_strategy(strategy))
+    student = models.trained[0].eval()
+    teacher = _fresh(students[0], "full-src").eval()
+    tokenizer = models.tokenizers["train"]
+    batch = TASK.collate(TASK.encode(examples[:8], tokenizer, 64), tokenizer.pad_token_id)
+    mlm = MaskedLMLoss(student, tokenizer, seed=5)
+    loss = step_loss([student], batch, teacher, [mlm])
+
+    reference = AutoModelForMaskedLM.from_pretrained(student.encoder.name_or_path).eval()
+    masked, labels = mask_tokens(batch.input_ids, MaskingSpec.from_tokenizer(tokenizer, reference.config.vocab_size), torch.Generator().manual_seed(5))
+    assert (labels != -100).sum() > 5
+    with torch.no_grad():
+        z_s, z_t = student(batch).double(), teacher(batch).double()
+        mse = sum(((z_t[i] - z_s[i]) ** 2).sum() for i in range(len(z_s))) / len(z_s)
+        mlm_reference = reference(input_ids=masked, attention_mask=batch.attention_mask, labels=labels).loss.double()
+    torch.testing.assert_close(loss.double(), 0.5 * mse + 0.5 * mlm_reference, rtol=1e-5, atol=1e-6)
+
+    loss.backward()  # the MLM term reaches what the strategy trains; the MLM head itself stays as pre-trained
+    assert mlm.head.decoder.weight is student.encoder.embeddings.word_embeddings.weight
+    assert not any(p.requires_grad for name, p in mlm.head.named_parameters() if name != "decoder.weight")
+    encoder_trained = [p for name, p in student.named_parameters() if p.requires_grad and name.startswith("encoder.")]
+    assert encoder_trained and all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder_trained)

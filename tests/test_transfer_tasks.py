@@ -253,6 +253,48 @@ def test_ner_truncation_predicts_kept_words_and_scores_the_rest_as_o(tokenizer):
     assert NER().score(examples, predictions) == {"f1": 1.0, "precision": 1.0, "recall": 1.0, "n": 2, "truncated_words": 0}
 
 
+def test_ner_all_sub_tokens_carry_their_word_s_tag(tokenizer):
+    """`--ner-labels all`: the labels are the word's tag at every position `word_ids()` maps to a word."""
+    examples = NER().read(data_file("panx/dev-tr.tsv"))[:50]
+    multi_piece = 0
+    for example, feature in zip(examples, NER("all").encode(examples, tokenizer, max_length=512)):
+        reference = tokenizer(list(example.words), is_split_into_words=True)
+        word_ids = reference.word_ids()
+        assert feature["input_ids"] == reference["input_ids"]
+        assert feature["labels"] == [IGNORE if w is None else NER.label_names.index(example.tags[w]) for w in word_ids]
+        assert feature["word_ids"] == [-1 if w is None else w for w in word_ids]
+        multi_piece += len(word_ids) - 2 - len(example.words)
+    assert multi_piece > 0  # words of several sub-tokens are there, where the two readings differ
+
+
+def test_ner_all_predicts_every_sub_token_grouped_by_word(tokenizer):
+    example = TaggedSentence(("Mustafa", "Kemal", "geldi"), ("B-PER", "I-PER", "O"))
+    batch = NER("all").collate(NER("all").encode([example], tokenizer, max_length=32), tokenizer.pad_token_id)
+    pieces = [len(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in example.words]
+    predictions = NER("all").predict(torch.nn.functional.one_hot(batch.labels.clamp(min=0), 7).float(), batch)
+    assert predictions == [[[tag] * n for tag, n in zip(example.tags, pieces)]]
+    assert NER("all").score([example], predictions)["f1"] == 1.0
+
+
+@pytest.mark.parametrize("tags, predicted, precision, recall, f1, truncated", [
+    # sub-tokens: gold B-PER B-PER | O (two one-piece entities), predicted B-PER I-PER | O (one two-piece entity)
+    (("B-PER", "O"), [[["B-PER", "I-PER"], ["O"]]], 0.0, 0.0, 0.0, 0),
+    # gold B-PER | B-PER B-PER | O: 3 entities; predicted B-PER | B-PER O | O: 2, both right
+    (("B-PER", "B-PER", "O"), [[["B-PER"], ["B-PER", "O"], ["O"]]], 1.0, 2 / 3, 0.8, 0),
+    # last two words cut: each counts as one sub-token predicted O; gold B-PER B-PER | O | B-PER
+    (("B-PER", "O", "B-PER"), [[["B-PER", "B-PER"]]], 1.0, 2 / 3, 0.8, 2),
+])
+def test_ner_all_scores_over_sub_tokens_hand_cases(tags, predicted, precision, recall, f1, truncated):
+    example = TaggedSentence(tuple(f"w{i}" for i in range(len(tags))), tags)
+    scores = NER("all").score([example], predicted)
+    assert scores == {"f1": pytest.approx(f1), "precision": pytest.approx(precision), "recall": pytest.approx(recall), "n": 1, "truncated_words": truncated}
+
+
+def test_ner_labelling_names_the_known_readings():
+    with pytest.raises(ConfigError, match="unknown sub-token labelling 'every' .known: first, all."):
+        NER("every")
+
+
 def choice_rows_checked(row: list[int], cls: int, sep: int) -> list[list[int]]:
     """The segments of `<s> context </s></s> question </s></s> choice </s>`, after checking the specials."""
     assert row[0] == cls and row[-1] == sep

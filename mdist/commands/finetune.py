@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mdist.argtypes import add_device_option, chosen_device, output_dir
 from mdist.errors import ConfigError
-from mdist.transfer import TASK_NAMES
+from mdist.transfer import HEAD_KINDS, SCHEDULES, SUB_TOKEN_LABELS, TASK_NAMES, TASK_TEACHER_LOSSES
 from mdist.transfer.strategies import STRATEGIES
 
 
@@ -46,13 +46,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device_option(settings)
     few = parser.add_argument_group("few-shot (after zero-shot training, on the evaluated target model)")
     few.add_argument("--shots", type=int, nargs="+", default=[], metavar="K", help="k labelled target examples, one continuation per k (thesis: 10 100 500; XCOPA 10 50 100)")
-    few.add_argument("--shots-file", type=Path, help="labelled target-language examples to draw the k from (seeded)")
+    few.add_argument("--shots-file", type=Path, help="labelled target-language examples; the k are the first k of one seeded shuffle (nested)")
     few.add_argument("--shots-labels", type=Path, help="SIQA-format labels of --shots-file")
     few.add_argument("--few-shot-epochs", type=int, default=50)
     few.add_argument("--few-shot-batch-size", type=int, default=32)
     few.add_argument("--few-shot-lr", type=float, default=2e-5)
+    few.add_argument("--few-shot-schedule", choices=SCHEDULES, default=SCHEDULES[0],
+                     help="linear: --warmup then linear decay (thesis §4.2.3); constant: no schedule (table 4.2's '–')")
+    readings = parser.add_argument_group("readings of the thesis where it is ambiguous (README: Zero- and few-shot transfer)")
+    readings.add_argument("--head", choices=HEAD_KINDS, default=HEAD_KINDS[0],
+                          help="classifier on <s> (XNLI, XCOPA): transformers' dense+tanh+linear, or one linear layer (thesis §4.1); NER's tagger is always one linear layer")
+    readings.add_argument("--ner-labels", choices=SUB_TOKEN_LABELS, default=SUB_TOKEN_LABELS[0],
+                          help="first: each word's tag on its first sub-token, F1 over words; all: every sub-token carries its word's tag, F1 over sub-tokens")
     parser.add_argument("--task-teacher", type=Path, help="task distillation: a teacher fine-tuned with --save-model (its model/ directory); "
                         "loss = 0.5·MSE(logits) + 0.5·task loss")
+    parser.add_argument("--task-teacher-loss", choices=TASK_TEACHER_LOSSES, default=TASK_TEACHER_LOSSES[0],
+                        help="what the logit MSE is mixed with: the task loss, or the student's MLM loss on the training batch (§3.3.6 literally; reported as +td-mlm)")
     parser.add_argument("--save-model", action="store_true", help="save the evaluated task model to OUT/model (needed for --task-teacher)")
     parser.set_defaults(run=run)
 
@@ -86,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
         max_length=args.max_length, seed=args.seed, shots=args.shots, shots_file=args.shots_file, shots_labels=args.shots_labels,
         few_shot_epochs=args.few_shot_epochs, few_shot_batch_size=args.few_shot_batch_size, few_shot_lr=args.few_shot_lr,
-        task_teacher=args.task_teacher, save_model=args.save_model, device=chosen_device(args.device), **resolve_models(args),
+        task_teacher=args.task_teacher, save_model=args.save_model, device=chosen_device(args.device), head=args.head, ner_labels=args.ner_labels,
+        few_shot_schedule=args.few_shot_schedule, task_teacher_loss=args.task_teacher_loss, **resolve_models(args),
     )
     result = run_transfer(cfg)
     metric = result["metric"]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 REDUCTION_FACTOR = 16
-INIT_STD = 1e-2  # the adapters library's default ("bert") init of the projections
+INIT_STD = 0.02  # the adapters library's default `init_weights="bert"` of `BnConfig`: normal(0, 0.02) weights, zero biases
 
 
 class BottleneckAdapter(nn.Module):

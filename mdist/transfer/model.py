@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mdist.errors import DataError
+from mdist.errors import ConfigError, DataError
 from mdist.evaluation.encode import load_encoder
+from mdist.transfer import HEAD_KINDS
 from mdist.transfer.adapters import insert_adapters, new_adapters
 from mdist.transfer.tasks import Batch, Task, get_task
 
@@ -27,23 +28,28 @@ WEIGHTS_FILE = "task_model.pt"
 
 
 class SequenceHead(nn.Module):
-    """XLM-R's classification head on `<s>`: dense, tanh, linear (thesis: W ∈ R^{labels×H} on [CLS])."""
+    """A classifier on `<s>`. "dense-tanh": XLM-R's head in transformers (dense, tanh, linear);
+    "linear": the one layer W ∈ R^{labels×H} on [CLS] that thesis §4.1 names."""
 
-    def __init__(self, hidden: int, num_labels: int, dropout: float):
+    def __init__(self, hidden: int, num_labels: int, dropout: float, kind: str = HEAD_KINDS[0]):
         super().__init__()
-        self.dense = nn.Linear(hidden, hidden)
+        if kind not in HEAD_KINDS:
+            raise ConfigError(f"unknown head '{kind}' (known: {', '.join(HEAD_KINDS)})")
+        self.dense = nn.Linear(hidden, hidden) if kind == "dense-tanh" else None
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, num_labels)
 
     def forward(self, hidden_BLD: torch.Tensor, batch: Batch) -> torch.Tensor:
-        x = self.dropout(torch.tanh(self.dense(self.dropout(hidden_BLD[:, 0]))))
+        x = self.dropout(hidden_BLD[:, 0])
+        if self.dense is not None:
+            x = self.dropout(torch.tanh(self.dense(x)))
         return self.out(x)
 
 
 class TokenHead(nn.Module):
-    """A linear tagger on every token (only first sub-tokens carry labels)."""
+    """A linear tagger on every token (which tokens carry labels is the task's encoding); one layer for every `kind`."""
 
-    def __init__(self, hidden: int, num_labels: int, dropout: float):
+    def __init__(self, hidden: int, num_labels: int, dropout: float, kind: str = HEAD_KINDS[0]):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, num_labels)
@@ -55,8 +61,8 @@ class TokenHead(nn.Module):
 class ChoiceHead(SequenceHead):
     """One score per (context, question, choice) sequence on `<s>`; rows regrouped to [B, C]."""
 
-    def __init__(self, hidden: int, num_labels: int, dropout: float):
-        super().__init__(hidden, 1, dropout)
+    def __init__(self, hidden: int, num_labels: int, dropout: float, kind: str = HEAD_KINDS[0]):
+        super().__init__(hidden, 1, dropout, kind)
 
     def forward(self, hidden_BLD: torch.Tensor, batch: Batch) -> torch.Tensor:
         return super().forward(hidden_BLD, batch).view(-1, batch.num_choices)
@@ -73,10 +79,12 @@ class ModelSpec:
     base: str
     extra_layers: int = 0
     adapters: bool = False
+    head: str = HEAD_KINDS[0]  # one of HEAD_KINDS; specs saved before the option read as the default
 
 
 class TaskModel(nn.Module):
-    def __init__(self, encoder: PreTrainedModel, task: Task, extra_layers: int = 0, adapters: nn.ModuleList | None = None):
+    def __init__(self, encoder: PreTrainedModel, task: Task, extra_layers: int = 0, adapters: nn.ModuleList | None = None,
+                 head: str = HEAD_KINDS[0]):
         super().__init__()
         config = encoder.config
         self.task = task
@@ -90,7 +98,7 @@ class TaskModel(nn.Module):
             encoder.encoder.layer.extend(fresh)
         if adapters is not None:
             insert_adapters(encoder.encoder.layer[: self.base_layers], adapters)
-        self.head = HEADS[task.head](config.hidden_size, task.num_labels, config.hidden_dropout_prob)
+        self.head = HEADS[task.head](config.hidden_size, task.num_labels, config.hidden_dropout_prob, head)
         self.head.apply(encoder._init_weights)
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -116,7 +124,7 @@ def build_task_model(spec: ModelSpec, device: str, adapters: nn.ModuleList | Non
     encoder, tokenizer = load_base(Path(spec.base), device)
     if spec.adapters and adapters is None:
         adapters = new_adapters(len(encoder.encoder.layer), encoder.config.hidden_size)
-    model = TaskModel(encoder, get_task(spec.task), spec.extra_layers, adapters if spec.adapters else None)
+    model = TaskModel(encoder, get_task(spec.task), spec.extra_layers, adapters if spec.adapters else None, spec.head)
     return model.to(device), tokenizer
 
 

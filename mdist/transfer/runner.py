@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from mdist.errors import ConfigError
 from mdist.evaluation.encode import max_tokens
+from mdist.transfer import HEAD_KINDS, SCHEDULES, SUB_TOKEN_LABELS, TASK_TEACHER_LOSSES
+from mdist.transfer.mlm import MaskedLMLoss
 from mdist.transfer.model import ModelSpec, TaskModel, build_task_model, load_task_model, save_task_model
+from mdist.transfer.shots import nested_shots
 from mdist.transfer.strategies import TransferStrategy, get_strategy
-from mdist.transfer.tasks import Task, get_task
+from mdist.transfer.tasks import NER, Task, get_task
 from mdist.transfer.train import FitSettings, fit, predict
 
 RESULT_FILE = "result.json"
@@ -68,6 +71,11 @@ class TransferConfig:
     device: str = "cpu"
     distillation_run: Path | None = None
     distillation_mlflow_run_id: str | None = None
+    # readings of the thesis where it is ambiguous; the first value of each choice tuple is the default (README)
+    head: str = HEAD_KINDS[0]
+    ner_labels: str = SUB_TOKEN_LABELS[0]
+    few_shot_schedule: str = SCHEDULES[0]
+    task_teacher_loss: str = TASK_TEACHER_LOSSES[0]
 
     def validate(self) -> None:
         """Every numeric option within its bounds (upper ones: UPPER_BOUNDS), before any file is read."""
@@ -91,6 +99,13 @@ class TransferConfig:
             raise ConfigError(f"--shots must be positive counts, got {self.shots}")
         if self.shots and self.shots_file is None:
             raise ConfigError("--shots needs --shots-file (labelled target-language examples)")
+        for key, known in (("head", HEAD_KINDS), ("ner_labels", SUB_TOKEN_LABELS), ("few_shot_schedule", SCHEDULES), ("task_teacher_loss", TASK_TEACHER_LOSSES)):
+            if getattr(self, key) not in known:
+                raise ConfigError(f"--{key.replace('_', '-')} must be one of {', '.join(known)}, got '{getattr(self, key)}'")
+        if self.ner_labels != SUB_TOKEN_LABELS[0] and self.task != "ner":
+            raise ConfigError(f"--ner-labels applies to --task ner only, not {self.task}")
+        if self.task_teacher_loss != TASK_TEACHER_LOSSES[0] and self.task_teacher is None:
+            raise ConfigError("--task-teacher-loss needs --task-teacher")
 
 
 @dataclass
@@ -138,7 +153,7 @@ def move(source: TaskModel, target: TaskModel, names: list[str]) -> None:
 def build_models(cfg: TransferConfig, strategy: TransferStrategy) -> Models:
     def build(path: Path, adapters: nn.ModuleList | None = None):
         torch.manual_seed(cfg.seed)  # the same fresh head / layers / adapters for every student
-        return build_task_model(ModelSpec(cfg.task, str(path), strategy.extra_layers, strategy.adapters), cfg.device, adapters)
+        return build_task_model(ModelSpec(cfg.task, str(path), strategy.extra_layers, strategy.adapters, cfg.head), cfg.device, adapters)
 
     if strategy.trains == "trg":
         trg, tokenizer = build(cfg.trg_model)
@@ -167,10 +182,10 @@ def build_models(cfg: TransferConfig, strategy: TransferStrategy) -> Models:
 
 
 def train_and_transfer(models: Models, strategy: TransferStrategy, task: Task, features: list[dict], pad_id: int,
-                       settings: FitSettings, device: str, teacher: TaskModel | None = None) -> tuple[dict, list[str]]:
+                       settings: FitSettings, device: str, teacher: TaskModel | None = None, mlm: Sequence[nn.Module] = ()) -> tuple[dict, list[str]]:
     """Train on the source-language features, then move what trained onto the target student where the
     strategy says so; returns the fit summary and the names of the moved parameters."""
-    fitted = fit(models.trained, task, features, pad_id, settings, device, f"{task.name} {strategy.name}", teacher, models.mirror)
+    fitted = fit(models.trained, task, features, pad_id, settings, device, f"{task.name} {strategy.name}", teacher, models.mirror, mlm)
     moved = trainable_names(models.trained[0]) if strategy.moves else []
     if moved:
         move(models.trained[0], models.evaluated, moved)
@@ -197,6 +212,8 @@ def run_transfer(cfg: TransferConfig) -> dict:
     started = time.perf_counter()
     cfg.validate()
     task, strategy = get_task(cfg.task), get_strategy(cfg.strategy)
+    if cfg.task == "ner":
+        task = NER(cfg.ner_labels)
     train_examples = _examples(task, cfg.train, cfg.train_labels, cfg.train_limit)
     eval_examples = _examples(task, cfg.eval, cfg.eval_labels, cfg.eval_limit)
     shot_pool = _examples(task, cfg.shots_file, cfg.shots_labels, None) if cfg.shots else []
@@ -212,6 +229,7 @@ def run_transfer(cfg: TransferConfig) -> dict:
         if teacher_tokenizer.get_vocab() != train_tokenizer.get_vocab():
             raise ConfigError(f"--task-teacher '{cfg.task_teacher}' tokenizes differently from the students; it must be their teacher")
         teacher.eval().requires_grad_(False)
+    mlm = [MaskedLMLoss(model, train_tokenizer, cfg.seed) for model in models.trained] if cfg.task_teacher_loss == "mlm" else []
     trained = models.trained[0]
     settings = FitSettings(
         epochs=cfg.epochs or task.zero_shot_epochs,
@@ -222,7 +240,7 @@ def run_transfer(cfg: TransferConfig) -> dict:
         seed=cfg.seed,
     )
     features = _features(task, train_examples, train_tokenizer, trained, cfg.max_length)
-    fitted, moved = train_and_transfer(models, strategy, task, features, train_tokenizer.pad_token_id, settings, cfg.device, teacher)
+    fitted, moved = train_and_transfer(models, strategy, task, features, train_tokenizer.pad_token_id, settings, cfg.device, teacher, mlm)
 
     score_examples = train_examples[:TRAIN_SCORE_LIMIT]
     train_model = models.trained[-1]  # JOINT: the target student, which is also evaluated
@@ -231,11 +249,13 @@ def run_transfer(cfg: TransferConfig) -> dict:
     zero_shot = _score(task, models.evaluated, eval_examples, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang}")
 
     few_shot = {}
+    shot_indices = nested_shots(shot_pool, cfg.shots, cfg.seed)
+    shot_settings = FitSettings(cfg.few_shot_epochs, cfg.few_shot_batch_size, cfg.few_shot_lr, cfg.weight_decay, cfg.warmup, seed=cfg.seed,
+                                schedule=cfg.few_shot_schedule)
     for k in cfg.shots:
-        shots = random.Random(cfg.seed).sample(shot_pool, k)
+        shots = [shot_pool[i] for i in shot_indices[k]]
         model = copy.deepcopy(models.evaluated)
         select_trainable(model, strategy)
-        shot_settings = FitSettings(cfg.few_shot_epochs, cfg.few_shot_batch_size, cfg.few_shot_lr, cfg.weight_decay, cfg.warmup, seed=cfg.seed)
         fit([model], task, _features(task, shots, eval_tokenizer, model, cfg.max_length), eval_tokenizer.pad_token_id, shot_settings, cfg.device, f"{cfg.task} {k}-shot")
         few_shot[str(k)] = _score(task, model, eval_examples, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang} {k}-shot")
         del model
@@ -243,7 +263,7 @@ def run_transfer(cfg: TransferConfig) -> dict:
     result = {
         "task": cfg.task,
         "metric": task.metric,
-        "strategy": strategy.name + ("+td" if teacher is not None else ""),
+        "strategy": strategy.name + ("" if teacher is None else "+td" if not mlm else "+td-mlm"),
         "label": cfg.label,
         "src": cfg.src_lang,
         "trg": cfg.trg_lang,
@@ -256,14 +276,16 @@ def run_transfer(cfg: TransferConfig) -> dict:
         "trainable_parameters": sum(p.numel() for p in {id(p): p for m in models.trained for p in m.parameters() if p.requires_grad}.values()),
         "moved_parameters": moved,
         "settings": {**asdict(settings), "max_length": cfg.max_length, "train_examples": len(train_examples), "eval_examples": len(eval_examples),
-                     "few_shot": {"epochs": cfg.few_shot_epochs, "batch_size": cfg.few_shot_batch_size, "lr": cfg.few_shot_lr} if cfg.shots else None,
-                     "task_teacher": str(cfg.task_teacher) if cfg.task_teacher else None, "device": cfg.device},
+                     "few_shot": {**asdict(shot_settings), "drawn": shot_indices[max(cfg.shots)]} if cfg.shots else None,  # k-shot: the first k drawn
+                     "head": cfg.head if task.head != "token" else "linear", "ner_labels": cfg.ner_labels if cfg.task == "ner" else None,
+                     "task_teacher": str(cfg.task_teacher) if cfg.task_teacher else None,
+                     "task_teacher_loss": cfg.task_teacher_loss if cfg.task_teacher else None, "device": cfg.device},
         "seconds": round(time.perf_counter() - started, 1),
     }
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if cfg.save_model:
-        save_task_model(models.evaluated, ModelSpec(cfg.task, str(cfg.src_model if strategy.evaluates == "src" else cfg.trg_model), strategy.extra_layers, strategy.adapters), cfg.out / "model")
+        save_task_model(models.evaluated, ModelSpec(cfg.task, str(cfg.src_model if strategy.evaluates == "src" else cfg.trg_model), strategy.extra_layers, strategy.adapters, cfg.head), cfg.out / "model")
     log_result(result, cfg)
     return result
 

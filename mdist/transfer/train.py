@@ -4,7 +4,8 @@ AdamW with weight decay except on biases and LayerNorms, linear warm-up then lin
 table 4.2), gradient clipping at 1. A plain loop rather than HF Trainer: JOINT (two models, one
 averaged loss, shared parameters) and SFT (each update mirrored onto a second model) are steps that
 Trainer does not take. Task distillation adds the thesis's logit MSE (§3.3.6):
-L = ½·(1/N)·Σ‖z_teacher − z_student‖² + ½·task loss.
+L = ½·(1/N)·Σ‖z_teacher − z_student‖² + ½·task loss, or read literally ½·logit MSE + ½·MLM
+(`mdist.transfer.mlm`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mdist.optim import no_weight_decay, warmup_linear_decay
+from mdist.transfer import SCHEDULES
 from mdist.transfer.model import TaskModel
 from mdist.transfer.tasks import Batch, Task
 
@@ -32,6 +34,17 @@ class FitSettings:
     warmup: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 42
+    schedule: str = SCHEDULES[0]
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, settings: FitSettings, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate over the steps. "linear": warm-up over `warmup` of the steps, then linear decay
+    to 0; "constant": the peak lr throughout, no warm-up (one reading of the "–" for few-shot in thesis table 4.2)."""
+    if settings.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule '{settings.schedule}' (known: {', '.join(SCHEDULES)})")
+    if settings.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return warmup_linear_decay(optimizer, max(1, round(settings.warmup * total)), total)
 
 
 def _length(feature: dict) -> int:
@@ -57,17 +70,18 @@ def logit_mse(student: torch.Tensor, teacher: torch.Tensor, batch: Batch) -> tor
     return (student.float() - teacher.float()).pow(2).sum(-1).mean()
 
 
-def step_loss(models: Sequence[TaskModel], batch: Batch, teacher: TaskModel | None = None) -> torch.Tensor:
+def step_loss(models: Sequence[TaskModel], batch: Batch, teacher: TaskModel | None = None, mlm: Sequence[nn.Module] = ()) -> torch.Tensor:
     """The task loss averaged over `models` (JOINT: source and target student on the same batch),
-    each mixed with the logit MSE to `teacher` when task distillation is on."""
+    each mixed with the logit MSE to `teacher` when task distillation is on; `mlm` (one MLM loss per
+    model) puts each model's MLM loss in the task loss's place."""
     teacher_logits = None
     if teacher is not None:
         with torch.no_grad():
             teacher_logits = teacher(batch)
     losses = []
-    for model in models:
+    for i, model in enumerate(models):
         logits = model(batch)
-        loss = model.loss(logits.float(), batch)
+        loss = mlm[i](model, batch) if mlm else model.loss(logits.float(), batch)
         if teacher_logits is not None:
             loss = TASK_DISTILLATION_WEIGHT * logit_mse(logits, teacher_logits, batch) + (1 - TASK_DISTILLATION_WEIGHT) * loss
         losses.append(loss)
@@ -96,11 +110,12 @@ def fit(
     desc: str,
     teacher: TaskModel | None = None,
     mirror: Sequence[tuple[nn.Parameter, nn.Parameter]] = (),
+    mlm: Sequence[nn.Module] = (),
 ) -> dict:
     """Train the models' trainable parameters on `features`; the loss is averaged over `models`.
 
     `mirror` pairs (source, target): after every optimiser step the source's change is added to the
-    target (SFT). Returns the mean loss of the last epoch and the step count.
+    target (SFT); `mlm` as in `step_loss`. Returns the mean loss of the last epoch and the step count.
     """
     groups = optimizer_groups(models, settings.weight_decay)
     if not any(group["params"] for group in groups):
@@ -108,7 +123,7 @@ def fit(
     optimizer = torch.optim.AdamW(groups, lr=settings.lr)
     steps_per_epoch = -(-len(features) // settings.batch_size)
     total = steps_per_epoch * settings.epochs
-    schedule = warmup_linear_decay(optimizer, max(1, round(settings.warmup * total)), total)
+    schedule = lr_schedule(optimizer, settings, total)
     generator = torch.Generator().manual_seed(settings.seed)
     for model in models:
         model.train()
@@ -119,7 +134,7 @@ def fit(
         order = torch.randperm(len(features), generator=generator).tolist()
         for step, (_, batch) in enumerate(batches(task, features, order, settings.batch_size, pad_id, device), start=1):
             with _autocast(device):
-                loss = step_loss(models, batch, teacher)
+                loss = step_loss(models, batch, teacher, mlm)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], settings.max_grad_norm)
             before = [source.detach().clone() for source, _ in mirror]

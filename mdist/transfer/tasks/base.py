@@ -22,11 +22,14 @@ class Batch:
 
     input_ids: torch.Tensor  # [B, L] long; choice tasks [B*C, L], rows b*C .. b*C+C-1 are example b's choices
     attention_mask: torch.Tensor  # same shape, long 0/1
-    labels: torch.Tensor  # sequence [B] class ids; token [B, L] tag ids, IGNORE off first sub-tokens; choice [B]
+    labels: torch.Tensor  # sequence [B] class ids; token [B, L] tag ids, IGNORE off labelled sub-tokens; choice [B]
     num_choices: int | None = None  # C for choice tasks
+    word_ids: torch.Tensor | None = None  # token tasks [B, L]: the word each token belongs to, -1 off words
 
     def to(self, device) -> Batch:
-        return replace(self, input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device), labels=self.labels.to(device))
+        word_ids = None if self.word_ids is None else self.word_ids.to(device)
+        return replace(self, input_ids=self.input_ids.to(device), attention_mask=self.attention_mask.to(device), labels=self.labels.to(device),
+                       word_ids=word_ids)
 
 
 class Task(ABC):
