@@ -4,6 +4,7 @@ Legend: B examples in a batch, C choices per example, L padded length, K labels.
 """
 from __future__ import annotations
 
+import codecs
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
@@ -14,6 +15,7 @@ import torch
 from mdist.errors import ConfigError, DataError, require_file
 
 IGNORE = -100  # label of positions no loss or metric looks at (torch's cross-entropy default)
+TRAILING_WHITESPACE = " \t\r\v\f"  # ASCII only: a no-break space at a line's end may be text
 
 
 @dataclass
@@ -75,16 +77,18 @@ class Task(ABC):
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of every line without its line end; bad UTF-8 is reported with its line."""
+    """(line number, text) of every line of a transfer input file (TSV, PAN-X, JSONL, labels list), read
+    alike for all of them: a UTF-8 byte order mark at the start is dropped, and so are the line end
+    (LF or CRLF) and trailing whitespace; bad UTF-8 is reported with its line."""
     path = Path(path)
     require_file(path)
-    raw_lines = path.read_bytes().split(b"\n")
+    raw_lines = path.read_bytes().removeprefix(codecs.BOM_UTF8).split(b"\n")
     if raw_lines[-1] == b"":
         raw_lines.pop()
     lines = []
     for lineno, raw in enumerate(raw_lines, 1):
         try:
-            lines.append((lineno, raw.removesuffix(b"\r").decode("utf-8")))
+            lines.append((lineno, raw.decode("utf-8").rstrip(TRAILING_WHITESPACE)))
         except UnicodeDecodeError as e:
             raise DataError(f"{path}:{lineno}: invalid UTF-8 at byte {e.start} of the line") from None
     return lines
@@ -94,7 +98,7 @@ def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, record) of every non-blank line; each must be one JSON object."""
     records = []
     for lineno, line in read_lines(path):
-        if not line.strip():
+        if not line:
             continue
         try:
             record = json.loads(line)

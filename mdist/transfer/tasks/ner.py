@@ -29,7 +29,7 @@ class NER(Task):
         self.no_labels_file(labels_path)
         sentences, words, tags = [], [], []
         for lineno, line in [*read_lines(path), (0, "")]:  # the blank sentinel ends the last sentence
-            if not line.strip():
+            if not line:
                 if words:
                     sentences.append(TaggedSentence(tuple(words), tuple(tags)))
                     words, tags = [], []

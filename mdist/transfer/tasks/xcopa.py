@@ -79,10 +79,10 @@ class XCOPA(Task):
     def _read_siqa(self, path: Path, records: list[tuple[int, dict]], labels_path: Path) -> list[ChoiceExample]:
         labels = []
         for lineno, line in read_lines(labels_path):
-            if not line.strip():
+            if not line:
                 continue
-            if line.strip() not in ("1", "2", "3"):
-                raise DataError(f"{labels_path}:{lineno}: label must be 1, 2 or 3, found '{line.strip()}'")
+            if line not in ("1", "2", "3"):
+                raise DataError(f"{labels_path}:{lineno}: label must be 1, 2 or 3, found '{line}'")
             labels.append(int(line) - 1)
         if len(labels) != len(records):
             raise DataError(f"{labels_path}: {len(labels)} labels for {len(records)} records in {path}")

@@ -30,15 +30,15 @@ class XNLI(Task):
         label_ids = {name: i for i, name in enumerate(self.label_names)} | {"contradictory": 2}
         examples = []
         for lineno, line in read_lines(path):
-            if not line.strip():
+            if not line:
                 continue
             columns = line.split("\t")
             if len(columns) != 3:
                 raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns (premise, hypothesis, label), found {len(columns)}")
             premise, hypothesis, label = columns
-            if label.strip() not in label_ids:
+            if label not in label_ids:
                 raise DataError(f"{path}:{lineno}: unknown label '{label}' (known: {', '.join(self.label_names)})")
-            examples.append(PairExample(premise, hypothesis, label_ids[label.strip()]))
+            examples.append(PairExample(premise, hypothesis, label_ids[label]))
         return require_examples(path, examples)
 
     def encode(self, examples: list[PairExample], tokenizer, max_length: int) -> list[dict]:
