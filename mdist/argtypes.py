@@ -18,7 +18,9 @@ def at_least(low: float, kind: type = int, strict: bool = False, high: float = m
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-        if not math.isfinite(value) or value < low or (strict and value == low):
+        if not math.isfinite(value):  # nan or inf: a run that trains on it diverges and still writes a "result"
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
         if value > high:
             raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")

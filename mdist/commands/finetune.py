@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mdist.argtypes import add_device_option, chosen_device, output_dir
+from mdist.argtypes import add_device_option, at_least, chosen_device, output_dir
 from mdist.errors import ConfigError
 from mdist.transfer import TASK_NAMES
 from mdist.transfer.strategies import STRATEGIES
@@ -36,9 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     settings = parser.add_argument_group("settings (thesis table 4.2)")
     settings.add_argument("--epochs", type=int, help="zero-shot epochs (default: XNLI 10, NER 20, XCOPA 20)")
     settings.add_argument("--batch-size", type=int, default=64)
-    settings.add_argument("--lr", type=float, help="peak learning rate (default: 2e-5 full / SFT, 1e-4 parameter-efficient)")
-    settings.add_argument("--weight-decay", type=float, default=0.05)
-    settings.add_argument("--warmup", type=float, default=0.1, help="linear warm-up, fraction of the steps")
+    settings.add_argument("--lr", type=at_least(0, float, strict=True, high=1.0), help="peak learning rate (default: 2e-5 full / SFT, 1e-4 parameter-efficient)")
+    settings.add_argument("--weight-decay", type=at_least(0, float, high=1.0), default=0.05)
+    settings.add_argument("--warmup", type=at_least(0, float, high=1.0), default=0.1, help="linear warm-up, fraction of the steps")
     settings.add_argument("--max-length", type=int, default=128, help="longest input in tokens (the model's limit applies too)")
     settings.add_argument("--seed", type=int, default=42)
     settings.add_argument("--train-limit", type=int, help="use only the first N training examples")
@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     few.add_argument("--shots-labels", type=Path, help="SIQA-format labels of --shots-file")
     few.add_argument("--few-shot-epochs", type=int, default=50)
     few.add_argument("--few-shot-batch-size", type=int, default=32)
-    few.add_argument("--few-shot-lr", type=float, default=2e-5)
+    few.add_argument("--few-shot-lr", type=at_least(0, float, strict=True, high=1.0), default=2e-5)
     parser.add_argument("--task-teacher", type=Path, help="task distillation: a teacher fine-tuned with --save-model (its model/ directory); "
                         "loss = 0.5·MSE(logits) + 0.5·task loss")
     parser.add_argument("--save-model", action="store_true", help="save the evaluated task model to OUT/model (needed for --task-teacher)")
@@ -68,10 +68,11 @@ def resolve_models(args: argparse.Namespace) -> dict:
         run = StudentRun.load(args.students)
         return {"src_model": run.student_dir(args.src), "trg_model": run.student_dir(args.trg), "label": args.label or args.students.name,
                 "distillation_run": args.students, "distillation_mlflow_run_id": run.mlflow_run_id}
+    from mdist.teacher import check_teacher_dir
+
     src, trg = (args.model, args.model) if args.model is not None else (args.src_model, args.trg_model)
     for path in {src, trg}:
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"'{path}' is not a Hugging Face model directory (no config.json)")
+        check_teacher_dir(path, "model")  # up front: not after the data files are read
     return {"src_model": src, "trg_model": trg, "label": args.label or (src.name if src == trg else f"{src.name}/{trg.name}")}
 
 

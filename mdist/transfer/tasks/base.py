@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,6 +45,12 @@ class Task(ABC):
     zero_shot_epochs: int
     few_shot_ks: tuple[int, ...] = (10, 100, 500)
     max_length: int = 128
+    special_tokens: int  # <s>, </s> ... in every input row, whatever its text
+
+    @property
+    def min_length(self) -> int:
+        """The shortest `max_length` that leaves a row any text: its special tokens and one token more."""
+        return self.special_tokens + 1
 
     @property
     def num_labels(self) -> int:
@@ -56,7 +63,8 @@ class Task(ABC):
 
     @abstractmethod
     def encode(self, examples: list, tokenizer, max_length: int) -> list[dict]:
-        """One feature (token ids and label) per example, at most `max_length` tokens per sequence."""
+        """One feature (token ids, label, and `truncated`: whether anything was cut) per example, at most
+        `max_length` (>= `min_length`) tokens per sequence."""
 
     @abstractmethod
     def collate(self, features: list[dict], pad_id: int) -> Batch:
@@ -92,6 +100,27 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
         except UnicodeDecodeError as e:
             raise DataError(f"{path}:{lineno}: invalid UTF-8 at byte {e.start} of the line") from None
     return lines
+
+
+class _WholeTextWarning(logging.Filter):
+    """Drops transformers' one warning that a tokenized text is longer than the model."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token indices sequence length is longer than the specified maximum")
+
+
+TOKENIZER_LOG, WHOLE_TEXT_WARNING = logging.getLogger("transformers.tokenization_utils_base"), _WholeTextWarning()
+
+
+def whole_text_ids(tokenizer, texts: list[str], pairs: list[str] | None = None, add_special_tokens: bool = True) -> list[list[int]]:
+    """Token ids of whole texts (pairs joined as the model takes them), for the task to cut to its limit
+    itself. transformers warns that such a text is longer than the model will take; here that is
+    false, so that warning (only that one) is silenced while these texts are tokenized."""
+    TOKENIZER_LOG.addFilter(WHOLE_TEXT_WARNING)
+    try:
+        return tokenizer(texts, pairs, add_special_tokens=add_special_tokens)["input_ids"]
+    finally:
+        TOKENIZER_LOG.removeFilter(WHOLE_TEXT_WARNING)
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:

@@ -8,7 +8,7 @@ import torch
 from seqeval.metrics import f1_score, precision_score, recall_score
 
 from mdist.errors import DataError
-from mdist.transfer.tasks.base import IGNORE, Batch, Task, check_lengths, pad_rows, read_lines, require_examples
+from mdist.transfer.tasks.base import IGNORE, Batch, Task, check_lengths, pad_rows, read_lines, require_examples, whole_text_ids
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class NER(Task):
     label_names = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
     metric = "f1"
     zero_shot_epochs = 20
+    special_tokens = 2  # <s> words </s>
 
     def read(self, path: Path, labels_path: Path | None = None) -> list[TaggedSentence]:
         """`token<TAB>tag` lines, sentences separated by one or more blank lines."""
@@ -51,8 +52,8 @@ class NER(Task):
         aligned with the words. Truncation keeps the words whose first sub-token fits.
         """
         tag_ids = {tag: i for i, tag in enumerate(self.label_names)}
-        pieces = iter(tokenizer([w for e in examples for w in e.words], add_special_tokens=False)["input_ids"])
-        budget = max_length - 2  # <s> and </s>
+        pieces = iter(whole_text_ids(tokenizer, [w for e in examples for w in e.words], add_special_tokens=False))
+        budget = max_length - self.special_tokens
         features = []
         for example in examples:
             ids, labels = [], []
@@ -63,6 +64,7 @@ class NER(Task):
             features.append({
                 "input_ids": [tokenizer.cls_token_id, *ids[:budget], tokenizer.sep_token_id],
                 "labels": [IGNORE, *labels[:budget], IGNORE],
+                "truncated": len(ids) > budget,
             })
         return features
 
