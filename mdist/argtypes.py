@@ -28,6 +28,17 @@ def at_least(low: float, kind: type = int, strict: bool = False, high: float = m
     return parse
 
 
+class DefaultsOnce(argparse.HelpFormatter):
+    """`--help` says each option's default once: `(default: X)` is appended unless the help text already
+    tells it in words, or there is none to tell (a required option, a flag, None, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if "default" in text or action.required or not action.option_strings or default is None or default is False or default == [] or default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def output_path(want_dir: bool) -> Callable[[str], Path]:
     """A parser of an output directory (`want_dir`) or file: one that cannot be written stops here."""
     def parse(text: str) -> Path:

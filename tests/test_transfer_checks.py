@@ -5,9 +5,11 @@ A 2-layer baseline of the tiny teacher (position limit 64 tokens) on small synth
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -117,3 +119,21 @@ def test_only_the_whole_text_warning_is_silenced_and_only_while_mdist_cuts(model
     assert not warned() and not TOKENIZER_LOG.filters
     AutoTokenizer.from_pretrained(str(model_dir))(long.context)  # outside mdist's cutting the library still warns (once per tokenizer)
     assert warned()
+
+
+@pytest.mark.parametrize("command", ["finetune", "baseline", "transfer-table"])
+def test_help_says_each_default_once(command):
+    """Every option's help block names its default exactly once when it has one (in words or as
+    `(default: X)`), and never a `(default: None)` / `(default: False)` that tells nothing."""
+    from mdist.cli import build_parser
+
+    parser = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    blocks = {block.split()[0].rstrip(","): " ".join(block.split()) for block in re.split(r"\n  (?=-)", parser.format_help())[1:]}
+    for action in parser._actions:
+        if not action.option_strings or action.option_strings[0] == "-h":
+            continue
+        block = blocks[action.option_strings[0]]
+        in_words = "default" in (action.help or "")
+        assert block.count("default") == (in_words or (action.default not in (None, False, []) and not action.required)), block
+        if not in_words and "default" in block:
+            assert f"(default: {action.default})" in block, block

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mdist.argtypes import add_device_option, at_least, chosen_device, output_dir
+from mdist.argtypes import DefaultsOnce, add_device_option, at_least, chosen_device, output_dir
 from mdist.errors import ConfigError
 from mdist.transfer import TASK_NAMES
 from mdist.transfer.strategies import STRATEGIES
@@ -16,7 +16,7 @@ from mdist.transfer.strategies import STRATEGIES
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("finetune", help="fine-tune on the source language with a transfer strategy, evaluate on the target language",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=DefaultsOnce)
     parser.add_argument("--task", required=True, choices=TASK_NAMES, help="xnli (accuracy), ner (PAN-X, entity F1), xcopa (train SIQA/COPA, accuracy)")
     parser.add_argument("--strategy", required=True, metavar="NAME", help=f"one of {', '.join(STRATEGIES)}, or freeze+k for any k")
     models = parser.add_argument_group("models (one of)")
@@ -35,12 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result in --out")
     settings = parser.add_argument_group("settings (thesis table 4.2)")
     settings.add_argument("--epochs", type=int, help="zero-shot epochs (default: XNLI 10, NER 20, XCOPA 20)")
-    settings.add_argument("--batch-size", type=int, default=64)
+    settings.add_argument("--batch-size", type=int, default=64, help="examples per optimiser step")
     settings.add_argument("--lr", type=at_least(0, float, strict=True, high=1.0), help="peak learning rate (default: 2e-5 full / SFT, 1e-4 parameter-efficient)")
-    settings.add_argument("--weight-decay", type=at_least(0, float, high=1.0), default=0.05)
+    settings.add_argument("--weight-decay", type=at_least(0, float, high=1.0), default=0.05, help="AdamW weight decay (none on biases and LayerNorms)")
     settings.add_argument("--warmup", type=at_least(0, float, high=1.0), default=0.1, help="linear warm-up, fraction of the steps")
     settings.add_argument("--max-length", type=int, default=128, help="longest input in tokens (the model's limit applies too)")
-    settings.add_argument("--seed", type=int, default=42)
+    settings.add_argument("--seed", type=int, default=42, help="seed of the fresh head, layers and adapters, the shuffling and the shot draws")
     settings.add_argument("--train-limit", type=int, help="use only the first N training examples")
     settings.add_argument("--eval-limit", type=int, help="use only the first N evaluation examples")
     add_device_option(settings)
@@ -48,9 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     few.add_argument("--shots", type=int, nargs="+", default=[], metavar="K", help="k labelled target examples, one continuation per k (thesis: 10 100 500; XCOPA 10 50 100)")
     few.add_argument("--shots-file", type=Path, help="labelled target-language examples to draw the k from (seeded)")
     few.add_argument("--shots-labels", type=Path, help="SIQA-format labels of --shots-file")
-    few.add_argument("--few-shot-epochs", type=int, default=50)
-    few.add_argument("--few-shot-batch-size", type=int, default=32)
-    few.add_argument("--few-shot-lr", type=at_least(0, float, strict=True, high=1.0), default=2e-5)
+    few.add_argument("--few-shot-epochs", type=int, default=50, help="epochs on the k examples")
+    few.add_argument("--few-shot-batch-size", type=int, default=32, help="examples per few-shot step")
+    few.add_argument("--few-shot-lr", type=at_least(0, float, strict=True, high=1.0), default=2e-5, help="few-shot peak learning rate")
     parser.add_argument("--task-teacher", type=Path, help="task distillation: a teacher fine-tuned with --save-model (its model/ directory); "
                         "loss = 0.5·MSE(logits) + 0.5·task loss")
     parser.add_argument("--save-model", action="store_true", help="save the evaluated task model to OUT/model (needed for --task-teacher)")
