@@ -99,14 +99,17 @@ def test_a_diverged_run_stops_with_one_line_and_writes_no_result(model_dir, word
 ])
 def test_the_shortest_length_leaves_every_row_text(model_dir, task, example, special):
     """At `min_length` every row keeps its special tokens and one token of text, and says it was cut;
-    at a length it fits, it says not."""
+    at exactly the length of its longest whole row it says not, one token less it says so."""
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     assert task.special_tokens == special and task.min_length == special + 1
     feature = task.encode([example], tokenizer, task.min_length)[0]
     rows = feature["input_ids"] if task.head == "choice" else [feature["input_ids"]]
     specials = {tokenizer.cls_token_id, tokenizer.sep_token_id}
     assert feature["truncated"] and all(len(row) == task.min_length and sum(t not in specials for t in row) == 1 for row in rows)
-    assert not task.encode([example], tokenizer, 4096)[0]["truncated"]
+    whole = task.encode([example], tokenizer, 4096)[0]
+    longest = max(map(len, whole["input_ids"] if task.head == "choice" else [whole["input_ids"]]))
+    assert not whole["truncated"] and not task.encode([example], tokenizer, longest)[0]["truncated"]
+    assert task.encode([example], tokenizer, longest - 1)[0]["truncated"]
 
 
 def test_only_the_whole_text_warning_is_silenced_and_only_while_mdist_cuts(model_dir, caplog):
