@@ -8,6 +8,7 @@ L = ½·(1/N)·Σ‖z_teacher − z_student‖² + ½·task loss.
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -101,8 +102,7 @@ def fit(
     """Train the models' trainable parameters on `features`; the loss is averaged over `models`.
 
     `mirror` pairs (source, target): after every optimiser step the source's change is added to the
-    target (SFT). Returns the mean loss of the last epoch and the step count; a non-finite loss stops
-    with NonFiniteLossError before its step is taken.
+    target (SFT). Returns the mean loss of the last epoch and the step count.
     """
     groups = optimizer_groups(models, settings.weight_decay)
     if not any(group["params"] for group in groups):
@@ -114,29 +114,31 @@ def fit(
     generator = torch.Generator().manual_seed(settings.seed)
     for model in models:
         model.train()
-    with tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False) as bar:  # closed (cleared) also when a loss stops the run
-        epoch_loss, done = 0.0, 0
-        for _ in range(settings.epochs):
-            epoch_loss = 0.0
-            order = torch.randperm(len(features), generator=generator).tolist()
-            for step, (_, batch) in enumerate(batches(task, features, order, settings.batch_size, pad_id, device), start=1):
-                with _autocast(device):
-                    loss = step_loss(models, batch, teacher)
-                done += 1
-                value = loss.item()
-                NonFiniteLossError.check(done, desc, {"loss": value})  # a diverged run is not a result
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], settings.max_grad_norm)
-                before = [source.detach().clone() for source, _ in mirror]
-                optimizer.step()
-                with torch.no_grad():
-                    for (source, target), old in zip(mirror, before):
-                        target.add_(source - old)
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                epoch_loss += value
-                bar.update()
-                bar.set_postfix(loss=f"{epoch_loss / step:.4f}")
+    bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False)
+    epoch_loss, done = 0.0, 0
+    for _ in range(settings.epochs):
+        epoch_loss = 0.0
+        order = torch.randperm(len(features), generator=generator).tolist()
+        for step, (_, batch) in enumerate(batches(task, features, order, settings.batch_size, pad_id, device), start=1):
+            with _autocast(device):
+                loss = step_loss(models, batch, teacher)
+            loss.backward()
+            done, value = done + 1, loss.item()
+            if not math.isfinite(value):  # a diverged run is not a result: stop before its step, the progress line cleared first
+                bar.close()
+                NonFiniteLossError.check(done, desc, {"loss": value})
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], settings.max_grad_norm)
+            before = [source.detach().clone() for source, _ in mirror]
+            optimizer.step()
+            with torch.no_grad():
+                for (source, target), old in zip(mirror, before):
+                    target.add_(source - old)
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            epoch_loss += value
+            bar.update()
+            bar.set_postfix(loss=f"{epoch_loss / step:.4f}")
+    bar.close()
     return {"loss": epoch_loss / max(1, steps_per_epoch), "steps": total}
 
 
