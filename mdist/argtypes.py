@@ -18,12 +18,25 @@ def at_least(low: float, kind: type = int, strict: bool = False, high: float = m
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-        if not math.isfinite(value) or value < low or (strict and value == low):
+        if not math.isfinite(value):  # nan or inf: a run that trains on it diverges and still writes a "result"
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
         if value > high:
             raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
         return value
     return parse
+
+
+class DefaultsOnce(argparse.HelpFormatter):
+    """`--help` says each option's default once: `(default: X)` is appended unless the help text already
+    tells it in words, or there is none to tell (a required option, a flag, None, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if "default" in text or action.required or not action.option_strings or default is None or default is False or default == [] or default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def output_path(want_dir: bool) -> Callable[[str], Path]:

@@ -312,19 +312,17 @@ def teacher_engine(teacher: torch.nn.Module, world_size: int, persistence_thresh
 
 def _checkpoint_tensors(path: Path):
     """Yield (name, lazy loader) over a HF directory's weight files without reading all of them at once."""
-    from mdist.teacher import WEIGHT_FILES
+    from mdist.teacher import weight_files
 
-    index = next((path / n for n in WEIGHT_FILES if n.endswith(".index.json") and (path / n).is_file()), None)
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index else [n for n in WEIGHT_FILES if not n.endswith(".json") and (path / n).is_file()][:1]
-    for name in files:
-        if name.endswith(".safetensors"):
+    for file in weight_files(path):
+        if file.suffix == ".safetensors":
             from safetensors import safe_open
 
-            with safe_open(str(path / name), framework="pt") as handle:
+            with safe_open(str(file), framework="pt") as handle:
                 for key in handle.keys():
                     yield key, (lambda h=handle, k=key: h.get_tensor(k))
         else:
-            state = torch.load(path / name, map_location="cpu", mmap=True, weights_only=True)
+            state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
             for key in state:
                 yield key, (lambda s=state, k=key: s[k])
 

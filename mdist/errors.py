@@ -3,6 +3,7 @@
 A leaf: it imports nothing of mdist, so any module can raise these without an import circle.
 """
 import errno
+import math
 import os
 import shutil
 from pathlib import Path
@@ -21,7 +22,15 @@ class DataError(ValueError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN/inf; the message names step, student and term."""
+    """A loss term became NaN/inf; the message names step, what was trained and the term."""
+
+    @classmethod
+    def check(cls, step: int, where: str, terms: dict[str, float]) -> None:
+        """Stop unless every loss term of `step` is finite; the line names the first one that is not
+        and shows them all. Distillation and fine-tuning word a diverged run alike."""
+        bad = [name for name, value in terms.items() if not math.isfinite(value)]
+        if bad:
+            raise cls(f"step {step}: {where}: loss term '{bad[0]}' is not finite ({', '.join(f'{k}={v}' for k, v in terms.items())})")
 
 
 class RunDirError(ValueError):

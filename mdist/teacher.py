@@ -1,11 +1,13 @@
 """The frozen teacher: a local Hugging Face XLM-R-family directory, or a tiny random one for tests.
 
 Loading validates the directory first so that a bad teacher gives one clear message instead of a
-traceback from inside transformers.
+traceback from inside transformers. The same checks serve every model directory mdist reads (students,
+baselines, fine-tuning inputs): `role` names the directory in the message.
 """
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Iterable
 
@@ -23,33 +25,76 @@ TOKENIZER_FILES = ("tokenizer.json", SP_MODEL_NAME)
 MIN_VOCAB_FILL = 0.9  # a model's own tokenizer fills its embedding table, bar a little padding (XLM-R XL: 250 002 of 250 880)
 
 
-def read_teacher_config(path: Path) -> dict:
+def read_teacher_config(path: Path, role: str = "teacher") -> dict:
     """The config dict of an XLM-R-family model directory (no weights read)."""
     problem = path_problem(path, want_dir=True)
     if problem:
-        raise TeacherError(f"teacher directory '{path}' {problem}")
+        raise TeacherError(f"{role} directory '{path}' {problem}")
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise TeacherError(f"teacher directory '{path}' has no config.json (is it a Hugging Face model directory?)")
+        raise TeacherError(f"{role} directory '{path}' has no config.json (is it a Hugging Face model directory?)")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise TeacherError(f"teacher config '{config_file}' is not valid JSON: {err}") from None
+        raise TeacherError(f"{role} config '{config_file}' is not valid JSON: {err}") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise TeacherError(
-            f"teacher '{path}' has model_type '{model_type}'; mdist distils XLM-R-family encoders "
+            f"{role} '{path}' has model_type '{model_type}'; mdist distils XLM-R-family encoders "
             f"({', '.join(SUPPORTED_MODEL_TYPES)})"
         )
     return config
 
 
-def check_teacher_dir(path: Path) -> dict:
-    """Validate a teacher directory without loading weights; returns its config dict."""
-    config = read_teacher_config(path)
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise TeacherError(f"teacher directory '{path}' has no weights ({' / '.join(WEIGHT_FILES)})")
+def check_teacher_dir(path: Path, role: str = "teacher") -> dict:
+    """Validate a model directory (the teacher by default) without loading weights: config, and the
+    weights transformers would load present and whole; returns its config dict."""
+    config = read_teacher_config(path, role)
+    for file in weight_files(path, role):
+        problem = weights_problem(file)
+        if problem:
+            raise TeacherError(f"{role} weights '{file}' {problem}")
     return config
+
+
+def weight_files(path: Path, role: str = "teacher") -> list[Path]:
+    """The files holding a model directory's weights, as transformers picks them (the first of
+    WEIGHT_FILES present): one file, or the shards an `.index.json` names (each must exist)."""
+    weights = next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
+    if weights is None:
+        raise TeacherError(f"{role} directory '{path}' has no weights ({' / '.join(WEIGHT_FILES)})")
+    if not weights.name.endswith(".index.json"):
+        return [weights]
+    try:
+        names = sorted(set(json.loads(weights.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise TeacherError(f"{role} weights index '{weights}' is not a weights index ({type(err).__name__}: {err})") from None
+    missing = [name for name in names if not (weights.parent / str(name)).is_file()]
+    if missing:
+        raise TeacherError(f"{role} weights index '{weights}' names missing shard(s) {', '.join(map(str, missing[:3]))}")
+    return [weights.parent / name for name in names]
+
+
+def weights_problem(file: Path) -> str | None:
+    """Why a weights file cannot be whole, read from its header alone: a safetensors file shorter than its
+    header says (a copy cut off), a PyTorch zip archive without its end (torch.load's traceback)."""
+    size = file.stat().st_size
+    with file.open("rb") as f:
+        head = f.read(8)
+        if file.suffix == ".safetensors":
+            header_size = int.from_bytes(head, "little") if len(head) == 8 else size
+            if 8 + header_size > size:
+                return f"is truncated ({size} bytes, not even its safetensors header)"
+            try:
+                header = json.loads(f.read(header_size))
+                end = max((t["data_offsets"][1] for key, t in header.items() if key != "__metadata__"), default=0)
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError, IndexError, ValueError):
+                return "has no readable safetensors header"
+            expected = 8 + header_size + end
+            return f"is truncated ({size} of {expected} bytes)" if size < expected else None
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(file):
+        return f"is truncated ({size} bytes, the end of its zip archive is missing)"
+    return None
 
 
 def teacher_shape(path: Path) -> dict:
@@ -68,17 +113,17 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
         raise TeacherError(f"cannot load the tokenizer of '{path}': {type(err).__name__}: {err}") from None
 
 
-def load_teacher_tokenizer(path: Path, config: dict | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer of the teacher in `path`, refused when it cannot be the model's own.
+def load_teacher_tokenizer(path: Path, config: dict | None = None, role: str = "teacher") -> PreTrainedTokenizerBase:
+    """The tokenizer of the model (the teacher by default) in `path`, refused when it cannot be the model's own.
 
     Without tokenizer files transformers falls back to a 5-token tokenizer that maps every word to
     <unk>; a run with it trains on nothing and still "succeeds", so it is an error here.
     """
-    config = read_teacher_config(path) if config is None else config
+    config = read_teacher_config(path, role) if config is None else config
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise TeacherError(f"teacher directory '{path}' has no tokenizer ({' / '.join(TOKENIZER_FILES)}); copy the model's tokenizer files into it")
+        raise TeacherError(f"{role} directory '{path}' has no tokenizer ({' / '.join(TOKENIZER_FILES)}); copy the model's tokenizer files into it")
     tokenizer = load_tokenizer(path)
-    check_vocabulary(tokenizer, config.get("vocab_size", 0), f"teacher '{path}'")
+    check_vocabulary(tokenizer, config.get("vocab_size", 0), f"{role} '{path}'")
     return tokenizer
 
 

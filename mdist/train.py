@@ -20,7 +20,6 @@ pair is A in both modes, so its boundaries line up with ours.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -69,13 +68,8 @@ def _read_terms(sums: dict[str, dict[str, torch.Tensor]], step: int) -> dict[str
     for (pair, name, _), value in zip(flat, values):
         read.setdefault(pair, {})[name] = value
     for pair, terms in read.items():
-        bad = [name for name, value in terms.items() if not math.isfinite(value)]
-        if bad:
-            student, lang = pair.split("/")
-            raise NonFiniteLossError(
-                f"step {step}: student '{student}' on language '{lang}': loss term '{bad[0]}' is not finite "
-                f"({', '.join(f'{k}={v}' for k, v in terms.items())})"
-            )
+        student, lang = pair.split("/")
+        NonFiniteLossError.check(step, f"student '{student}' on language '{lang}'", terms)
     return read
 
 

@@ -237,8 +237,126 @@ def finetune_train_is_a_directory(tmp, teacher, run, request):
     return ["finetune", "--task", "xnli", "--strategy", "full-trg", "--model", str(teacher), "--trg", "tr", "--train", str(tmp), "--eval", str(tmp), "--out", str(tmp / "f")]
 
 
+def finetune_on(tmp: Path, model: Path, *extra: str, task: str = "xnli") -> list[str]:
+    """A finetune command line on `model`, with small valid task files of `task`."""
+    if task == "xcopa":
+        (tmp / "data.jsonl").write_text('{"premise": "p q", "choice1": "a", "choice2": "b", "question": "cause", "label": 0}\n' * 4)
+    else:
+        (tmp / "data.jsonl").write_text("a b\tc d\tneutral\ne f\tg h\tentailment\n")
+    return ["finetune", "--task", task, "--strategy", "full-trg", "--model", str(model), "--trg", "tr", "--train", str(tmp / "data.jsonl"),
+            "--eval", str(tmp / "data.jsonl"), "--out", str(tmp / "f"), "--epochs", "1", *extra]
+
+
+def task_model(tmp: Path, teacher: Path) -> Path:
+    """A task model of `teacher` as `mdist finetune --save-model` writes one."""
+    from mdist.transfer.model import ModelSpec, build_task_model, save_task_model
+
+    spec = ModelSpec("xnli", str(teacher))
+    save_task_model(build_task_model(spec, "cpu")[0], spec, tmp / "task-model")
+    return tmp / "task-model"
+
+
+def cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+
+
+@case("model directory '{teacher}' has no tokenizer")
+def finetune_model_without_tokenizer(tmp, teacher, run, request):
+    drop_tokenizer(teacher)
+    return finetune_on(tmp, teacher)
+
+
+@case("model '{teacher}': tokenizer has only")
+def finetune_model_with_a_foreign_tokenizer(tmp, teacher, run, request):
+    from transformers import AutoTokenizer
+
+    (teacher / "tokenizer.json").unlink()  # the sentencepiece model of another, smaller vocabulary
+    shutil.copy(request.getfixturevalue("small_tokenizer_dir") / "sentencepiece.bpe.model", teacher / "sentencepiece.bpe.model")
+    assert len(AutoTokenizer.from_pretrained(str(teacher))) < 100
+    return finetune_on(tmp, teacher)
+
+
+@case("model weights '{teacher}/model.safetensors' is truncated")
+def finetune_model_weights_cut_short(tmp, teacher, run, request):
+    cut_short(teacher / "model.safetensors")
+    return finetune_on(tmp, teacher)
+
+
+@case("teacher weights '{teacher}/model.safetensors' is truncated")
+def teacher_weights_cut_short(tmp, teacher, run, request):
+    cut_short(teacher / "model.safetensors")
+    return distill(tmp, teacher)
+
+
+@case("model directory '{teacher}' has no weights")
+def finetune_model_without_weights(tmp, teacher, run, request):
+    (teacher / "model.safetensors").unlink()
+    return finetune_on(tmp, teacher)
+
+
+@case("model config '{teacher}/config.json' is not valid JSON")
+def finetune_model_config_broken(tmp, teacher, run, request):
+    (teacher / "config.json").write_text('{"model_type": "xlm-roberta",')
+    return finetune_on(tmp, teacher)
+
+
+@case("{tmp}/task-model/task_model.pt: not a whole task model")
+def finetune_task_teacher_weights_cut_short(tmp, teacher, run, request):
+    cut_short(task_model(tmp, teacher) / "task_model.pt")
+    return finetune_on(tmp, teacher, "--task-teacher", str(tmp / "task-model"))
+
+
+@case("{tmp}/task-model/task_model.pt: does not match {tmp}/task-model/task_model.json: tensors 16 missing (e.g. encoder.encoder.layer.4.")
+def finetune_task_teacher_spec_not_its_weights(tmp, teacher, run, request):
+    edit_json(task_model(tmp, teacher) / "task_model.json", extra_layers=1)
+    return finetune_on(tmp, teacher, "--task-teacher", str(tmp / "task-model"))
+
+
+@case("{tmp}/task-model/task_model.json: not a task model spec: extra_layers is not int")
+def finetune_task_teacher_spec_wrong_type(tmp, teacher, run, request):
+    edit_json(task_model(tmp, teacher) / "task_model.json", extra_layers="1")
+    return finetune_on(tmp, teacher, "--task-teacher", str(tmp / "task-model"))
+
+
+@case("'{teacher}/config.json' is a file, not a directory")
+def finetune_task_teacher_is_a_file(tmp, teacher, run, request):
+    return finetune_on(tmp, teacher, "--task-teacher", str(teacher / "config.json"))
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer_dir(tmp_path_factory) -> Path:
+    from mdist.tokenizer import train_xlmr_tokenizer
+
+    out = tmp_path_factory.mktemp("small-tokenizer")
+    train_xlmr_tokenizer([f"word{i} other{i % 7}" for i in range(200)], 40, out, model_max_length=64)
+    return out
+
+
+@case("--max-length 4 leaves xnli inputs no text: 4 special tokens plus at least one token, --max-length >= 5")
+def finetune_max_length_below_the_xnli_specials(tmp, teacher, run, request):
+    return finetune_on(tmp, teacher, "--max-length", "4")
+
+
+@case("--max-length 6 leaves xcopa inputs no text: 6 special tokens plus at least one token, --max-length >= 7")
+def finetune_max_length_below_the_xcopa_specials(tmp, teacher, run, request):
+    return finetune_on(tmp, teacher, "--max-length", "6", task="xcopa")
+
+
+@case("'{teacher}' takes at most 5 tokens (its position limit); xcopa inputs need at least 7")
+def finetune_model_positions_below_the_xcopa_specials(tmp, teacher, run, request):
+    from transformers import AutoConfig, XLMRobertaForMaskedLM
+
+    config = AutoConfig.from_pretrained(str(teacher))
+    config.max_position_embeddings = 7  # 5 tokens after XLM-R's offset of 2
+    XLMRobertaForMaskedLM(config).save_pretrained(str(teacher))
+    return finetune_on(tmp, teacher, task="xcopa")
+
+
 FINETUNE = [  # (case, options, expected): checked before any task file is read
-    ("finetune_lr_infinite", ["--lr", "inf"], "--lr must be <= 1.0, got inf"),
+    ("finetune_lr_infinite", ["--lr", "inf"], "argument --lr: must be a finite number, got inf"),
+    ("finetune_few_shot_lr_nan", ["--few-shot-lr", "nan"], "argument --few-shot-lr: must be a finite number, got nan"),
+    ("finetune_warmup_infinite", ["--warmup=-inf"], "argument --warmup: must be a finite number, got -inf"),
+    ("finetune_weight_decay_nan", ["--weight-decay", "nan"], "argument --weight-decay: must be a finite number, got nan"),
     ("finetune_batch_size_huge", ["--batch-size", "10000000"], "--batch-size must be <= 65536, got 10000000"),
     ("finetune_seed_negative", ["--seed", "-1"], "--seed must be >= 0, got -1"),
 ]

@@ -191,6 +191,49 @@ def test_siqa_without_labels_file(tmp_path):
         XCOPA().read(tmp_path / "dev.jsonl")
 
 
+SIQA_RECORD = '{"context": "c", "question": "q", "answerA": "a", "answerB": "b", "answerC": "c"}'
+CLEAN_FILES = {  # task: (data file, labels file or None), LF line ends, nothing trailing
+    "xnli": (["p one\th one\tneutral", "p two\th two\tcontradiction"], None),
+    "ner": (["Ali\tB-PER", "geldi\tO", "", "Ankara\tB-LOC"], None),
+    "copa": (['{"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 1}'], None),
+    "siqa": ([SIQA_RECORD, SIQA_RECORD], ["2", "3"]),
+}
+
+
+def _write(path: Path, lines: list[str], bom: bool, end: str, trailing: str) -> Path:
+    path.write_bytes(("\ufeff" if bom else "").encode() + "".join(f"{line}{trailing if line else ''}{end}" for line in lines).encode())
+    return path
+
+
+@pytest.mark.parametrize("bom, end, trailing", [(True, "\n", ""), (False, "\r\n", ""), (False, "\n", " \t "), (True, "\r\n", "  ")])
+@pytest.mark.parametrize("kind", list(CLEAN_FILES))
+def test_every_reader_ignores_a_bom_crlf_and_trailing_whitespace(tmp_path, kind, bom, end, trailing):
+    """One reading for every input file: the same examples as from the clean file, whatever the variant."""
+    data, labels = CLEAN_FILES[kind]
+    task = get_task("xcopa" if kind in ("copa", "siqa") else kind)
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "variant").mkdir()
+    if labels:
+        _write(tmp_path / "clean" / "f-labels.lst", labels, False, "\n", "")
+        _write(tmp_path / "variant" / "f-labels.lst", labels, bom, end, trailing)
+    clean = task.read(_write(tmp_path / "clean" / "f.jsonl", data, False, "\n", ""))
+    assert task.read(_write(tmp_path / "variant" / "f.jsonl", data, bom, end, trailing)) == clean
+
+
+@pytest.mark.parametrize("task, name", [("xnli", "dir.tsv"), ("ner", "dir.tsv"), ("xcopa", "dir.jsonl")])
+def test_a_directory_given_as_a_file_says_so(tmp_path, task, name):
+    (tmp_path / name).mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"'{tmp_path / name}' is a directory, not a file")):
+        get_task(task).read(tmp_path / name)
+
+
+def test_siqa_labels_directory_says_so(tmp_path):
+    (tmp_path / "dev.jsonl").write_text(SIQA_RECORD + "\n", encoding="utf-8")
+    (tmp_path / "dev-labels.lst").mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"'{tmp_path / 'dev-labels.lst'}' is a directory, not a file")):
+        XCOPA().read(tmp_path / "dev.jsonl")
+
+
 # ---- encoding and batching --------------------------------------------------------------------
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mdist.argtypes import output_dir
+from mdist.argtypes import DefaultsOnce, output_dir
 from mdist.strategies import INIT_MAPPINGS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("baseline", help="export an M-layer model initialised from the teacher's layers, without distillation")
+    parser = sub.add_parser("baseline", help="export an M-layer model initialised from the teacher's layers, without distillation", formatter_class=DefaultsOnce)
     parser.add_argument("--teacher", type=Path, required=True, help="teacher model directory (XLM-R family)")
     parser.add_argument("--layers", type=int, default=6, help="layers of the baseline")
     parser.add_argument("--init", choices=INIT_MAPPINGS, default="uniform", help="which teacher layers: uniform, top or bottom")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mdist.argtypes import add_device_option, chosen_device, output_dir
+from mdist.argtypes import DefaultsOnce, add_device_option, at_least, chosen_device, output_dir
 from mdist.errors import ConfigError
 from mdist.transfer import HEAD_KINDS, SCHEDULES, SUB_TOKEN_LABELS, TASK_NAMES, TASK_TEACHER_LOSSES
 from mdist.transfer.strategies import STRATEGIES
@@ -16,7 +16,7 @@ from mdist.transfer.strategies import STRATEGIES
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("finetune", help="fine-tune on the source language with a transfer strategy, evaluate on the target language",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=DefaultsOnce)
     parser.add_argument("--task", required=True, choices=TASK_NAMES, help="xnli (accuracy), ner (PAN-X, entity F1), xcopa (train SIQA/COPA, accuracy)")
     parser.add_argument("--strategy", required=True, metavar="NAME", help=f"one of {', '.join(STRATEGIES)}, or freeze+k for any k")
     models = parser.add_argument_group("models (one of)")
@@ -35,12 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result in --out")
     settings = parser.add_argument_group("settings (thesis table 4.2)")
     settings.add_argument("--epochs", type=int, help="zero-shot epochs (default: XNLI 10, NER 20, XCOPA 20)")
-    settings.add_argument("--batch-size", type=int, default=64)
-    settings.add_argument("--lr", type=float, help="peak learning rate (default: 2e-5 full / SFT, 1e-4 parameter-efficient)")
-    settings.add_argument("--weight-decay", type=float, default=0.05)
-    settings.add_argument("--warmup", type=float, default=0.1, help="linear warm-up, fraction of the steps")
+    settings.add_argument("--batch-size", type=int, default=64, help="examples per optimiser step")
+    settings.add_argument("--lr", type=at_least(0, float, strict=True, high=1.0), help="peak learning rate (default: 2e-5 full / SFT, 1e-4 parameter-efficient)")
+    settings.add_argument("--weight-decay", type=at_least(0, float, high=1.0), default=0.05, help="AdamW weight decay (none on biases and LayerNorms)")
+    settings.add_argument("--warmup", type=at_least(0, float, high=1.0), default=0.1, help="linear warm-up, fraction of the steps")
     settings.add_argument("--max-length", type=int, default=128, help="longest input in tokens (the model's limit applies too)")
-    settings.add_argument("--seed", type=int, default=42)
+    settings.add_argument("--seed", type=int, default=42, help="seed of the fresh head, layers and adapters, the shuffling and the shot draws")
     settings.add_argument("--train-limit", type=int, help="use only the first N training examples")
     settings.add_argument("--eval-limit", type=int, help="use only the first N evaluation examples")
     add_device_option(settings)
@@ -48,12 +48,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     few.add_argument("--shots", type=int, nargs="+", default=[], metavar="K", help="k labelled target examples, one continuation per k (thesis: 10 100 500; XCOPA 10 50 100)")
     few.add_argument("--shots-file", type=Path, help="labelled target-language examples; the k are the first k of one seeded shuffle (nested)")
     few.add_argument("--shots-labels", type=Path, help="SIQA-format labels of --shots-file")
-    few.add_argument("--few-shot-epochs", type=int, default=50)
-    few.add_argument("--few-shot-batch-size", type=int, default=32)
-    few.add_argument("--few-shot-lr", type=float, default=2e-5)
+    few.add_argument("--few-shot-epochs", type=int, default=50, help="epochs on the k examples")
+    few.add_argument("--few-shot-batch-size", type=int, default=32, help="examples per few-shot step")
+    few.add_argument("--few-shot-lr", type=at_least(0, float, strict=True, high=1.0), default=2e-5, help="few-shot peak learning rate")
     few.add_argument("--few-shot-schedule", choices=SCHEDULES, default=SCHEDULES[0],
                      help="linear: --warmup then linear decay (thesis §4.2.3); constant: no schedule (table 4.2's '–')")
-    readings = parser.add_argument_group("readings of the thesis where it is ambiguous (README: Zero- and few-shot transfer)")
+    readings = parser.add_argument_group("readings of the thesis where it is ambiguous (docs/transfer.md)")
     readings.add_argument("--head", choices=HEAD_KINDS, default=HEAD_KINDS[0],
                           help="classifier on <s> (XNLI, XCOPA): transformers' dense+tanh+linear, or one linear layer (thesis §4.1); NER's tagger is always one linear layer")
     readings.add_argument("--ner-labels", choices=SUB_TOKEN_LABELS, default=SUB_TOKEN_LABELS[0],
@@ -77,10 +77,11 @@ def resolve_models(args: argparse.Namespace) -> dict:
         run = StudentRun.load(args.students)
         return {"src_model": run.student_dir(args.src), "trg_model": run.student_dir(args.trg), "label": args.label or args.students.name,
                 "distillation_run": args.students, "distillation_mlflow_run_id": run.mlflow_run_id}
+    from mdist.teacher import check_teacher_dir
+
     src, trg = (args.model, args.model) if args.model is not None else (args.src_model, args.trg_model)
     for path in {src, trg}:
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"'{path}' is not a Hugging Face model directory (no config.json)")
+        check_teacher_dir(path, "model")  # up front: not after the data files are read
     return {"src_model": src, "trg_model": trg, "label": args.label or (src.name if src == trg else f"{src.name}/{trg.name}")}
 
 

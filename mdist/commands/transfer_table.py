@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mdist.argtypes import DefaultsOnce
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("transfer-table", help="Markdown tables (thesis 4.4-4.6 layout) of the finetune results under a directory")
+    parser = sub.add_parser("transfer-table", help="Markdown tables (thesis 4.4-4.6 layout) of the finetune results under a directory", formatter_class=DefaultsOnce)
     parser.add_argument("--runs", type=Path, required=True, help="directory searched for result.json files")
     parser.add_argument("--out", type=Path, help="Markdown file to write (default: print only)")
     parser.set_defaults(run=run)

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
+
+from mdist.errors import TeacherError
+from mdist.teacher import check_teacher_dir, load_teacher_tokenizer
 
 
 @dataclass
@@ -30,17 +33,21 @@ class TokenStates:
         return self.states_KTD[layers].mean(dim=0)
 
 
-def load_encoder(path: Path, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A Hugging Face encoder directory (MLM head dropped) and its tokenizer; needs no mdist code inside."""
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"'{path}' is not a Hugging Face model directory (no config.json)")
+def load_encoder(path: Path, device: str, role: str = "model") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A Hugging Face encoder directory (MLM head dropped) and its tokenizer; needs no mdist code inside.
+
+    The directory is checked as a teacher is (config, whole weights, the model's own tokenizer), so
+    that a bad one stops with one line naming it (`role`) rather than a traceback or a run on <unk>."""
+    tokenizer = load_teacher_tokenizer(path, check_teacher_dir(path, role), role)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report lists the dropped MLM head: expected, not news
     try:
         model = AutoModel.from_pretrained(str(path), add_pooling_layer=False)
+    except Exception as err:  # transformers raises many types for weights that do not fit the config
+        raise TeacherError(f"cannot load the {role} weights in '{path}': {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    return model.to(device).eval(), AutoTokenizer.from_pretrained(str(path))
+    return model.to(device).eval(), tokenizer
 
 
 def max_tokens(model: PreTrainedModel, max_length: int) -> int:

@@ -17,14 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mdist.errors import ConfigError, DataError
+from mdist.errors import ConfigError, DataError, path_problem, require_file
 from mdist.evaluation.encode import load_encoder
 from mdist.transfer import HEAD_KINDS
 from mdist.transfer.adapters import insert_adapters, new_adapters
-from mdist.transfer.tasks import Batch, Task, get_task
+from mdist.transfer.tasks import TASKS, Batch, Task, get_task
 
 SPEC_FILE = "task_model.json"
 WEIGHTS_FILE = "task_model.pt"
+SPEC_TYPES = {"task": str, "base": str, "extra_layers": int, "adapters": bool, "head": str}
 
 
 class SequenceHead(nn.Module):
@@ -134,15 +135,49 @@ def save_task_model(model: TaskModel, spec: ModelSpec, out_dir: Path) -> None:
     torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)
 
 
-def load_task_model(model_dir: Path, device: str) -> tuple[TaskModel, PreTrainedTokenizerBase, ModelSpec]:
-    """A task model saved by `mdist finetune --save-model` (e.g. the fine-tuned teacher of task distillation)."""
+def read_spec(model_dir: Path) -> ModelSpec:
+    """The spec of a task model directory, each field of the type a saved one has."""
     spec_file = model_dir / SPEC_FILE
-    if not spec_file.is_file():
-        raise FileNotFoundError(f"'{spec_file}' does not exist (was '{model_dir}' written by 'mdist finetune --save-model'?)")
+    for path, want_dir in ((model_dir, True), (spec_file, False)):
+        problem = path_problem(path, want_dir)
+        if problem:
+            raise FileNotFoundError(f"'{path}' {problem} (is '{model_dir}' a task model saved by 'mdist finetune --save-model'?)")
     try:
         spec = ModelSpec(**json.loads(spec_file.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise DataError(f"{spec_file}: not a task model spec: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+        raise DataError(f"{spec_file}: not a task model spec (was '{model_dir}' written by 'mdist finetune --save-model'?): {err}") from None
+    problems = [f"{key} is not {kind.__name__}" for key, kind in SPEC_TYPES.items() if type(getattr(spec, key)) is not kind]
+    if not problems:
+        problems = [problem for bad, problem in ((spec.task not in TASKS, f"task '{spec.task}' unknown"),
+                                                 (spec.extra_layers < 0, f"extra_layers {spec.extra_layers} < 0"),
+                                                 (spec.head not in HEAD_KINDS, f"head '{spec.head}' unknown")) if bad]
+    if problems:
+        raise DataError(f"{spec_file}: not a task model spec: {'; '.join(problems)}")
+    return spec
+
+
+def task_weights(weights: Path, model: TaskModel, device: str) -> dict[str, torch.Tensor]:
+    """The state dict in `weights`, checked against `model` (built from the spec beside it): a file cut
+    short, or tensors that are not the spec's model's, stop with one line naming the file."""
+    require_file(weights)
+    try:
+        state = torch.load(weights, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a cut or foreign file
+        raise DataError(f"{weights}: not a whole task model ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+    if not isinstance(state, dict):
+        raise DataError(f"{weights}: not a task model state dict (found {type(state).__name__})")
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & state.keys() if getattr(state[k], "shape", None) != expected[k].shape)
+    found = [f"{len(keys)} {kind} (e.g. {keys[0]})" for kind, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if keys]
+    if found:
+        raise DataError(f"{weights}: does not match {weights.parent / SPEC_FILE}: tensors {', '.join(found)}")
+    return state
+
+
+def load_task_model(model_dir: Path, device: str) -> tuple[TaskModel, PreTrainedTokenizerBase, ModelSpec]:
+    """A task model saved by `mdist finetune --save-model` (e.g. the fine-tuned teacher of task distillation)."""
+    spec = read_spec(model_dir)
     model, tokenizer = build_task_model(spec, device)
-    model.load_state_dict(torch.load(model_dir / WEIGHTS_FILE, map_location=device, weights_only=True))
+    model.load_state_dict(task_weights(model_dir / WEIGHTS_FILE, model, device))
     return model, tokenizer, spec

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from mdist.transfer.train import FitSettings, fit, predict
 RESULT_FILE = "result.json"
 FULL_LR, EFFICIENT_LR = 2e-5, 1e-4
 TRAIN_SCORE_LIMIT = 1000  # training examples re-scored to show that the task was learnt
+CUT_WARNING_SHARE = 0.05  # more than this share of a set's examples cut to the length limit is said in a warning line
 UPPER_BOUNDS = {  # sane upper bounds of the numeric options: a batch, a length, a step size, numpy's seed range
     "batch_size": 65536, "few_shot_batch_size": 65536, "max_length": 65536, "epochs": 10**6, "few_shot_epochs": 10**6,
     "lr": 1.0, "few_shot_lr": 1.0, "seed": 2**32 - 1,
@@ -93,6 +95,9 @@ class TransferConfig:
                 raise ConfigError(f"--{key.replace('_', '-')} must be <= {high}, got {getattr(self, key)}")
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        task = get_task(self.task)
+        if self.max_length < task.min_length:
+            raise ConfigError(f"--max-length {self.max_length} leaves {task.name} inputs no text: {task.special_tokens} special tokens plus at least one token, --max-length >= {task.min_length}")
         if not 0 <= self.weight_decay < 1 or not 0 <= self.warmup <= 1:
             raise ConfigError("--weight-decay must be in [0, 1) and --warmup in [0, 1]")
         if any(k < 1 for k in self.shots):
@@ -197,12 +202,27 @@ def _examples(task: Task, path: Path, labels: Path | None, limit: int | None) ->
     return examples[:limit] if limit else examples
 
 
-def _features(task: Task, examples: list, tokenizer, model: TaskModel, max_length: int) -> list[dict]:
-    return task.encode(examples, tokenizer, max_tokens(model.encoder, max_length))
+def applied_length(task: Task, models: list[TaskModel], max_length: int) -> int:
+    """The length limit every input is cut to: `max_length` or the shortest position limit of the models
+    that read the inputs, whichever is less; a model too short for the task's rows is refused."""
+    limits = {m.encoder.config.name_or_path: max_tokens(m.encoder, max_length) for m in models}
+    name = min(limits, key=limits.get)
+    if limits[name] < task.min_length:
+        raise ConfigError(f"'{name}' takes at most {limits[name]} tokens (its position limit); {task.name} inputs need at least {task.min_length}")
+    return limits[name]
 
 
-def _score(task: Task, model: TaskModel, examples: list, tokenizer, cfg: TransferConfig, desc: str) -> dict:
-    features = _features(task, examples, tokenizer, model, cfg.max_length)
+def encode_counting_cuts(task: Task, examples: list, tokenizer, limit: int, what: str) -> tuple[list[dict], dict[str, int]]:
+    """The examples' features and how many of them were cut to `limit`; a warning line names the `what`
+    set when that is more than CUT_WARNING_SHARE of it."""
+    features = task.encode(examples, tokenizer, limit)
+    count = sum(f["truncated"] for f in features)
+    if count > CUT_WARNING_SHARE * len(features):
+        print(f"warning: {count} of {len(features)} {task.name} {what} examples ({count / len(features):.1%}) were cut to {limit} tokens", file=sys.stderr)
+    return features, {"cut": count, "of": len(features)}
+
+
+def _score(task: Task, model: TaskModel, examples: list, features: list[dict], tokenizer, cfg: TransferConfig, desc: str) -> dict:
     predictions = predict(model, task, features, tokenizer.pad_token_id, cfg.batch_size, cfg.device, desc)
     return task.score(examples, predictions)
 
@@ -230,7 +250,6 @@ def run_transfer(cfg: TransferConfig) -> dict:
             raise ConfigError(f"--task-teacher '{cfg.task_teacher}' tokenizes differently from the students; it must be their teacher")
         teacher.eval().requires_grad_(False)
     mlm = [MaskedLMLoss(model, train_tokenizer, cfg.seed) for model in models.trained] if cfg.task_teacher_loss == "mlm" else []
-    trained = models.trained[0]
     settings = FitSettings(
         epochs=cfg.epochs or task.zero_shot_epochs,
         batch_size=cfg.batch_size,
@@ -239,14 +258,16 @@ def run_transfer(cfg: TransferConfig) -> dict:
         warmup=cfg.warmup,
         seed=cfg.seed,
     )
-    features = _features(task, train_examples, train_tokenizer, trained, cfg.max_length)
+    limit = applied_length(task, [*models.trained, models.evaluated, *([teacher] if teacher is not None else [])], cfg.max_length)
+    eval_tokenizer, cut = models.tokenizers["eval"], {"few_shot": {}}
+    features, cut["train"] = encode_counting_cuts(task, train_examples, train_tokenizer, limit, "train")
+    eval_features, cut["eval"] = encode_counting_cuts(task, eval_examples, eval_tokenizer, limit, "eval")
     fitted, moved = train_and_transfer(models, strategy, task, features, train_tokenizer.pad_token_id, settings, cfg.device, teacher, mlm)
 
     score_examples = train_examples[:TRAIN_SCORE_LIMIT]
     train_model = models.trained[-1]  # JOINT: the target student, which is also evaluated
-    train_score = _score(task, train_model, score_examples, train_tokenizer, cfg, f"score {cfg.src_lang} train")
-    eval_tokenizer = models.tokenizers["eval"]
-    zero_shot = _score(task, models.evaluated, eval_examples, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang}")
+    train_score = _score(task, train_model, score_examples, features[:TRAIN_SCORE_LIMIT], train_tokenizer, cfg, f"score {cfg.src_lang} train")
+    zero_shot = _score(task, models.evaluated, eval_examples, eval_features, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang}")
 
     few_shot = {}
     shot_indices = nested_shots(shot_pool, cfg.shots, cfg.seed)
@@ -256,8 +277,9 @@ def run_transfer(cfg: TransferConfig) -> dict:
         shots = [shot_pool[i] for i in shot_indices[k]]
         model = copy.deepcopy(models.evaluated)
         select_trainable(model, strategy)
-        fit([model], task, _features(task, shots, eval_tokenizer, model, cfg.max_length), eval_tokenizer.pad_token_id, shot_settings, cfg.device, f"{cfg.task} {k}-shot")
-        few_shot[str(k)] = _score(task, model, eval_examples, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang} {k}-shot")
+        shot_features, cut["few_shot"][str(k)] = encode_counting_cuts(task, shots, eval_tokenizer, limit, f"{k}-shot")
+        shot_fit = fit([model], task, shot_features, eval_tokenizer.pad_token_id, shot_settings, cfg.device, f"{cfg.task} {k}-shot")
+        few_shot[str(k)] = {**_score(task, model, eval_examples, eval_features, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang} {k}-shot"), "fit": shot_fit}
         del model
 
     result = {
@@ -275,7 +297,8 @@ def run_transfer(cfg: TransferConfig) -> dict:
         "fit": fitted,
         "trainable_parameters": sum(p.numel() for p in {id(p): p for m in models.trained for p in m.parameters() if p.requires_grad}.values()),
         "moved_parameters": moved,
-        "settings": {**asdict(settings), "max_length": cfg.max_length, "train_examples": len(train_examples), "eval_examples": len(eval_examples),
+        "truncated": cut,
+        "settings": {**asdict(settings), "max_length": limit, "train_examples": len(train_examples), "eval_examples": len(eval_examples),
                      "few_shot": {**asdict(shot_settings), "drawn": shot_indices[max(cfg.shots)]} if cfg.shots else None,  # k-shot: the first k drawn
                      "head": cfg.head if task.head != "token" else "linear", "ner_labels": cfg.ner_labels if cfg.task == "ner" else None,
                      "task_teacher": str(cfg.task_teacher) if cfg.task_teacher else None,

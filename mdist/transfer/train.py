@@ -9,6 +9,7 @@ L = ½·(1/N)·Σ‖z_teacher − z_student‖² + ½·task loss, or read litera
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mdist.errors import NonFiniteLossError
 from mdist.optim import no_weight_decay, warmup_linear_decay
 from mdist.transfer import SCHEDULES
 from mdist.transfer.model import TaskModel
@@ -128,7 +130,7 @@ def fit(
     for model in models:
         model.train()
     bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False)
-    epoch_loss = 0.0
+    epoch_loss, done = 0.0, 0
     for _ in range(settings.epochs):
         epoch_loss = 0.0
         order = torch.randperm(len(features), generator=generator).tolist()
@@ -136,6 +138,10 @@ def fit(
             with _autocast(device):
                 loss = step_loss(models, batch, teacher, mlm)
             loss.backward()
+            done, value = done + 1, loss.item()
+            if not math.isfinite(value):  # a diverged run is not a result: stop before its step, the progress line cleared first
+                bar.close()
+                NonFiniteLossError.check(done, desc, {"loss": value})
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], settings.max_grad_norm)
             before = [source.detach().clone() for source, _ in mirror]
             optimizer.step()
@@ -144,7 +150,7 @@ def fit(
                     target.add_(source - old)
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            epoch_loss += loss.item()
+            epoch_loss += value
             bar.update()
             bar.set_postfix(loss=f"{epoch_loss / step:.4f}")
     bar.close()

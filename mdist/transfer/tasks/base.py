@@ -4,7 +4,9 @@ Legend: B examples in a batch, C choices per example, L padded length, K labels.
 """
 from __future__ import annotations
 
+import codecs
 import json
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,6 +16,7 @@ import torch
 from mdist.errors import ConfigError, DataError, require_file
 
 IGNORE = -100  # label of positions no loss or metric looks at (torch's cross-entropy default)
+TRAILING_WHITESPACE = " \t\r\v\f"  # ASCII only: a no-break space at a line's end may be text
 
 
 @dataclass
@@ -45,6 +48,12 @@ class Task(ABC):
     zero_shot_epochs: int
     few_shot_ks: tuple[int, ...] = (10, 100, 500)
     max_length: int = 128
+    special_tokens: int  # <s>, </s> ... in every input row, whatever its text
+
+    @property
+    def min_length(self) -> int:
+        """The shortest `max_length` that leaves a row any text: its special tokens and one token more."""
+        return self.special_tokens + 1
 
     @property
     def num_labels(self) -> int:
@@ -57,7 +66,8 @@ class Task(ABC):
 
     @abstractmethod
     def encode(self, examples: list, tokenizer, max_length: int) -> list[dict]:
-        """One feature (token ids and label) per example, at most `max_length` tokens per sequence."""
+        """One feature (token ids, label, and `truncated`: whether anything was cut) per example, at most
+        `max_length` (>= `min_length`) tokens per sequence."""
 
     @abstractmethod
     def collate(self, features: list[dict], pad_id: int) -> Batch:
@@ -78,26 +88,49 @@ class Task(ABC):
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of every line without its line end; bad UTF-8 is reported with its line."""
+    """(line number, text) of every line of a transfer input file (TSV, PAN-X, JSONL, labels list), read
+    alike for all of them: a UTF-8 byte order mark at the start is dropped, and so are the line end
+    (LF or CRLF) and trailing whitespace; bad UTF-8 is reported with its line."""
     path = Path(path)
     require_file(path)
-    raw_lines = path.read_bytes().split(b"\n")
+    raw_lines = path.read_bytes().removeprefix(codecs.BOM_UTF8).split(b"\n")
     if raw_lines[-1] == b"":
         raw_lines.pop()
     lines = []
     for lineno, raw in enumerate(raw_lines, 1):
         try:
-            lines.append((lineno, raw.removesuffix(b"\r").decode("utf-8")))
+            lines.append((lineno, raw.decode("utf-8").rstrip(TRAILING_WHITESPACE)))
         except UnicodeDecodeError as e:
             raise DataError(f"{path}:{lineno}: invalid UTF-8 at byte {e.start} of the line") from None
     return lines
+
+
+class _WholeTextWarning(logging.Filter):
+    """Drops transformers' one warning that a tokenized text is longer than the model."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token indices sequence length is longer than the specified maximum")
+
+
+TOKENIZER_LOG, WHOLE_TEXT_WARNING = logging.getLogger("transformers.tokenization_utils_base"), _WholeTextWarning()
+
+
+def whole_text_ids(tokenizer, texts: list[str], pairs: list[str] | None = None, add_special_tokens: bool = True) -> list[list[int]]:
+    """Token ids of whole texts (pairs joined as the model takes them), for the task to cut to its limit
+    itself. transformers warns that such a text is longer than the model will take; here that is
+    false, so that warning (only that one) is silenced while these texts are tokenized."""
+    TOKENIZER_LOG.addFilter(WHOLE_TEXT_WARNING)
+    try:
+        return tokenizer(texts, pairs, add_special_tokens=add_special_tokens)["input_ids"]
+    finally:
+        TOKENIZER_LOG.removeFilter(WHOLE_TEXT_WARNING)
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, record) of every non-blank line; each must be one JSON object."""
     records = []
     for lineno, line in read_lines(path):
-        if not line.strip():
+        if not line:
             continue
         try:
             record = json.loads(line)

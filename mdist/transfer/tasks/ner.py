@@ -14,7 +14,7 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 
 from mdist.errors import ConfigError, DataError
 from mdist.transfer import SUB_TOKEN_LABELS
-from mdist.transfer.tasks.base import IGNORE, Batch, Task, check_lengths, pad_rows, read_lines, require_examples
+from mdist.transfer.tasks.base import IGNORE, Batch, Task, check_lengths, pad_rows, read_lines, require_examples, whole_text_ids
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class NER(Task):
     label_names = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
     metric = "f1"
     zero_shot_epochs = 20
+    special_tokens = 2  # <s> words </s>
 
     def __init__(self, sub_token_labels: str = SUB_TOKEN_LABELS[0]):
         if sub_token_labels not in SUB_TOKEN_LABELS:
@@ -40,7 +41,7 @@ class NER(Task):
         self.no_labels_file(labels_path)
         sentences, words, tags = [], [], []
         for lineno, line in [*read_lines(path), (0, "")]:  # the blank sentinel ends the last sentence
-            if not line.strip():
+            if not line:
                 if words:
                     sentences.append(TaggedSentence(tuple(words), tuple(tags)))
                     words, tags = [], []
@@ -63,8 +64,8 @@ class NER(Task):
         aligned with the words. Truncation keeps the words whose first sub-token fits.
         """
         tag_ids = {tag: i for i, tag in enumerate(self.label_names)}
-        pieces = iter(tokenizer([w for e in examples for w in e.words], add_special_tokens=False)["input_ids"])
-        budget = max_length - 2  # <s> and </s>
+        pieces = iter(whole_text_ids(tokenizer, [w for e in examples for w in e.words], add_special_tokens=False))
+        budget = max_length - self.special_tokens
         features = []
         for example in examples:
             ids, labels, words = [], [], []
@@ -78,6 +79,7 @@ class NER(Task):
                 "input_ids": [tokenizer.cls_token_id, *ids[:budget], tokenizer.sep_token_id],
                 "labels": [IGNORE, *labels[:budget], IGNORE],
                 "word_ids": [-1, *words[:budget], -1],
+                "truncated": len(ids) > budget,
             })
         return features
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from mdist.errors import DataError
-from mdist.transfer.tasks.base import Batch, Task, accuracy, pad_rows, read_jsonl, read_lines, require_examples
+from mdist.transfer.tasks.base import Batch, Task, accuracy, pad_rows, read_jsonl, read_lines, require_examples, whole_text_ids
 
 COPA_QUESTIONS = {"cause": "What was the cause?", "effect": "What happened as a result?"}
 SIQA_KEYS = ("context", "question", "answerA", "answerB", "answerC")
@@ -62,6 +62,7 @@ class XCOPA(Task):
     metric = "accuracy"
     zero_shot_epochs = 20
     few_shot_ks = (10, 50, 100)
+    special_tokens = 6  # <s> context </s></s> question </s></s> choice </s>
 
     def read(self, path: Path, labels_path: Path | None = None) -> list[ChoiceExample]:
         """Social IQa (labels in `labels_path`, by default the sibling `<stem>-labels.lst`; 3 choices) or
@@ -79,10 +80,10 @@ class XCOPA(Task):
     def _read_siqa(self, path: Path, records: list[tuple[int, dict]], labels_path: Path) -> list[ChoiceExample]:
         labels = []
         for lineno, line in read_lines(labels_path):
-            if not line.strip():
+            if not line:
                 continue
-            if line.strip() not in ("1", "2", "3"):
-                raise DataError(f"{labels_path}:{lineno}: label must be 1, 2 or 3, found '{line.strip()}'")
+            if line not in ("1", "2", "3"):
+                raise DataError(f"{labels_path}:{lineno}: label must be 1, 2 or 3, found '{line}'")
             labels.append(int(line) - 1)
         if len(labels) != len(records):
             raise DataError(f"{labels_path}: {len(labels)} labels for {len(records)} records in {path}")
@@ -109,16 +110,18 @@ class XCOPA(Task):
     def encode(self, examples: list[ChoiceExample], tokenizer, max_length: int) -> list[dict]:
         """C rows `<s> context </s></s> question </s></s> choice </s>` per example; too long rows lose
         context first."""
-        pieces = iter(tokenizer([t for e in examples for t in (e.context, e.question, *e.choices)], add_special_tokens=False)["input_ids"])
+        pieces = iter(whole_text_ids(tokenizer, [t for e in examples for t in (e.context, e.question, *e.choices)], add_special_tokens=False))
         cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
         features = []
         for example in examples:
             context, question = next(pieces), next(pieces)
-            rows = []
+            rows, truncated = [], False
             for _ in example.choices:
-                c, q, a = _fit([context, question, next(pieces)], max_length - 6)  # 6 special tokens
+                segments = [context, question, next(pieces)]
+                c, q, a = _fit(segments, max_length - self.special_tokens)
                 rows.append([cls, *c, sep, sep, *q, sep, sep, *a, sep])
-            features.append({"input_ids": rows, "label": example.label})
+                truncated |= len(rows[-1]) < sum(map(len, segments)) + self.special_tokens
+            features.append({"input_ids": rows, "label": example.label, "truncated": truncated})
         return features
 
     def collate(self, features: list[dict], pad_id: int) -> Batch:
