@@ -3,13 +3,13 @@ language (zero-shot), then optionally continue on k target examples (few-shot) p
 
 Settings default to the thesis's table 4.2 and §4.2.2–4.2.3: zero-shot batch 64, AdamW, lr 2e-5
 (full / SFT) or 1e-4 (parameter-efficient), weight decay 0.05, 10 % linear warm-up, 10 / 20 / 20
-epochs (XNLI / NER / XCOPA); few-shot batch 32, lr 2e-5, 50 epochs. Writes `result.json` (and with
-`save_model` the evaluated task model) to the output directory.
+epochs (XNLI / NER / XCOPA); few-shot batch 32, lr 2e-5, 50 epochs. Writes to the output directory,
+in the order `mdist.transfer.outputs` gives: with `save_model` the evaluated task model and one per k,
+then `result.json`.
 """
 from __future__ import annotations
 
 import copy
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,11 +21,11 @@ from torch import nn
 from mdist.errors import ConfigError
 from mdist.evaluation.encode import max_tokens
 from mdist.transfer.model import ModelSpec, TaskModel, build_task_model, load_task_model, save_task_model
+from mdist.transfer.outputs import RESULT_FILE, clear_earlier, input_record, model_dir_name, write_result
 from mdist.transfer.strategies import TransferStrategy, get_strategy
 from mdist.transfer.tasks import Task, get_task
 from mdist.transfer.train import FitSettings, fit, predict
 
-RESULT_FILE = "result.json"
 FULL_LR, EFFICIENT_LR = 2e-5, 1e-4
 TRAIN_SCORE_LIMIT = 1000  # training examples re-scored to show that the task was learnt
 UPPER_BOUNDS = {  # sane upper bounds of the numeric options: a batch, a length, a step size, numpy's seed range
@@ -230,7 +230,12 @@ def run_transfer(cfg: TransferConfig) -> dict:
     eval_tokenizer = models.tokenizers["eval"]
     zero_shot = _score(task, models.evaluated, eval_examples, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang}")
 
-    few_shot = {}
+    clear_earlier(cfg.out)  # an earlier result, or an unfinished run's models, never sits beside this run's
+    spec = ModelSpec(cfg.task, str(cfg.src_model if strategy.evaluates == "src" else cfg.trg_model), strategy.extra_layers, strategy.adapters)
+    saved = {}
+    if cfg.save_model:
+        saved["zero_shot"] = save_task_model(models.evaluated, spec, cfg.out / model_dir_name()).name
+    few_shot, saved_few_shot = {}, {}
     for k in cfg.shots:
         shots = random.Random(cfg.seed).sample(shot_pool, k)
         model = copy.deepcopy(models.evaluated)
@@ -238,7 +243,11 @@ def run_transfer(cfg: TransferConfig) -> dict:
         shot_settings = FitSettings(cfg.few_shot_epochs, cfg.few_shot_batch_size, cfg.few_shot_lr, cfg.weight_decay, cfg.warmup, seed=cfg.seed)
         fit([model], task, _features(task, shots, eval_tokenizer, model, cfg.max_length), eval_tokenizer.pad_token_id, shot_settings, cfg.device, f"{cfg.task} {k}-shot")
         few_shot[str(k)] = _score(task, model, eval_examples, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang} {k}-shot")
+        if cfg.save_model:
+            saved_few_shot[str(k)] = save_task_model(model, spec, cfg.out / model_dir_name(k)).name
         del model
+    if cfg.save_model:
+        saved["few_shot"] = saved_few_shot
 
     result = {
         "task": cfg.task,
@@ -247,8 +256,8 @@ def run_transfer(cfg: TransferConfig) -> dict:
         "label": cfg.label,
         "src": cfg.src_lang,
         "trg": cfg.trg_lang,
-        "models": {"src": str(cfg.src_model), "trg": str(cfg.trg_model), "evaluated": strategy.evaluates},
-        "distillation_run": str(cfg.distillation_run) if cfg.distillation_run else None,
+        "models": {"src": _absolute(cfg.src_model), "trg": _absolute(cfg.trg_model), "evaluated": strategy.evaluates},
+        "distillation_run": _absolute(cfg.distillation_run),
         "zero_shot": zero_shot,
         "train": train_score,
         "few_shot": few_shot,
@@ -256,16 +265,27 @@ def run_transfer(cfg: TransferConfig) -> dict:
         "trainable_parameters": sum(p.numel() for p in {id(p): p for m in models.trained for p in m.parameters() if p.requires_grad}.values()),
         "moved_parameters": moved,
         "settings": {**asdict(settings), "max_length": cfg.max_length, "train_examples": len(train_examples), "eval_examples": len(eval_examples),
-                     "few_shot": {"epochs": cfg.few_shot_epochs, "batch_size": cfg.few_shot_batch_size, "lr": cfg.few_shot_lr} if cfg.shots else None,
-                     "task_teacher": str(cfg.task_teacher) if cfg.task_teacher else None, "device": cfg.device},
+                     "train_limit": cfg.train_limit, "eval_limit": cfg.eval_limit,
+                     "few_shot": {"shots": cfg.shots, "epochs": cfg.few_shot_epochs, "batch_size": cfg.few_shot_batch_size, "lr": cfg.few_shot_lr,
+                                  "weight_decay": cfg.weight_decay, "warmup": cfg.warmup, "max_grad_norm": settings.max_grad_norm, "seed": cfg.seed} if cfg.shots else None,
+                     "task_teacher": _absolute(cfg.task_teacher), "device": cfg.device},
+        "inputs": {
+            "train": input_record(cfg.train, len(train_examples)), "train_labels": input_record(task.labels_file(cfg.train, cfg.train_labels)),
+            "eval": input_record(cfg.eval, len(eval_examples)), "eval_labels": input_record(task.labels_file(cfg.eval, cfg.eval_labels)),
+            "shots": input_record(cfg.shots_file, len(shot_pool)) if cfg.shots else None,
+            "shots_labels": input_record(task.labels_file(cfg.shots_file, cfg.shots_labels)) if cfg.shots else None,
+        },
+        "saved_models": saved or None,  # directories relative to this file
         "seconds": round(time.perf_counter() - started, 1),
     }
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    if cfg.save_model:
-        save_task_model(models.evaluated, ModelSpec(cfg.task, str(cfg.src_model if strategy.evaluates == "src" else cfg.trg_model), strategy.extra_layers, strategy.adapters), cfg.out / "model")
+    write_result(cfg.out, result)
     log_result(result, cfg)
     return result
+
+
+def _absolute(path: Path | None) -> str | None:
+    """Paths in result.json are absolute: the result still names its inputs after it is moved."""
+    return str(Path(path).resolve()) if path is not None else None
 
 
 def log_result(result: dict, cfg: TransferConfig) -> None:

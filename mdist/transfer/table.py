@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mdist.errors import DataError
 from mdist.tracking import ARTIFACTS_DIR, QUEUE_DIR
-from mdist.transfer.runner import RESULT_FILE
+from mdist.transfer.outputs import RESULT_FILE
 from mdist.transfer.tasks import TASKS
 
 REQUIRED = ("task", "metric", "strategy", "label", "trg", "zero_shot", "few_shot")
