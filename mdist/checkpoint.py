@@ -34,7 +34,6 @@ checkpoint of a run directory the same way without training.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
