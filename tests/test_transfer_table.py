@@ -12,11 +12,14 @@ from mdist.errors import DataError
 from mdist.transfer.table import transfer_tables
 
 
-def _result(root, name: str, seed: int, zero: float, few: float, task: str = "xnli", strategy: str = "full-trg", label: str = "s") -> None:
+def _result(root, name: str, seed: int, zero: float, few: float, task: str = "xnli", strategy: str = "full-trg", label: str = "s",
+            eval_sha: str = "e1", lr: float = 2e-5) -> None:
     metric = "f1" if task == "ner" else "accuracy"
     path = root / name / "result.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"task": task, "metric": metric, "strategy": strategy, "label": label, "trg": "tr", "settings": {"seed": seed},
+    path.write_text(json.dumps({"task": task, "metric": metric, "strategy": strategy, "label": label, "trg": "tr",
+                                "settings": {"seed": seed, "lr": lr, "device": f"cuda:{seed}", "few_shot": {"epochs": 50, "seed": seed}},
+                                "inputs": {"eval": {"path": "/d/dev-tr.tsv", "sha256": eval_sha, "examples": 9}},
                                 "zero_shot": {metric: zero}, "few_shot": {"10": {metric: few}}}))
 
 
@@ -67,4 +70,12 @@ def test_two_runs_of_one_seed_in_one_cell_are_refused(tmp_path):
     _result(tmp_path, "a", 1, 0.40, 0.50)
     _result(tmp_path, "b", 1, 0.45, 0.60)
     with pytest.raises(DataError, match="two results for 's · full-trg' on xnli-tr"):
+        transfer_tables(tmp_path)
+
+
+@pytest.mark.parametrize("change, named", [({"eval_sha": "e2"}, "eval file"), ({"lr": 1e-4}, "lr")])
+def test_runs_that_differ_in_more_than_their_seed_are_not_pooled(tmp_path, change, named):
+    _result(tmp_path, "a", 1, 0.40, 0.50)
+    _result(tmp_path, "b", 2, 0.45, 0.60, **change)  # e.g. evaluated on the test file, not the dev file
+    with pytest.raises(DataError, match=rf"'s · full-trg' on xnli-tr: .*a/result.json and .*b/result.json differ in {named}, not only in their seed"):
         transfer_tables(tmp_path)

@@ -4,7 +4,8 @@ Zero-shot (tables 4.4 / 4.6): one row per model and strategy (a model's rows tog
 strategy's task-distilled `+td` row below it), one column per task and target language, and the
 average of the row's cells (as the thesis, over accuracy and F1 alike: the header says so when it
 does; a row with fewer cells than the table has says how many it covers). Every cell shows the mean
-over its runs' seeds ± their sample standard deviation and n. Few-shot (table 4.5): per task and
+over its runs' seeds ± their sample standard deviation and n; runs that differ in more than their
+seed (a setting, an input file) are not pooled but refused. Few-shot (table 4.5): per task and
 target language, one column per k, k = 0 being the zero-shot score.
 """
 from __future__ import annotations
@@ -57,15 +58,33 @@ def _columns(results: list[tuple[Path, dict]]) -> list[tuple[str, str]]:
     return sorted({(r["task"], r["trg"]) for _, r in results}, key=lambda c: (order.index(c[0]) if c[0] in order else len(order), c))
 
 
+def _pooled_as(result: dict) -> dict[str, object]:
+    """What runs pooled in one cell must share: every setting but the seed and device, and the content of
+    every input file (a dev result never averages with a test result)."""
+    settings = {key: value for key, value in result.get("settings", {}).items() if key not in ("seed", "device")}
+    if isinstance(settings.get("few_shot"), dict):
+        settings["few_shot"] = {key: value for key, value in settings["few_shot"].items() if key != "seed"}
+    inputs = {f"{name} file": (record or {}).get("sha256") for name, record in result.get("inputs", {}).items()}
+    return {**settings, **inputs}
+
+
 def _grid(results: list[tuple[Path, dict]], value) -> dict[str, dict[tuple[str, str], list]]:
-    """Row → column → the values of its runs, one per seed (two runs of one seed are refused)."""
+    """Row → column → the values of its runs, one per seed (two runs of one seed, or runs that differ in
+    more than their seed, are refused)."""
     cells: dict[str, dict] = {}
     origin: dict[tuple, Path] = {}
+    first: dict[tuple, tuple[Path, dict]] = {}
     for path, result in sorted(results, key=lambda pr: _row_order(pr[1])):
         row, column, seed = row_name(result), (result["task"], result["trg"]), result.get("settings", {}).get("seed")
         if (row, column, seed) in origin:
             raise DataError(f"two results for '{row}' on {column[0]}-{column[1]}: {origin[row, column, seed]} and {path} (give them different --label)")
         origin[row, column, seed] = path
+        pooled_as = _pooled_as(result)
+        other_path, other = first.setdefault((row, column), (path, pooled_as))
+        differ = sorted(key for key in other.keys() | pooled_as.keys() if other.get(key) != pooled_as.get(key))
+        if differ:
+            raise DataError(f"'{row}' on {column[0]}-{column[1]}: {other_path} and {path} differ in {', '.join(differ)}, "
+                            "not only in their seed (give them different --label)")
         cells.setdefault(row, {}).setdefault(column, []).append(value(result))
     return cells
 
