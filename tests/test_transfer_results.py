@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -208,5 +209,8 @@ def test_several_seeds_in_one_command(setup, tmp_path, capsys):
     assert {seed: r["settings"]["seed"] for seed, r in seeds.items()} == {1: 1, 2: 2}
     assert seeds[1]["fit"]["loss"] != seeds[2]["fit"]["loss"]  # different draws, really different runs
     assert not (out / "result.json").exists()
+    scores = [r["zero_shot"]["accuracy"] for r in seeds.values()]
+    assert main(["transfer-table", "--runs", str(out)]) == 0  # one cell, both seeds pooled
+    assert f"| base · full-trg | {statistics.mean(scores):.3f} ± {statistics.stdev(scores):.3f} (n=2) |" in capsys.readouterr().out
     assert finetune(setup, out, "--seeds", "3", "3") == 2
     assert "--seeds must differ" in capsys.readouterr().err
