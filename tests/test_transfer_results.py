@@ -175,6 +175,7 @@ def test_every_few_shot_model_is_saved_named_and_usable(setup, tmp_path):
     weights = [torch.load(out / name / "task_model.pt", weights_only=True)["head.out.weight"] for name in ("model", "model-4shot", "model-8shot")]
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])  # three different models
     assert finetune(setup, tmp_path / "td", "--task-teacher", str(out / "model-8shot")) == 0
+    assert finetune(setup, tmp_path / "twice", "--save-model", "--shots", "4", "4", "--shots-file", str(setup / "shots.tsv")) == 2  # one model per k
 
 
 def test_result_records_its_inputs_and_every_setting(setup, tmp_path):

@@ -52,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     few.add_argument("--few-shot-epochs", type=int, default=50)
     few.add_argument("--few-shot-batch-size", type=int, default=32)
     few.add_argument("--few-shot-lr", type=float, default=2e-5)
-    parser.add_argument("--task-teacher", type=Path, help="task distillation: a teacher fine-tuned with --save-model (its model/ directory); "
+    parser.add_argument("--task-teacher", type=Path, help="task distillation: a teacher fine-tuned with --save-model (its model/ or model-<k>shot/ directory); "
                         "loss = 0.5·MSE(logits) + 0.5·task loss")
     parser.add_argument("--save-model", action="store_true",
                         help="save the evaluated task model to OUT/model and each few-shot one to OUT/model-<k>shot (each usable as --task-teacher)")

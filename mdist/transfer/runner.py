@@ -87,8 +87,8 @@ class TransferConfig:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if not 0 <= self.weight_decay < 1 or not 0 <= self.warmup <= 1:
             raise ConfigError("--weight-decay must be in [0, 1) and --warmup in [0, 1]")
-        if any(k < 1 for k in self.shots):
-            raise ConfigError(f"--shots must be positive counts, got {self.shots}")
+        if any(k < 1 for k in self.shots) or len(set(self.shots)) != len(self.shots):
+            raise ConfigError(f"--shots must be different positive counts, got {self.shots}")
         if self.shots and self.shots_file is None:
             raise ConfigError("--shots needs --shots-file (labelled target-language examples)")
 
