@@ -8,6 +8,7 @@ from pathlib import Path
 
 from transformers import AutoModelForMaskedLM
 
+from mdist.checkpoint_files import write_atomically
 from mdist.errors import ConfigError, TeacherError
 from mdist.strategies import INIT_MAPPINGS, layer_mapping
 from mdist.students import init_from_teacher
@@ -37,5 +38,5 @@ def export_baseline(teacher_dir: Path, layers: int, init: str, out_dir: Path) ->
         "teacher": str(teacher_dir), "layers": layers, "init": init,
         "teacher_layers": [g for _, g in layer_mapping(init, layers, teacher_layers)],
     }
-    (out_dir / "baseline.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+    write_atomically(out_dir / "baseline.json", json.dumps(provenance, indent=2) + "\n")  # last: the directory is complete
     return provenance

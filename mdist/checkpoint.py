@@ -34,7 +34,6 @@ checkpoint of a run directory the same way without training.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -43,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mdist.checkpoint_files import COMPLETE, HASH, complete_tags, file_digest, mismatches, read_marker, share_of_files, size_problems
+from mdist.checkpoint_files import COMPLETE, HASH, complete_tags, file_digest, mismatches, read_marker, share_of_files, size_problems, write_atomically
 from mdist.checkpoint_writes import Writes, first_failure
 from mdist.engine import barrier, gather_objects, world_size
 from mdist.errors import CheckpointError
@@ -80,19 +79,6 @@ def fallback_note(directory: Path, tag: str) -> str | None:
         return None
     why = f"{marker} is missing" if named is None else f"{marker} names '{named}', which is not a newer complete checkpoint"
     return f"{why}; using the newest complete checkpoint, {directory / tag}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class Checkpointer:
@@ -144,8 +130,8 @@ class Checkpointer:
             if hashes.get(name) is None:
                 hashes[name] = file_digest(target / name)
         marker = {"step": step, "files": files, HASH: {name: hashes[name] for name in files}}
-        _atomic_write(target / COMPLETE, json.dumps(marker, indent=1))
-        _atomic_write(self.directory / LATEST, target.name)
+        write_atomically(target / COMPLETE, json.dumps(marker, indent=1))
+        write_atomically(self.directory / LATEST, target.name)
 
     def load(self, engine) -> dict | None:
         """Restore engine (weights, optimiser) and this rank's RNG from the newest complete checkpoint

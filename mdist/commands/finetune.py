@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-labels", type=Path, help="SIQA labels file (default: <train stem>-labels.lst beside it)")
     parser.add_argument("--eval", type=Path, required=True, help="target-language evaluation file")
     parser.add_argument("--eval-labels", type=Path, help="SIQA-format evaluation labels file")
-    parser.add_argument("--out", type=output_dir, required=True, help="output directory (result.json; model/ with --save-model)")
+    parser.add_argument("--out", type=output_dir, required=True, help="output directory (result.json; model/ and model-<k>shot/ with --save-model)")
     parser.add_argument("--label", help="model name in tables and MLflow (default: the run or model directory's name)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result in --out")
     settings = parser.add_argument_group("settings (thesis table 4.2)")
@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     settings.add_argument("--weight-decay", type=at_least(0, float, high=1.0), default=0.05, help="AdamW weight decay (none on biases and LayerNorms)")
     settings.add_argument("--warmup", type=at_least(0, float, high=1.0), default=0.1, help="linear warm-up, fraction of the steps")
     settings.add_argument("--max-length", type=int, default=128, help="longest input in tokens (the model's limit applies too)")
-    settings.add_argument("--seed", type=int, default=42, help="seed of the fresh head, layers and adapters, the shuffling and the shot draws")
+    settings.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=[42], metavar="SEED",
+                          help="one run per seed; with several, each in OUT/seed-<SEED>/ (transfer-table: mean ± std over seeds)")
     settings.add_argument("--train-limit", type=int, help="use only the first N training examples")
     settings.add_argument("--eval-limit", type=int, help="use only the first N evaluation examples")
     add_device_option(settings)
@@ -58,11 +59,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           help="classifier on <s> (XNLI, XCOPA): transformers' dense+tanh+linear, or one linear layer (thesis §4.1); NER's tagger is always one linear layer")
     readings.add_argument("--ner-labels", choices=SUB_TOKEN_LABELS, default=SUB_TOKEN_LABELS[0],
                           help="first: each word's tag on its first sub-token, F1 over words; all: every sub-token carries its word's tag, F1 over sub-tokens")
-    parser.add_argument("--task-teacher", type=Path, help="task distillation: a teacher fine-tuned with --save-model (its model/ directory); "
+    parser.add_argument("--task-teacher", type=Path, help="task distillation: a teacher fine-tuned with --save-model (its model/ or model-<k>shot/ directory); "
                         "loss = 0.5·MSE(logits) + 0.5·task loss")
     parser.add_argument("--task-teacher-loss", choices=TASK_TEACHER_LOSSES, default=TASK_TEACHER_LOSSES[0],
                         help="what the logit MSE is mixed with: the task loss, or the student's MLM loss on the training batch (§3.3.6 literally; reported as +td-mlm)")
-    parser.add_argument("--save-model", action="store_true", help="save the evaluated task model to OUT/model (needed for --task-teacher)")
+    parser.add_argument("--save-model", action="store_true",
+                        help="save the evaluated task model to OUT/model and each few-shot one to OUT/model-<k>shot (each usable as --task-teacher)")
     parser.set_defaults(run=run)
 
 
@@ -85,23 +87,40 @@ def resolve_models(args: argparse.Namespace) -> dict:
     return {"src_model": src, "trg_model": trg, "label": args.label or (src.name if src == trg else f"{src.name}/{trg.name}")}
 
 
-def run(args: argparse.Namespace) -> int:
-    from mdist.transfer.runner import RESULT_FILE, TransferConfig, run_transfer
+def seed_dirs(out: Path, seeds: list[int]) -> dict[int, Path]:
+    """The output directory of each seed: OUT itself for one seed, OUT/seed-<SEED> for several."""
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds must differ, got {' '.join(map(str, seeds))}")
+    return {seeds[0]: out} if len(seeds) == 1 else {seed: out / f"seed-{seed}" for seed in seeds}
 
-    if (args.out / RESULT_FILE).exists() and not args.overwrite:
-        raise ConfigError(f"'{args.out / RESULT_FILE}' exists; choose another --out or pass --overwrite")
-    cfg = TransferConfig(
-        task=args.task, strategy=args.strategy, train=args.train, eval=args.eval, out=args.out, src_lang=args.src, trg_lang=args.trg,
-        train_labels=args.train_labels, eval_labels=args.eval_labels, train_limit=args.train_limit, eval_limit=args.eval_limit,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
-        max_length=args.max_length, seed=args.seed, shots=args.shots, shots_file=args.shots_file, shots_labels=args.shots_labels,
-        few_shot_epochs=args.few_shot_epochs, few_shot_batch_size=args.few_shot_batch_size, few_shot_lr=args.few_shot_lr,
-        task_teacher=args.task_teacher, save_model=args.save_model, device=chosen_device(args.device), head=args.head, ner_labels=args.ner_labels,
-        few_shot_schedule=args.few_shot_schedule, task_teacher_loss=args.task_teacher_loss, **resolve_models(args),
-    )
-    result = run_transfer(cfg)
-    metric = result["metric"]
-    line = f"{result['task']} {result['strategy']}: {result['src']} train {metric} {result['train'][metric]:.3f}, {result['trg']} zero-shot {metric} {result['zero_shot'][metric]:.3f}"
-    line += "".join(f", {k}-shot {s[metric]:.3f}" for k, s in result["few_shot"].items())
-    print(f"{line} ({result['seconds']:.0f} s); wrote {args.out / RESULT_FILE}")
+
+def run(args: argparse.Namespace) -> int:
+    from mdist.transfer.outputs import RESULT_FILE, check_out, model_dir_name
+    from mdist.transfer.runner import TransferConfig, run_transfer
+
+    outs = seed_dirs(args.out, args.seeds)
+    model_dirs = [model_dir_name(k) for k in [None, *args.shots]] if args.save_model else []
+    for out in outs.values():
+        check_out(out, args.overwrite, model_dirs)
+    models = resolve_models(args)
+    cfgs = [
+        TransferConfig(
+            task=args.task, strategy=args.strategy, train=args.train, eval=args.eval, out=out, src_lang=args.src, trg_lang=args.trg,
+            train_labels=args.train_labels, eval_labels=args.eval_labels, train_limit=args.train_limit, eval_limit=args.eval_limit,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
+            max_length=args.max_length, seed=seed, shots=args.shots, shots_file=args.shots_file, shots_labels=args.shots_labels,
+            few_shot_epochs=args.few_shot_epochs, few_shot_batch_size=args.few_shot_batch_size, few_shot_lr=args.few_shot_lr,
+            task_teacher=args.task_teacher, save_model=args.save_model, device=chosen_device(args.device), head=args.head, ner_labels=args.ner_labels,
+            few_shot_schedule=args.few_shot_schedule, task_teacher_loss=args.task_teacher_loss, **models,
+        )
+        for seed, out in outs.items()
+    ]
+    for cfg in cfgs:
+        cfg.validate()  # every seed's settings, before the first trains
+    for cfg in cfgs:
+        result = run_transfer(cfg)
+        metric = result["metric"]
+        line = f"{result['task']} {result['strategy']} seed {cfg.seed}: {result['src']} train {metric} {result['train'][metric]:.3f}, {result['trg']} zero-shot {metric} {result['zero_shot'][metric]:.3f}"
+        line += "".join(f", {k}-shot {s[metric]:.3f}" for k, s in result["few_shot"].items())
+        print(f"{line} ({result['seconds']:.0f} s); wrote {cfg.out / RESULT_FILE}")
     return 0

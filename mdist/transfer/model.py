@@ -9,6 +9,7 @@ runs them unchanged. Parameter names are those of `TaskModel.named_parameters()`
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -129,10 +130,26 @@ def build_task_model(spec: ModelSpec, device: str, adapters: nn.ModuleList | Non
     return model.to(device), tokenizer
 
 
-def save_task_model(model: TaskModel, spec: ModelSpec, out_dir: Path) -> None:
+def save_task_model(model: TaskModel, spec: ModelSpec, out_dir: Path) -> Path:
+    """Weights, then the spec, whose base encoder path is stored twice: relative to the spec file (the
+    saved model and its base moved together) and absolute (the saved model moved alone)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n", encoding="utf-8")
     torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)
+    base = Path(spec.base).resolve()
+    record = {**asdict(spec), "base": str(base), "base_relative": os.path.relpath(base, out_dir.resolve())}
+    (out_dir / SPEC_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def _base_dir(record: dict, spec_file: Path) -> str:
+    """The base encoder of a saved spec from any working directory: relative to the spec file first,
+    then the absolute path (a spec of an older mdist has only the path as typed)."""
+    candidates = [spec_file.parent / record.pop("base_relative")] if "base_relative" in record else []
+    candidates.append(Path(record["base"]))
+    found = next((path for path in candidates if path.is_dir()), None)
+    if found is None:
+        raise FileNotFoundError(f"{spec_file}: base model directory not found (tried {', '.join(repr(str(p)) for p in candidates)})")
+    return str(found.resolve())
 
 
 def read_spec(model_dir: Path) -> ModelSpec:
@@ -143,8 +160,10 @@ def read_spec(model_dir: Path) -> ModelSpec:
         if problem:
             raise FileNotFoundError(f"'{path}' {problem} (is '{model_dir}' a task model saved by 'mdist finetune --save-model'?)")
     try:
-        spec = ModelSpec(**json.loads(spec_file.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+        record = json.loads(spec_file.read_text(encoding="utf-8"))
+        base = _base_dir(record, spec_file)  # takes base_relative out of the record
+        spec = ModelSpec(**{**record, "base": base})
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as err:
         raise DataError(f"{spec_file}: not a task model spec (was '{model_dir}' written by 'mdist finetune --save-model'?): {err}") from None
     problems = [f"{key} is not {kind.__name__}" for key, kind in SPEC_TYPES.items() if type(getattr(spec, key)) is not kind]
     if not problems:

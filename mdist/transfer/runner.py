@@ -3,13 +3,13 @@ language (zero-shot), then optionally continue on k target examples (few-shot) p
 
 Settings default to the thesis's table 4.2 and §4.2.2–4.2.3: zero-shot batch 64, AdamW, lr 2e-5
 (full / SFT) or 1e-4 (parameter-efficient), weight decay 0.05, 10 % linear warm-up, 10 / 20 / 20
-epochs (XNLI / NER / XCOPA); few-shot batch 32, lr 2e-5, 50 epochs. Writes `result.json` (and with
-`save_model` the evaluated task model) to the output directory.
+epochs (XNLI / NER / XCOPA); few-shot batch 32, lr 2e-5, 50 epochs. Writes to the output directory,
+in the order `mdist.transfer.outputs` gives: with `save_model` the evaluated task model and one per k,
+then `result.json`.
 """
 from __future__ import annotations
 
 import copy
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,12 +24,12 @@ from mdist.evaluation.encode import max_tokens
 from mdist.transfer import HEAD_KINDS, SCHEDULES, SUB_TOKEN_LABELS, TASK_TEACHER_LOSSES
 from mdist.transfer.mlm import MaskedLMLoss
 from mdist.transfer.model import ModelSpec, TaskModel, build_task_model, load_task_model, save_task_model
+from mdist.transfer.outputs import RESULT_FILE, clear_earlier, input_record, model_dir_name, write_result
 from mdist.transfer.shots import nested_shots
 from mdist.transfer.strategies import TransferStrategy, get_strategy
 from mdist.transfer.tasks import NER, Task, get_task
 from mdist.transfer.train import FitSettings, fit, predict
 
-RESULT_FILE = "result.json"
 FULL_LR, EFFICIENT_LR = 2e-5, 1e-4
 TRAIN_SCORE_LIMIT = 1000  # training examples re-scored to show that the task was learnt
 CUT_WARNING_SHARE = 0.05  # more than this share of a set's examples cut to the length limit is said in a warning line
@@ -100,8 +100,8 @@ class TransferConfig:
             raise ConfigError(f"--max-length {self.max_length} leaves {task.name} inputs no text: {task.special_tokens} special tokens plus at least one token, --max-length >= {task.min_length}")
         if not 0 <= self.weight_decay < 1 or not 0 <= self.warmup <= 1:
             raise ConfigError("--weight-decay must be in [0, 1) and --warmup in [0, 1]")
-        if any(k < 1 for k in self.shots):
-            raise ConfigError(f"--shots must be positive counts, got {self.shots}")
+        if any(k < 1 for k in self.shots) or len(set(self.shots)) != len(self.shots):
+            raise ConfigError(f"--shots must be different positive counts, got {self.shots}")
         if self.shots and self.shots_file is None:
             raise ConfigError("--shots needs --shots-file (labelled target-language examples)")
         for key, known in (("head", HEAD_KINDS), ("ner_labels", SUB_TOKEN_LABELS), ("few_shot_schedule", SCHEDULES), ("task_teacher_loss", TASK_TEACHER_LOSSES)):
@@ -269,7 +269,12 @@ def run_transfer(cfg: TransferConfig) -> dict:
     train_score = _score(task, train_model, score_examples, features[:TRAIN_SCORE_LIMIT], train_tokenizer, cfg, f"score {cfg.src_lang} train")
     zero_shot = _score(task, models.evaluated, eval_examples, eval_features, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang}")
 
-    few_shot = {}
+    clear_earlier(cfg.out)  # an earlier result, or an unfinished run's models, never sits beside this run's
+    spec = ModelSpec(cfg.task, str(cfg.src_model if strategy.evaluates == "src" else cfg.trg_model), strategy.extra_layers, strategy.adapters, cfg.head)
+    saved = {}
+    if cfg.save_model:
+        saved["zero_shot"] = save_task_model(models.evaluated, spec, cfg.out / model_dir_name()).name
+    few_shot, saved_few_shot = {}, {}
     shot_indices = nested_shots(shot_pool, cfg.shots, cfg.seed)
     shot_settings = FitSettings(cfg.few_shot_epochs, cfg.few_shot_batch_size, cfg.few_shot_lr, cfg.weight_decay, cfg.warmup, seed=cfg.seed,
                                 schedule=cfg.few_shot_schedule)
@@ -280,7 +285,11 @@ def run_transfer(cfg: TransferConfig) -> dict:
         shot_features, cut["few_shot"][str(k)] = encode_counting_cuts(task, shots, eval_tokenizer, limit, f"{k}-shot")
         shot_fit = fit([model], task, shot_features, eval_tokenizer.pad_token_id, shot_settings, cfg.device, f"{cfg.task} {k}-shot")
         few_shot[str(k)] = {**_score(task, model, eval_examples, eval_features, eval_tokenizer, cfg, f"evaluate {cfg.trg_lang} {k}-shot"), "fit": shot_fit}
+        if cfg.save_model:
+            saved_few_shot[str(k)] = save_task_model(model, spec, cfg.out / model_dir_name(k)).name
         del model
+    if cfg.save_model:
+        saved["few_shot"] = saved_few_shot
 
     result = {
         "task": cfg.task,
@@ -289,8 +298,8 @@ def run_transfer(cfg: TransferConfig) -> dict:
         "label": cfg.label,
         "src": cfg.src_lang,
         "trg": cfg.trg_lang,
-        "models": {"src": str(cfg.src_model), "trg": str(cfg.trg_model), "evaluated": strategy.evaluates},
-        "distillation_run": str(cfg.distillation_run) if cfg.distillation_run else None,
+        "models": {"src": _absolute(cfg.src_model), "trg": _absolute(cfg.trg_model), "evaluated": strategy.evaluates},
+        "distillation_run": _absolute(cfg.distillation_run),
         "zero_shot": zero_shot,
         "train": train_score,
         "few_shot": few_shot,
@@ -299,18 +308,28 @@ def run_transfer(cfg: TransferConfig) -> dict:
         "moved_parameters": moved,
         "truncated": cut,
         "settings": {**asdict(settings), "max_length": limit, "train_examples": len(train_examples), "eval_examples": len(eval_examples),
-                     "few_shot": {**asdict(shot_settings), "drawn": shot_indices[max(cfg.shots)]} if cfg.shots else None,  # k-shot: the first k drawn
+                     "train_limit": cfg.train_limit, "eval_limit": cfg.eval_limit,
+                     "few_shot": {"shots": cfg.shots, **asdict(shot_settings), "drawn": shot_indices[max(cfg.shots)]} if cfg.shots else None,  # k-shot: the first k drawn
                      "head": cfg.head if task.head != "token" else "linear", "ner_labels": cfg.ner_labels if cfg.task == "ner" else None,
-                     "task_teacher": str(cfg.task_teacher) if cfg.task_teacher else None,
-                     "task_teacher_loss": cfg.task_teacher_loss if cfg.task_teacher else None, "device": cfg.device},
+                     "task_teacher": _absolute(cfg.task_teacher), "task_teacher_loss": cfg.task_teacher_loss if cfg.task_teacher else None,
+                     "device": cfg.device},
+        "inputs": {
+            "train": input_record(cfg.train, len(train_examples)), "train_labels": input_record(task.labels_file(cfg.train, cfg.train_labels)),
+            "eval": input_record(cfg.eval, len(eval_examples)), "eval_labels": input_record(task.labels_file(cfg.eval, cfg.eval_labels)),
+            "shots": input_record(cfg.shots_file, len(shot_pool)) if cfg.shots else None,
+            "shots_labels": input_record(task.labels_file(cfg.shots_file, cfg.shots_labels)) if cfg.shots else None,
+        },
+        "saved_models": saved or None,  # directories relative to this file
         "seconds": round(time.perf_counter() - started, 1),
     }
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    (cfg.out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    if cfg.save_model:
-        save_task_model(models.evaluated, ModelSpec(cfg.task, str(cfg.src_model if strategy.evaluates == "src" else cfg.trg_model), strategy.extra_layers, strategy.adapters, cfg.head), cfg.out / "model")
+    write_result(cfg.out, result)
     log_result(result, cfg)
     return result
+
+
+def _absolute(path: Path | None) -> str | None:
+    """Paths in result.json are absolute: the result still names its inputs after it is moved."""
+    return str(Path(path).resolve()) if path is not None else None
 
 
 def log_result(result: dict, cfg: TransferConfig) -> None:

@@ -64,6 +64,10 @@ class Task(ABC):
     def read(self, path: Path, labels_path: Path | None = None) -> list:
         """Examples of a data file; DataError naming file and line on anything malformed."""
 
+    def labels_file(self, path: Path, labels_path: Path | None = None) -> Path | None:
+        """The separate labels file that `read(path, labels_path)` reads, if any (provenance)."""
+        return labels_path
+
     @abstractmethod
     def encode(self, examples: list, tokenizer, max_length: int) -> list[dict]:
         """One feature (token ids, label, and `truncated`: whether anything was cut) per example, at most

@@ -71,11 +71,20 @@ class XCOPA(Task):
         records = require_examples(path, read_jsonl(path))
         first_line, first = records[0]
         if "context" in first:
-            return self._read_siqa(path, records, Path(labels_path) if labels_path else path.with_name(f"{path.stem}-labels.lst"))
+            return self._read_siqa(path, records, self.siqa_labels(path, labels_path))
         if "premise" in first:
             self.no_labels_file(labels_path)
             return self._read_copa(path, records)
         raise DataError(f"{path}:{first_line}: neither a Social IQa record (context, ...) nor a COPA record (premise, ...)")
+
+    @staticmethod
+    def siqa_labels(path: Path, labels_path: Path | None = None) -> Path:
+        """The labels file of a Social IQa file: `labels_path`, else the sibling `<stem>-labels.lst`."""
+        return Path(labels_path) if labels_path else Path(path).with_name(f"{Path(path).stem}-labels.lst")
+
+    def labels_file(self, path: Path, labels_path: Path | None = None) -> Path | None:
+        labels = self.siqa_labels(path, labels_path)
+        return labels if labels_path or labels.is_file() else None
 
     def _read_siqa(self, path: Path, records: list[tuple[int, dict]], labels_path: Path) -> list[ChoiceExample]:
         labels = []
