@@ -7,8 +7,9 @@ an external parameter of the MLM head):
 
   teacher      replicated: T·w               ZeRO-3: T·w/W + V·D·w
   params       stage 0-2:  P·w               stage 3: P·w/W + V·D'·w
-  gradients    stage 0:    P·g               stage 1-3: P·g/W  (stage 1 reduces into partitions too)
-  optimiser    stage 0:    P·8               stage 1-3: P·(8 + master)/W; 0 with the optimiser offloaded
+  gradients    stage 0:    P·g (+ P·4 bf16)  stage 1-3: P·g/W  (stage 1 reduces into partitions too)
+  optimiser    stage 0:    P·8 (+ P·4 bf16)  stage 1-3: P·(8 + master)/W; 0 with the optimiser offloaded
+               (bf16 at stage 0: DeepSpeed's BF16_Optimizer keeps fp32 master weights and gradients)
   teacher outputs   kept for the whole step: every language × every micro-batch of it (sequential
                update) or one micro-batch of every language (joint), each (3·layers + 1)·B·L·D·a
                (hidden states of every layer, Q and K of every layer)
@@ -170,9 +171,10 @@ def states(work: Workload, layout: Layout, world: int, gpu: bool) -> dict[str, f
     head = work.students.shape(teacher).head_matrix
     out = {"teacher": (teacher.params * w / world + teacher.head_matrix * w) if layout.teacher_zero3 else teacher.params * w}
     out["params"] = (P * w / world + head * w) if layout.zero_stage == 3 else P * w
-    out["grads"] = P * g / world if layout.zero_stage >= 1 else P * g
+    bf16_stage0 = gpu and layout.zero_stage == 0  # DeepSpeed's BF16_Optimizer: fp32 master weights and gradients beside the bf16 ones
+    out["grads"] = P * g / world if layout.zero_stage >= 1 else P * (g + (4 if bf16_stage0 else 0))
     master = 4 if (gpu or layout.zero_stage >= 1) else 0
-    optimizer = P * 8 if layout.zero_stage == 0 else P * (8 + master) / world
+    optimizer = P * (8 + (4 if bf16_stage0 else 0)) if layout.zero_stage == 0 else P * (8 + master) / world
     out["optimizer"] = 0.0 if layout.offload_optimizer else optimizer
     return out
 

@@ -80,7 +80,8 @@ class Plan:
         else:
             if self.fitting != self.configured:
                 lines.append("would fit         " + describe(self.fitting) + ": " + " ".join(settings(self.fitting)))
-            lines.append(f"expected          {self.tokens_per_s:,.0f} tokens/s on {self.gpus} GPU(s) ({MFU_SOURCE}; upper bound with ZeRO-3 or offload)")
+            bound = "; an upper bound with ZeRO-3 or offload" if self.fitting.teacher_zero3 or self.fitting.zero_stage == 3 or self.fitting.offload_optimizer else ""
+            lines.append(f"expected          {self.tokens_per_s:,.0f} tokens/s on {self.gpus} GPU(s) ({MFU_SOURCE}{bound})")
         return "\n".join(lines)
 
 
@@ -116,30 +117,30 @@ def _allowed(cfg: RunConfig, layout: Layout) -> bool:
     return True
 
 
-def candidates(cfg: RunConfig):
-    """Layouts in the order tried (module docstring)."""
+def candidates(cfg: RunConfig, offload: bool = True):
+    """Layouts in the order tried (module docstring); `offload` False: none that offloads the optimiser."""
     own = configured_layout(cfg)
     micro, accum = own.micro_batch, own.grad_accum
     while micro >= 1:
         if micro == own.micro_batch:
             yield own
-        for stage, teacher_zero3, offload in ORDER:
-            layout = Layout(stage, teacher_zero3, offload, micro, accum)
-            if layout != own and _allowed(cfg, layout):
+        for stage, teacher_zero3, offloaded in ORDER:
+            layout = Layout(stage, teacher_zero3, offloaded, micro, accum)
+            if layout != own and _allowed(cfg, layout) and (offload or not layout.offload_optimizer):
                 yield layout
         if micro % 2:
             break
         micro, accum = micro // 2, accum * 2
 
 
-def plan(cfg: RunConfig, teacher: Shape, gpus: int, gpu_mem_gib: float, gpu: bool = True, students: int | None = None) -> Plan:
+def plan(cfg: RunConfig, teacher: Shape, gpus: int, gpu_mem_gib: float, gpu: bool = True, students: int | None = None, offload: bool = True) -> Plan:
     """The configured layout's bytes per rank and the first layout that fits `gpus` × `gpu_mem_gib`
     (`gpu`: bf16 on GPUs; False: fp32 on CPU ranks). `students`: plan for that many one-language students
-    instead of the recipe's group (how many fit)."""
+    instead of the recipe's group (how many fit); `offload` False: no layout that offloads the optimiser."""
     work = workload(cfg, teacher, students)
     own = configured_layout(cfg)
     result = Plan(gpus, gpu_mem_gib, gpu, work, own, per_rank(work, own, gpus, gpu), None, None)
-    for layout in candidates(cfg):
+    for layout in candidates(cfg, offload):
         need = per_rank(work, layout, gpus, gpu)
         if need["total"] <= result.budget:
             return dataclasses.replace(result, fitting=layout, fitting_bytes=need)
@@ -205,3 +206,53 @@ def check_run_fits(cfg: RunConfig, teacher_config: dict, world: int) -> None:
     line = refusal(plan(cfg, shape_from_config(teacher_config), world, *budget))
     if line:
         raise ConfigError(line)
+
+
+def teacher_of(cfg: RunConfig) -> Shape:
+    """The teacher's shape without loading it: tiny-random's, its directory's config.json, or the published size
+    its path names."""
+    from mdist.config import TINY_RANDOM, tiny_teacher_shape
+    from mdist.memory import XLMR, shape_from_config, teacher_shape_at
+
+    if cfg.teacher.path == TINY_RANDOM:
+        return shape_from_config(tiny_teacher_shape(cfg.teacher.tiny))
+    shape = teacher_shape_at(cfg.teacher.path)
+    if shape is None:
+        raise ConfigError(f"config key 'teacher.path': '{cfg.teacher.path}' has no config.json and names no published XLM-R size ({', '.join(XLMR)})")
+    return shape
+
+
+def plan_recipe(recipe: str, overrides: list[str], gpus: int, gpu_mem_gib: float) -> Plan:
+    from mdist.config import load_run_config
+
+    cfg = load_run_config(recipe, overrides, check_paths=False)
+    return plan(cfg, teacher_of(cfg), gpus, gpu_mem_gib)
+
+
+README_RECIPES = ("xlmr-base-monoshot", "xlmr-base-wide-students", "xlmr-large-monoshot", "xlmr-xl-monoshot", "xlmr-xxl-monoshot")
+GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def readme_table(gpu_mem_gib: float = 80.0) -> str:
+    """Markdown: for each size's recipe, the fewest GPUs (of GPU_COUNTS) it fits on with the optimiser on the
+    GPU, the layout found there, how many one-language students that layout holds, the expected tokens/s;
+    and the fewest GPUs with the optimiser offloaded to CPU memory (slower: CPU Adam)."""
+    from mdist.config import load_run_config
+
+    rows = ["| recipe | teacher | students | GPUs needed | layout | micro-batch × accumulation | students per run | expected tokens/s | GPUs with optimiser offload |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for recipe in README_RECIPES:
+        cfg = load_run_config(recipe, check_paths=False)
+        teacher = teacher_of(cfg)
+        found = next((p for p in (plan(cfg, teacher, n, gpu_mem_gib, offload=False) for n in GPU_COUNTS) if p.fitting is not None), None)
+        offloaded = next((n for n in GPU_COUNTS if plan(cfg, teacher, n, gpu_mem_gib).fitting is not None), f"> {GPU_COUNTS[-1]}")
+        student = workload(cfg, teacher).students
+        size = f"{student.count} × {student.layers} layers × {student.shape(teacher).hidden}"
+        if found is None:
+            rows.append(f"| {recipe} | {teacher.params / 1e9:.2f} B | {size} | > {GPU_COUNTS[-1]} | - | - | - | - | {offloaded} |")
+            continue
+        f = found.fitting
+        layout = f"students ZeRO {f.zero_stage}, teacher {'ZeRO-3' if f.teacher_zero3 else 'replicated'}"
+        rows.append(f"| {recipe} | {teacher.params / 1e9:.2f} B | {size} | {found.gpus} | {layout} | {f.micro_batch} × {f.grad_accum} | "
+                    f"{most_students(cfg, teacher, found.gpus, gpu_mem_gib, f)} | {found.tokens_per_s:,.0f} | {offloaded} |")
+    return "\n".join(rows)
