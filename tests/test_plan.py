@@ -137,3 +137,26 @@ def test_readme_table_is_what_mdist_plan_prints_now(capsys):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("### How many GPUs a run needs", 1)[1].split("\n#", 1)[0]
     assert table in section, "README's table differs from `mdist plan --table`: paste the command's output"
+
+
+@pytest.mark.parametrize("recipe", ["xlmr-base-wide-students", "xlmr-large-monoshot", "xlmr-xl-monoshot", "xlmr-xxl-monoshot"])
+def test_scaled_recipes_pass_the_checks_against_their_teachers(recipe):
+    """Student depth, width and init against the published teacher each recipe names (no teacher files needed)."""
+    from mdist.config import check_against_teacher
+
+    cfg = load_run_config(recipe, check_paths=False)
+    t = teacher_of(cfg)
+    check_against_teacher(cfg, {"num_hidden_layers": t.layers, "hidden_size": t.hidden, "num_attention_heads": t.heads, "max_position_embeddings": t.positions, "pad_token_id": 1})
+    assert cfg.students.layers == t.layers // 2 or cfg.students.hidden == 2 * t.hidden
+
+
+def test_distill_refusal_says_by_how_much_and_what_fits():
+    from mdist.plan import refusal
+
+    cfg = load_run_config("xlmr-xl-monoshot", ["deepspeed.zero_stage=0", "teacher.zero3=false"], check_paths=False)
+    result = plan(cfg, teacher_of(cfg), 8, 80)
+    need = result.configured_bytes["total"] / GIB
+    line = refusal(result)
+    assert line.startswith(f"the run needs {need:,.2f} GiB per rank, {need - 72:,.2f} GiB more than the 72.00 GiB budget of each of 8 rank(s) (largest part: optimizer")
+    assert line.endswith("; would fit: --set deepspeed.zero_stage=1 --set teacher.zero3=false --set deepspeed.offload_optimizer=false --set train.batch_size=8 --set train.grad_accum=2")
+    assert refusal(plan(cfg, teacher_of(cfg), 8, 200)) is None
