@@ -60,7 +60,7 @@ def test_student_group_parameters_are_the_real_groups(tiny_teacher_dir, hidden):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_activation_bytes_are_what_autograd_saves_on_the_cpu(family):
     """A training forward's saved tensors, counted by storage with saved-tensor hooks (what backward holds),
-    per layer and token: the 3-layer model minus the 1-layer one, within 10 % of the model's constant."""
+    per layer and token: the 3-layer model minus the 1-layer one, within 4 % of the model's constant."""
     batch, length = 4, 48
 
     def saved_bytes(layers: int) -> int:
@@ -82,7 +82,7 @@ def test_activation_bytes_are_what_autograd_saves_on_the_cpu(family):
 
     measured = (saved_bytes(3) - saved_bytes(1)) / 2 / (batch * length)
     modelled = activation_bytes_per_token_layer(Shape(300, 64, 256, 4, 1), length, gpu=False)
-    assert abs(measured / modelled - 1) < 0.10, (measured, modelled)
+    assert abs(measured / modelled - 1) < 0.04, (measured, modelled)  # today 1.002 (XLM-R), 0.965 (XL)
 
 
 def test_xl_recipe_by_hand():
