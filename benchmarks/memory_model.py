@@ -5,6 +5,9 @@
     python benchmarks/memory_model.py --no-measure
 
 The model is mdist.memory (the one `mdist plan` and `mdist distill` use; its docstring has the formulas).
+Measured per rank: the storage of every tensor of each state category after two steps, and what autograd
+saves for one student's backward (saved-tensor hooks around its forward and loss) against the model's
+activations + loss terms + logits at that micro-batch.
 The measured check runs the `tiny` recipe (scaled up a little) on 2 CPU ranks over gloo at each
 stage, sums the storage of every tensor in each category on each rank after two steps, and
 prints model vs measured.
@@ -81,8 +84,17 @@ def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
     lang, batch = next(iter(source.next_batches().items()))
     student = group.student_for(lang)[0]
     set_active_students(optimizer, [student])
-    out = engine(student, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL)
-    loss, _ = loss_fn(out, teacher_outputs(teacher, {lang: batch})[lang], batch.attention_mask_BL, batch.labels_BL)
+    target = teacher_outputs(teacher, {lang: batch})[lang]
+    storages: dict[int, int] = {}
+
+    def pack(t):  # what autograd keeps for the backward: the student's activations and the loss's, not its weights
+        if not isinstance(t, torch.nn.Parameter):  # (ZeRO-3 saves the parameter, whose gathered data it frees after use)
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = engine(student, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL)
+        loss, _ = loss_fn(out, target, batch.attention_mask_BL, batch.labels_BL)
     engine.backward(loss)
 
     def held(p):  # what this rank holds of a parameter: its ZeRO-3 shard, plus the full tensor if gathered
@@ -116,13 +128,18 @@ def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
         masters += list(getattr(zero, name, []) or [])
     measured["optimizer"] = _storage_bytes(states + masters, seen)
     measured["total"] = sum(measured.values())
-    from mdist.memory import Layout, Students, Workload, shape_from_config, states
+    weights = {t.untyped_storage().data_ptr() for p in list(group.parameters()) + list(teacher.parameters()) for t in held(p)}
+    saved = sum(n for ptr, n in storages.items() if ptr not in weights)
+    from mdist.memory import LOGIT_BYTES_TORCH, Layout, loss_terms, shape_from_config, states, student_activations
+    from mdist.plan import workload
 
-    work = Workload(shape_from_config(teacher.config.to_dict()), Students(len(group.students), cfg.students.layers), cfg.train.seq_len, len(cfg.languages))
+    work = workload(cfg, shape_from_config(teacher.config.to_dict()))
     model = states(work, Layout(stage, teacher_zero3, False, 2, 1), world, gpu=False)
     whole_teacher = sum(getattr(p, "ds_numel", p.numel()) for p in teacher.parameters()) * 4  # fp32 bytes of all of it
     result = {"rank": rank, "world": world, "stage": stage, "teacher_zero3": teacher_zero3, "measured": measured, "whole_teacher_bytes": whole_teacher,
-              "model": {**model, "total": sum(model.values())}}
+              "model": {**model, "total": sum(model.values())},
+              # one student's saved forward at this micro-batch: activations, loss terms, the vocabulary logits (PyTorch ops)
+              "saved": {"measured": saved, "model": student_activations(work, 2, gpu=False) + loss_terms(work, 2) + len(batch.masked_N) * LOGIT_BYTES_TORCH * work.teacher.vocab}}
     del keep
     shutdown_distributed()
     return result
@@ -196,6 +213,8 @@ def main() -> None:
         for cat in ("teacher", "params", "grads", "optimizer", "total"):
             model, meas = r["model"][cat], r["measured"][cat]
             table.append([stamp, device_name("cpu"), commit, r["world"], r["stage"], "yes" if r["teacher_zero3"] else "no", cat, f"{model:,.0f}", f"{meas:,.0f}", f"{meas / model:.3f}" if model else "-"])
+        model, meas = r["saved"]["model"], r["saved"]["measured"]
+        table.append([stamp, device_name("cpu"), commit, r["world"], r["stage"], "yes" if r["teacher_zero3"] else "no", "saved for backward (activations, loss terms, logits)", f"{model:,.0f}", f"{meas:,.0f}", f"{meas / model:.3f}"])
     print()
     print(markdown_header(mheader))
     for row in table:

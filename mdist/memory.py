@@ -16,6 +16,8 @@ an external parameter of the MLM head):
   activations  one student's forward/backward (sequential; every student of the micro-batch when joint):
                per token and layer a·(9.5·D' + 2·F') + 2·D' (dropout masks), and on the CPU, whose SDPA
                saves the attention probabilities, 12·H·L more; the teacher's working layer, B·L·(F + 3D)·a
+  loss terms   the hidden-state and attention terms (fp32): 12 bytes per element of each hidden pair, and with
+               the PyTorch ops 4 per attention score B·H·L² of each attention pair (the fused kernel keeps none)
   logits       the vocabulary loss at masked positions (15 % of B·L): 32 bytes per position × V with the
                PyTorch ops, 188 KB per position with the fused chunked kernel (loss.kernels: triton)
   buffers      DeepSpeed's reduce buckets (stage 0-2: 2·min(5e7, P)·g), ZeRO-3's prefetch bucket and
@@ -159,9 +161,11 @@ class Workload:
     languages: int
     joint: bool = False
     fused_logits: bool = False
+    hidden_pairs: int = 0  # (student, teacher) hidden states the loss compares (embeddings included)
+    attention_pairs: int = 0  # attention-score pairs (the PyTorch op builds B·H·L² scores for each)
 
 
-PARTS = ("teacher", "params", "grads", "optimizer", "teacher outputs", "activations", "logits", "buffers")
+PARTS = ("teacher", "params", "grads", "optimizer", "teacher outputs", "activations", "loss terms", "logits", "buffers")
 
 
 def states(work: Workload, layout: Layout, world: int, gpu: bool) -> dict[str, float]:
@@ -186,6 +190,20 @@ def activation_bytes_per_token_layer(s: Shape, seq_len: int, gpu: bool) -> float
     return a * (9.5 * s.hidden + 2 * s.ffn) + 2 * s.hidden + scores
 
 
+def student_activations(work: Workload, micro_batch: int, gpu: bool) -> float:
+    """What one student's forward saves for its backward, at `micro_batch` sequences."""
+    student = work.students.shape(work.teacher)
+    return micro_batch * work.seq_len * student.layers * activation_bytes_per_token_layer(student, work.seq_len, gpu)
+
+
+def loss_terms(work: Workload, micro_batch: int) -> float:
+    """What the hidden-state and attention loss terms save for the backward (fp32): 12 bytes per element of
+    each hidden pair at the teacher's width, and with the PyTorch ops 4 per attention score of each pair."""
+    tokens = micro_batch * work.seq_len
+    scores = 0 if work.fused_logits else work.attention_pairs * micro_batch * work.teacher.heads * work.seq_len**2 * 4
+    return work.hidden_pairs * tokens * work.teacher.hidden * 12 + scores
+
+
 def per_rank(work: Workload, layout: Layout, world: int, gpu: bool = True) -> dict[str, float]:
     """Modelled bytes per rank, by part (PARTS), and their total."""
     out = states(work, layout, world, gpu)
@@ -195,9 +213,9 @@ def per_rank(work: Workload, layout: Layout, world: int, gpu: bool = True) -> di
     kept_micro = work.languages if work.joint else work.languages * layout.grad_accum
     out["teacher outputs"] = kept_micro * (3 * teacher.layers + 1) * tokens * teacher.hidden * a
     running = work.languages if work.joint else 1  # students whose graphs are alive at once
-    student_graph = tokens * student.layers * activation_bytes_per_token_layer(student, work.seq_len, gpu)
     teacher_layer = tokens * (teacher.ffn + 3 * teacher.hidden) * a + (0 if gpu else layout.micro_batch * teacher.heads * work.seq_len**2 * 4)
-    out["activations"] = running * student_graph + teacher_layer
+    out["activations"] = running * student_activations(work, layout.micro_batch, gpu) + teacher_layer
+    out["loss terms"] = running * loss_terms(work, layout.micro_batch)
     masked = MASKED_FRACTION * tokens
     out["logits"] = running * masked * (LOGIT_BYTES_FUSED if work.fused_logits else LOGIT_BYTES_TORCH * teacher.vocab)
     P = work.students.params(teacher)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from mdist.config import RunConfig, check_zero_settings
 from mdist.errors import ConfigError
 from mdist.memory import GIB, PARTS, Layout, Shape, Students, Workload, per_rank
+from mdist.strategies import STRATEGIES, layer_mapping
 
 HEADROOM = 0.1
 PEAK_FLOPS = 989e12
@@ -100,7 +101,10 @@ def workload(cfg: RunConfig, teacher: Shape, students: int | None = None) -> Wor
     s = cfg.students
     group = Students(len(s.groups) if students is None else students, s.layers, s.hidden, s.share_embeddings, s.tie_head)
     languages = len(cfg.languages) if students is None else max(students, len(cfg.languages))
-    return Workload(teacher, group, cfg.train.seq_len, languages, cfg.train.update == "joint", cfg.loss.kernels == "triton")
+    spec = STRATEGIES[cfg.strategy]
+    pairs = len(layer_mapping(cfg.loss.mapping or spec.mapping, s.layers, teacher.layers))
+    return Workload(teacher, group, cfg.train.seq_len, languages, cfg.train.update == "joint", cfg.loss.kernels == "triton",
+                    hidden_pairs=(pairs if "hid" in spec.terms else 0) + ("emb" in spec.terms), attention_pairs=pairs if "att" in spec.terms else 0)
 
 
 def configured_layout(cfg: RunConfig) -> Layout:
