@@ -4,7 +4,7 @@ and micro-batch that fit, and the expected tokens/s. Used by `mdist plan` and, f
 Layouts are tried in order of cost: at the configured micro-batch first, the run's own layout, then
 student ZeRO 0, 1, 2, 2 with a ZeRO-3 teacher, 3 with a ZeRO-3 teacher, and that with the optimiser
 offloaded to CPU memory; then the same at half the micro-batch (accumulation doubled, so the global batch
-stays), down to 1. Layouts the config forbids (lamb needs stage 0, compile and the fused encoder no stage
+stays), while the micro-batch halves evenly, down to 1. Layouts the config forbids (lamb needs stage 0, compile and the fused encoder no stage
 3, adamw_fused no offload) are skipped. Of a GPU's memory HEADROOM is held back for the allocator's
 fragmentation.
 
@@ -17,6 +17,7 @@ gathers and offload lower it, so for those layouts the figure is an upper bound.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from mdist.config import RunConfig, check_zero_settings
@@ -46,7 +47,7 @@ class Plan:
 
     @property
     def budget(self) -> float:
-        return self.gpu_mem_gib * GIB * ((1 - HEADROOM) if self.gpu else 1)
+        return budget_bytes(self.gpu_mem_gib, self.gpu)
 
     @property
     def fits_as_configured(self) -> bool:
@@ -61,10 +62,10 @@ class Plan:
         out = {"gpus": self.gpus, "gpu_mem_gib": self.gpu_mem_gib, "fits": self.fitting is not None, "fits_as_configured": self.fits_as_configured,
                "teacher_params": self.work.teacher.params, "student_params": self.work.students.params(self.work.teacher)}
         for part, value in self.configured_bytes.items():
-            out[f"configured.{part}_gib"] = round(value / GIB, 3)
+            out[f"configured.{part.replace(' ', '_')}_gib"] = round(value / GIB, 3)
         if self.fitting is not None:
             out.update({f"fit.{k}": v for k, v in dataclasses.asdict(self.fitting).items()})
-            out.update({f"fit.{part}_gib": round(value / GIB, 3) for part, value in self.fitting_bytes.items()})
+            out.update({f"fit.{part.replace(' ', '_')}_gib": round(value / GIB, 3) for part, value in self.fitting_bytes.items()})
             out["tokens_per_s"] = round(self.tokens_per_s)
         return out
 
@@ -86,6 +87,11 @@ class Plan:
         return "\n".join(lines)
 
 
+def budget_bytes(gpu_mem_gib: float, gpu: bool = True) -> float:
+    """Bytes a rank may plan for: a GPU's memory less HEADROOM; a CPU rank's stated budget whole."""
+    return gpu_mem_gib * GIB * ((1 - HEADROOM) if gpu else 1)
+
+
 def describe(layout: Layout) -> str:
     return (f"students ZeRO {layout.zero_stage}, teacher {'ZeRO-3' if layout.teacher_zero3 else 'replicated'}, "
             f"optimiser {'offloaded' if layout.offload_optimizer else 'on GPU'}, micro-batch {layout.micro_batch} × accumulation {layout.grad_accum}")
@@ -98,6 +104,7 @@ def settings(layout: Layout) -> list[str]:
 
 
 def workload(cfg: RunConfig, teacher: Shape, students: int | None = None) -> Workload:
+    """What a step of `cfg` computes; `students`: that many one-language students instead of the recipe's group."""
     s = cfg.students
     group = Students(len(s.groups) if students is None else students, s.layers, s.hidden, s.share_embeddings, s.tie_head)
     languages = len(cfg.languages) if students is None else max(students, len(cfg.languages))
@@ -137,11 +144,10 @@ def candidates(cfg: RunConfig, offload: bool = True):
         micro, accum = micro // 2, accum * 2
 
 
-def plan(cfg: RunConfig, teacher: Shape, gpus: int, gpu_mem_gib: float, gpu: bool = True, students: int | None = None, offload: bool = True) -> Plan:
+def plan(cfg: RunConfig, teacher: Shape, gpus: int, gpu_mem_gib: float, gpu: bool = True, offload: bool = True) -> Plan:
     """The configured layout's bytes per rank and the first layout that fits `gpus` × `gpu_mem_gib`
-    (`gpu`: bf16 on GPUs; False: fp32 on CPU ranks). `students`: plan for that many one-language students
-    instead of the recipe's group (how many fit); `offload` False: no layout that offloads the optimiser."""
-    work = workload(cfg, teacher, students)
+    (`gpu`: bf16 on GPUs; False: fp32 on CPU ranks); `offload` False: no layout that offloads the optimiser."""
+    work = workload(cfg, teacher)
     own = configured_layout(cfg)
     result = Plan(gpus, gpu_mem_gib, gpu, work, own, per_rank(work, own, gpus, gpu), None, None)
     for layout in candidates(cfg, offload):
@@ -163,7 +169,7 @@ def expected_tokens_per_s(work: Workload, micro_batch: int, gpus: int) -> float:
 def most_students(cfg: RunConfig, teacher: Shape, gpus: int, gpu_mem_gib: float, layout: Layout, limit: int = 4096) -> int:
     """How many one-language students fit in `layout` (0 if not even one)."""
     def fits(n: int) -> bool:
-        return per_rank(workload(cfg, teacher, n), layout, gpus)["total"] <= gpu_mem_gib * GIB * (1 - HEADROOM)
+        return per_rank(workload(cfg, teacher, n), layout, gpus)["total"] <= budget_bytes(gpu_mem_gib)
 
     low, high = 0, limit
     while low < high:
@@ -188,8 +194,6 @@ def refusal(result: Plan) -> str | None:
 def memory_budget(cfg: RunConfig) -> tuple[float, bool] | None:
     """(GiB per rank, on a GPU) that `mdist distill` plans against: `dist.memory_gib` where the config states
     it, else this rank's GPU; None on CPU ranks without a stated budget (no check)."""
-    import os
-
     import torch  # noqa: PLC0415 (loaded by the run by then)
 
     gpu = torch.cuda.is_available()
