@@ -155,6 +155,9 @@ def test_distill_refusal_says_by_how_much_and_what_fits():
 
     cfg = load_run_config("xlmr-xl-monoshot", ["deepspeed.zero_stage=0", "teacher.zero3=false"], check_paths=False)
     result = plan(cfg, teacher_of(cfg), 8, 80)
+    P = result.work.students.params(result.work.teacher)
+    # bf16 at ZeRO 0: DeepSpeed's BF16_Optimizer adds fp32 master weights and gradients to Adam's m and v
+    assert (result.configured_bytes["grads"], result.configured_bytes["optimizer"]) == (P * (2 + 4), P * (8 + 4))
     need = result.configured_bytes["total"] / GIB
     line = refusal(result)
     assert line.startswith(f"the run needs {need:,.2f} GiB per rank, {need - 72:,.2f} GiB more than the 72.00 GiB budget of each of 8 rank(s) (largest part: optimizer")
