@@ -1,24 +1,13 @@
-"""Per-rank memory of an mdist run: teacher, student group, gradients, optimiser states, by ZeRO stage.
+"""Per-rank memory of an mdist run, checked against real DeepSpeed engines on 2 CPU ranks.
 
-    python benchmarks/memory_model.py            # model table for XLM-R base teacher / 6-layer students on
+    python benchmarks/memory_model.py            # students-per-GPU table for the XLM-R base recipe on
                                                  # 80 GB GPUs + a check against measured 2-rank CPU runs
     python benchmarks/memory_model.py --no-measure
 
-The model (bytes per rank; P = unique student parameters, counted once for the shared embeddings +
-tied MLM head; T = teacher parameters; W = ranks; V·D = the tied word-embedding / decoder matrix):
-
-  teacher      replicated: T·b_t                      ZeRO-3: T·b_t / W + V·D·b_t (MLM decoder kept gathered)
-  params       stage 0-2:  P·b_p                      stage 3: P·b_p / W + V·D·b_p (head: ZeRO-3 external param)
-  gradients    stage 0:    P·b_g                      stage 1-3: P·b_g / W   (DeepSpeed's stage 1 shares
-               stage 2's reduce-scatter path; its gradient bucket, ≤ reduce_bucket_size·b, is not modelled)
-  optimiser    stage 0:    P·k                        stage 1-3: P·(k + master) / W   (0 on the GPU with offload)
-
-GPU (bf16): b_t = b_p = b_g = 2, Adam k = 8 (fp32 m, v), master fp32 copy 4.
-CPU (fp32, the measured runs): b = 4, k = 8; ZeRO 1-3 keep their own fp32 partition (+4) even in fp32.
-Not modelled: activations (one student's forward/backward at a time in sequential mode; with
-SDPA ≈ B·L·D·34 bytes per layer in bf16, Korthikanti et al. 2022, without the attention-score term),
-the teacher's kept outputs, DeepSpeed's communication buckets, the CUDA context (~0.5-1 GB).
-
+The model is mdist.memory (the one `mdist plan` and `mdist distill` use; its docstring has the formulas).
+Measured per rank: the storage of every tensor of each state category after two steps, and what autograd
+saves for one student's backward (saved-tensor hooks around its forward and loss) against the model's
+activations + loss terms + logits at that micro-batch.
 The measured check runs the `tiny` recipe (scaled up a little) on 2 CPU ranks over gloo at each
 stage, sums the storage of every tensor in each category on each rank after two steps, and
 prints model vs measured.
@@ -31,69 +20,10 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-GIB = 1024**3
-
-
-@dataclass(frozen=True)
-class Shape:
-    """An XLM-R-family encoder: vocabulary, width, FFN width, positions, layers."""
-
-    vocab: int
-    hidden: int
-    ffn: int
-    positions: int
-    layers: int
-    type_vocab: int = 1
-
-    @property
-    def layer_params(self) -> int:
-        d, f = self.hidden, self.ffn
-        return 4 * (d * d + d) + 2 * d + (d * f + f) + (f * d + d) + 2 * d
-
-    @property
-    def shared_params(self) -> int:
-        """Embeddings + MLM head (dense, LayerNorm, decoder bias; decoder weight tied to the embeddings)."""
-        d = self.hidden
-        return (self.vocab + self.positions + self.type_vocab) * d + 2 * d + (d * d + d) + 2 * d + self.vocab
-
-    @property
-    def params(self) -> int:
-        return self.shared_params + self.layers * self.layer_params
-
-    @property
-    def head_matrix(self) -> int:
-        return self.vocab * self.hidden
-
-
-XLMR_BASE = Shape(vocab=250_002, hidden=768, ffn=3072, positions=514, layers=12)
-XLMR_LARGE = Shape(vocab=250_002, hidden=1024, ffn=4096, positions=514, layers=24)
-
-
-def student_params(teacher: Shape, layers: int, students: int, shared: bool = True) -> int:
-    """Unique parameters of the student group: shared embeddings + head once, encoder layers per student."""
-    own = layers * teacher.layer_params
-    return (teacher.shared_params + students * own) if shared else students * (teacher.shared_params + own)
-
-
-def per_rank(teacher: Shape, layers: int, students: int, world: int, stage: int, teacher_zero3: bool, gpu: bool = True, offload: bool = False) -> dict[str, float]:
-    """Modelled bytes per rank, by category (see the module docstring)."""
-    b = 2 if gpu else 4
-    P = student_params(teacher, layers, students)
-    T = teacher.params
-    head = teacher.head_matrix
-    out = {"teacher": (T * b / world + head * b) if teacher_zero3 else T * b}
-    out["params"] = (P * b / world + head * b) if stage == 3 else P * b
-    out["grads"] = P * b / world if stage >= 1 else P * b  # DeepSpeed's stage 1 also reduces into partitions
-    master = 4 if (gpu or stage >= 1) else 0
-    opt = P * 8 if stage == 0 else P * (8 + master) / world
-    out["optimizer"] = 0.0 if offload else opt
-    out["total"] = sum(out.values())
-    return out
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -154,8 +84,17 @@ def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
     lang, batch = next(iter(source.next_batches().items()))
     student = group.student_for(lang)[0]
     set_active_students(optimizer, [student])
-    out = engine(student, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL)
-    loss, _ = loss_fn(out, teacher_outputs(teacher, {lang: batch})[lang], batch.attention_mask_BL, batch.labels_BL)
+    target = teacher_outputs(teacher, {lang: batch})[lang]
+    storages: dict[int, int] = {}
+
+    def pack(t):  # what autograd keeps for the backward: the student's activations and the loss's, not its weights
+        if not isinstance(t, torch.nn.Parameter):  # (ZeRO-3 saves the parameter, whose gathered data it frees after use)
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = engine(student, batch.input_ids_BL, batch.attention_mask_BL, batch.labels_BL)
+        loss, _ = loss_fn(out, target, batch.attention_mask_BL, batch.labels_BL)
     engine.backward(loss)
 
     def held(p):  # what this rank holds of a parameter: its ZeRO-3 shard, plus the full tensor if gathered
@@ -189,10 +128,18 @@ def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
         masters += list(getattr(zero, name, []) or [])
     measured["optimizer"] = _storage_bytes(states + masters, seen)
     measured["total"] = sum(measured.values())
-    modelled_shape = Shape(vocab=teacher.config.vocab_size, hidden=64, ffn=256, positions=teacher.config.max_position_embeddings, layers=teacher.config.num_hidden_layers)
+    weights = {t.untyped_storage().data_ptr() for p in list(group.parameters()) + list(teacher.parameters()) for t in held(p)}
+    saved = sum(n for ptr, n in storages.items() if ptr not in weights)
+    from mdist.memory import LOGIT_BYTES_TORCH, Layout, loss_terms, shape_from_config, states, student_activations
+    from mdist.plan import workload
+
+    work = workload(cfg, shape_from_config(teacher.config.to_dict()))
+    model = states(work, Layout(stage, teacher_zero3, False, 2, 1), world, gpu=False)
     whole_teacher = sum(getattr(p, "ds_numel", p.numel()) for p in teacher.parameters()) * 4  # fp32 bytes of all of it
     result = {"rank": rank, "world": world, "stage": stage, "teacher_zero3": teacher_zero3, "measured": measured, "whole_teacher_bytes": whole_teacher,
-              "model": per_rank(modelled_shape, cfg.students.layers, len(group.students), world, stage, teacher_zero3, gpu=False)}
+              "model": {**model, "total": sum(model.values())},
+              # one student's saved forward at this micro-batch: activations, loss terms, the vocabulary logits (PyTorch ops)
+              "saved": {"measured": saved, "model": student_activations(work, 2, gpu=False) + loss_terms(work, 2) + len(batch.masked_N) * LOGIT_BYTES_TORCH * work.teacher.vocab}}
     del keep
     shutdown_distributed()
     return result
@@ -217,17 +164,19 @@ def run_measurements(configs: list[tuple[int, bool]]) -> list[dict]:
     return rows
 
 
-def fit_table(gpu_gib: float = 80.0, world_sizes=(1, 8), teacher: Shape = XLMR_BASE, layers: int = 6) -> list[list]:
-    """How many `layers`-layer students of `teacher`'s width fit in `gpu_gib` (states only, no activations)."""
+def fit_table(gpu_gib: float = 80.0, world_sizes=(1, 8)) -> list[list]:
+    """How many 6-layer students of the XLM-R base recipe fit per layout (mdist.plan.most_students: states,
+    activations at its 16 × 512 micro-batch, logits and buffers)."""
+    from mdist.config import load_run_config
+    from mdist.memory import Layout
+    from mdist.plan import most_students, teacher_of
+
+    cfg = load_run_config("xlmr-base-monoshot", check_paths=False)
     rows = []
     for world in world_sizes:
         for stage, tz3, offload in ((0, False, False), (2, False, False), (3, True, False), (3, True, True)):
-            fixed = per_rank(teacher, layers, 0, world, stage, tz3, offload=offload)["total"]
-            one = per_rank(teacher, layers, 1, world, stage, tz3, offload=offload)["total"] - fixed
-            per_student = per_rank(teacher, layers, 2, world, stage, tz3, offload=offload)["total"] - per_rank(teacher, layers, 1, world, stage, tz3, offload=offload)["total"]
-            budget = gpu_gib * GIB * 0.8  # 20 % for activations, buffers, CUDA context
-            n = int((budget - fixed - (one - per_student)) // per_student)
-            rows.append([world, stage, "ZeRO-3" if tz3 else "replicated", "yes" if offload else "no", f"{fixed / GIB:.2f}", f"{per_student / GIB:.3f}", n])
+            layout = Layout(stage, tz3, offload, cfg.train.batch_size, cfg.train.grad_accum)
+            rows.append([world, stage, "ZeRO-3" if tz3 else "replicated", "yes" if offload else "no", most_students(cfg, teacher_of(cfg), world, gpu_gib, layout)])
     return rows
 
 
@@ -247,15 +196,14 @@ def main() -> None:
     from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
 
     commit, stamp = git_commit(), utc_stamp()
-    header = ["ranks", "student ZeRO", "teacher", "optimizer offload", "fixed GiB/rank", "GiB/student/rank", "6-layer students in 80 GB"]
+    header = ["ranks", "student ZeRO", "teacher", "optimizer offload", "6-layer students in 80 GB"]
     fit = fit_table()
-    print(f"XLM-R base teacher ({XLMR_BASE.params / 1e6:.0f} M), 6-layer students ({student_params(XLMR_BASE, 6, 1) / 1e6:.0f} M for the first, "
-          f"+{6 * XLMR_BASE.layer_params / 1e6:.1f} M each more), bf16 + fp32 Adam, per rank, states only:")
+    print("XLM-R base recipe (mdist.memory; bf16 + fp32 Adam; activations at 16 × 512, logits, buffers), per rank:")
     print(markdown_header(header))
     for row in fit:
         print(markdown_row(row))
     if not args.no_record:
-        append_table(f"Memory model (benchmarks/memory_model.py), {stamp}, {commit}: XLM-R base teacher, 6-layer students, 80 GB GPUs (model, not measured)", header, fit)
+        append_table(f"Memory model (benchmarks/memory_model.py, mdist.memory), {stamp}, {commit}: XLM-R base recipe, 6-layer students, 80 GB GPUs (model, not measured)", header, fit)
     if args.no_measure:
         return
     rows = run_measurements([(0, False), (1, False), (2, False), (3, False), (3, True)])
@@ -265,6 +213,8 @@ def main() -> None:
         for cat in ("teacher", "params", "grads", "optimizer", "total"):
             model, meas = r["model"][cat], r["measured"][cat]
             table.append([stamp, device_name("cpu"), commit, r["world"], r["stage"], "yes" if r["teacher_zero3"] else "no", cat, f"{model:,.0f}", f"{meas:,.0f}", f"{meas / model:.3f}" if model else "-"])
+        model, meas = r["saved"]["model"], r["saved"]["measured"]
+        table.append([stamp, device_name("cpu"), commit, r["world"], r["stage"], "yes" if r["teacher_zero3"] else "no", "saved for backward (activations, loss terms, logits)", f"{model:,.0f}", f"{meas:,.0f}", f"{meas / model:.3f}"])
     print()
     print(markdown_header(mheader))
     for row in table:

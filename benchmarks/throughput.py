@@ -68,6 +68,7 @@ from mdist.data.masking import MaskingSpec, mask_tokens
 from mdist.encode import compile_encoder_layers
 from mdist.fused_encoder import enable_fused_encoder
 from mdist.losses import DistillLoss
+from mdist.memory import MASKED_FRACTION, Shape
 from mdist.optim import build_optimizer, student_param_groups
 from mdist.students import StudentGroup
 from mdist.teacher import freeze
@@ -75,7 +76,6 @@ from mdist.train import distill_step
 from profiling import HEADER as PROFILE_HEADER, kernel_times, print_largest
 from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
 
-MASKED_FRACTION = 0.15
 BOS, PAD, EOS, UNK = 0, 1, 2, 3  # XLM-R's special ids; <mask> is the last id
 HEADER = ("date (UTC)", "device", "commit", "step", "batch × length", "students", "tokens/s", "step ms", "peak GiB", "MFU %", "over floor")
 
@@ -98,9 +98,8 @@ SMOKE = Shapes(teacher_layers=4, student_layers=2, hidden=32, heads=2, ffn=64, v
 
 
 def forward_flops_per_token(layers: int, d: int, ffn: int, seq_len: int, vocab: int) -> float:
-    """2·P_body + 4·L·d·layers + 2·(d² + d·V)·0.15 (see the module docstring)."""
-    body = layers * (4 * d * d + 2 * d * ffn)
-    return 2 * body + 4 * seq_len * d * layers + 2 * (d * d + d * vocab) * MASKED_FRACTION
+    """2·P_body + 4·L·d·layers + 2·(d² + d·V)·0.15 (see the module docstring): mdist.memory's count, which `mdist plan` uses."""
+    return Shape(vocab=vocab, hidden=d, ffn=ffn, heads=1, layers=layers).forward_flops_per_token(seq_len)
 
 
 def step_flops_per_token(s: Shapes) -> float:

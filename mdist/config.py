@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import types
 import typing
@@ -113,6 +112,7 @@ class DistConfig:
     """The process group: how long a rank waits for the others (forming the group, a barrier, any collective)."""
 
     timeout_s: float = 600.0  # past it the waiting rank stops, naming the rank(s) or barrier it waited for
+    memory_gib: Optional[float] = None  # memory per rank; set, `mdist distill` checks its plan against it (also on CPU ranks); None: a GPU's own, no check on CPU
 
 
 @dataclass
@@ -262,6 +262,7 @@ def _ranges(cfg: RunConfig) -> dict[str, Range]:
         "data.shuffle_block": Range(d.shuffle_block, 1, 10**7, "documents held in memory per worker"),
         "data.worker_timeout_s": Range(d.worker_timeout_s, 0, WEEK_S, "a week", open=True),
         "dist.timeout_s": Range(cfg.dist.timeout_s, 0, WEEK_S, "a week", open=True),
+        "dist.memory_gib": Range(cfg.dist.memory_gib, 0, 2**20, "a TiB per rank", open=True),
         "deepspeed.persistence_threshold": Range(cfg.deepspeed.persistence_threshold, 0, INT_MAX, "a 32-bit element count"),
     }
 
@@ -300,66 +301,19 @@ def check_against_teacher(cfg: RunConfig, teacher: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'students.hidden' ({width}) must be a multiple of the teacher's {heads} attention heads")
     if cfg.students.init == "teacher" and width != hidden:
         raise ConfigError(f"config key 'students.init': 'teacher' copies the teacher's tensors and needs students.hidden {hidden} (or null); use 'random' for narrower students")
-    _check_memory(cfg, teacher)
     if cfg.students.init == "teacher" and len(layer_mapping(cfg.students.init_mapping, cfg.students.layers, layers)) != cfg.students.layers:
         raise ConfigError(f"config key 'students.init_mapping': '{cfg.students.init_mapping}' gives no teacher layer to every student layer; use uniform, top or bottom")
 
 
-def machine_memory() -> int:
-    """Bytes of memory a rank computes in: its GPU's, else the machine's RAM."""
-    import torch  # noqa: PLC0415 (this module stays light; torch is loaded by then)
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", 0))).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _check_memory(cfg: RunConfig, teacher: dict[str, Any]) -> None:
-    """train.batch_size × train.seq_len against memory: a lower bound on one micro-batch's teacher outputs
-    must fit: the hidden states and Q/K of every layer that the loss holds, 4 bytes each. Logits are left
-    out (the MLM head runs at masked positions only, the fused op in vocabulary chunks), so this refuses
-    only sizes that cannot fit, never a run that could."""
-    per_token = 3 * teacher["num_hidden_layers"] * teacher["hidden_size"]
-    needed, have = 4 * cfg.train.batch_size * cfg.train.seq_len * per_token, machine_memory()
-    if needed > have:
-        raise ConfigError(
-            f"config key 'train.batch_size' ({cfg.train.batch_size}) × train.seq_len ({cfg.train.seq_len}) needs at least "
-            f"{needed / 2**20:,.0f} MiB for one micro-batch of teacher outputs, this machine has {have / 2**20:,.0f} MiB; lower train.batch_size and raise train.grad_accum"
-        )
-
-
 def tiny_teacher_shape(tiny: TinyTeacherConfig) -> dict[str, Any]:
-    """The config.json keys `check_against_teacher` reads, for the tiny random teacher."""
-    return {"num_hidden_layers": tiny.layers, "hidden_size": tiny.hidden, "num_attention_heads": tiny.heads, "max_position_embeddings": tiny.max_positions}
+    """The config.json keys `check_against_teacher` and the memory plan read, for the tiny random teacher."""
+    return {"num_hidden_layers": tiny.layers, "hidden_size": tiny.hidden, "num_attention_heads": tiny.heads, "max_position_embeddings": tiny.max_positions,
+            "vocab_size": tiny.vocab, "intermediate_size": tiny.ffn, "model_type": "xlm-roberta"}
 
 
-def _validate(cfg: RunConfig) -> None:
-    if cfg.strategy not in STRATEGIES:
-        raise ConfigError(
-            f"config key 'strategy': unknown strategy '{cfg.strategy}' "
-            f"(known: {', '.join(sorted(STRATEGIES))})"
-        )
-    if cfg.loss.mapping is not None and cfg.loss.mapping not in MAPPINGS:
-        raise ConfigError(f"config key 'loss.mapping': unknown mapping '{cfg.loss.mapping}' (known: {', '.join(MAPPINGS)})")
-    if cfg.students.init_mapping not in MAPPINGS:
-        raise ConfigError(f"config key 'students.init_mapping': unknown mapping '{cfg.students.init_mapping}' (known: {', '.join(MAPPINGS)})")
-    resolve_weights(cfg.strategy, cfg.loss.weights)
-    if not cfg.students.groups:
-        raise ConfigError("config key 'students.groups' must name at least one student")
-    for name, langs in cfg.students.groups.items():
-        _check_groups_entry(name, langs)
-    choices = {
-        "students.init": (cfg.students.init, ("teacher", "random")),
-        "loss.kernels": (cfg.loss.kernels, ("torch", "triton")),
-        "train.update": (cfg.train.update, ("sequential", "joint")),
-        "train.optimizer": (cfg.train.optimizer, ("adamw", "adamw_fused", "lamb")),
-        "train.encoder": (cfg.train.encoder, ("hf", "fused")),
-        "data.kind": (cfg.data.kind, ("shards", "text", "synthetic")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"config key '{key}': '{value}' is not one of {', '.join(allowed)}")
-    _check_ranges(cfg)
+def check_zero_settings(cfg: RunConfig) -> None:
+    """The ZeRO stage and offload against each other and against the optimiser and encoder settings
+    (also asked by `mdist.plan` of each layout it considers)."""
     if cfg.deepspeed.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"config key 'deepspeed.zero_stage' must be 0, 1, 2 or 3, got {cfg.deepspeed.zero_stage}")
     if cfg.deepspeed.offload_optimizer and cfg.deepspeed.zero_stage == 0:
@@ -391,6 +345,43 @@ def _validate(cfg: RunConfig) -> None:
             "config key 'train.compile' compiles the Hugging Face layers, which train.encoder: fused replaces with its own "
             "compiled layer; set one of them"
         )
+
+
+def _validate(cfg: RunConfig, check_paths: bool = True) -> None:
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(
+            f"config key 'strategy': unknown strategy '{cfg.strategy}' "
+            f"(known: {', '.join(sorted(STRATEGIES))})"
+        )
+    if cfg.loss.mapping is not None and cfg.loss.mapping not in MAPPINGS:
+        raise ConfigError(f"config key 'loss.mapping': unknown mapping '{cfg.loss.mapping}' (known: {', '.join(MAPPINGS)})")
+    if cfg.students.init_mapping not in MAPPINGS:
+        raise ConfigError(f"config key 'students.init_mapping': unknown mapping '{cfg.students.init_mapping}' (known: {', '.join(MAPPINGS)})")
+    resolve_weights(cfg.strategy, cfg.loss.weights)
+    if not cfg.students.groups:
+        raise ConfigError("config key 'students.groups' must name at least one student")
+    for name, langs in cfg.students.groups.items():
+        _check_groups_entry(name, langs)
+    choices = {
+        "students.init": (cfg.students.init, ("teacher", "random")),
+        "loss.kernels": (cfg.loss.kernels, ("torch", "triton")),
+        "train.update": (cfg.train.update, ("sequential", "joint")),
+        "train.optimizer": (cfg.train.optimizer, ("adamw", "adamw_fused", "lamb")),
+        "train.encoder": (cfg.train.encoder, ("hf", "fused")),
+        "data.kind": (cfg.data.kind, ("shards", "text", "synthetic")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': '{value}' is not one of {', '.join(allowed)}")
+    _check_ranges(cfg)
+    check_zero_settings(cfg)
+    if check_paths:
+        _check_paths(cfg)
+    _check_heldout(cfg, check_paths)
+
+
+def _check_paths(cfg: RunConfig) -> None:
+    """Teacher directory, shard manifests and text files exist and are readable."""
     if cfg.teacher.path != TINY_RANDOM:
         problem = path_problem(Path(cfg.teacher.path), want_dir=True)
         if problem:
@@ -411,7 +402,6 @@ def _validate(cfg: RunConfig) -> None:
         if missing:
             raise ConfigError(f"config key 'data.text' has no files for language(s) {', '.join(missing)}")
         _check_files("data.text", cfg.data.text)
-    _check_heldout(cfg)
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # student names become module and directory names
@@ -428,7 +418,7 @@ def _check_groups_entry(name: str, langs: list[str]) -> None:
         raise ConfigError(f"config key 'students.groups.{name}': student '{name}' lists a language twice ({', '.join(langs)})")
 
 
-def _check_heldout(cfg: RunConfig) -> None:
+def _check_heldout(cfg: RunConfig, check_paths: bool) -> None:
     """`data.heldout` and `train.eval_every` come together; held-out languages are the run's own."""
     if cfg.train.eval_every and not cfg.data.heldout:
         raise ConfigError("config key 'train.eval_every' needs held-out text: set data.heldout ({lang: [files]})")
@@ -439,7 +429,8 @@ def _check_heldout(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'data.heldout.{lang}': '{lang}' is not a language of this run (languages: {', '.join(cfg.languages)})")
         if not paths:
             raise ConfigError(f"config key 'data.heldout.{lang}' lists no file")
-    _check_files("data.heldout", cfg.data.heldout)
+    if check_paths:
+        _check_files("data.heldout", cfg.data.heldout)
 
 
 def _check_files(key: str, files: dict[str, list[str]]) -> None:
@@ -497,14 +488,15 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"override '{key}=...': the value cannot be read as YAML ({' '.join(str(err).split())})") from None
 
 
-def resolve_config(data: dict[str, Any]) -> RunConfig:
+def resolve_config(data: dict[str, Any], check_paths: bool = True) -> RunConfig:
     cfg = build_dataclass(RunConfig, data, "")
-    _validate(cfg)
+    _validate(cfg, check_paths)
     return cfg
 
 
-def load_run_config(recipe: str, overrides: list[str] = ()) -> RunConfig:
+def load_run_config(recipe: str, overrides: list[str] = (), check_paths: bool = True) -> RunConfig:
+    """`check_paths` False: the teacher directory and data files need not exist yet (`mdist plan`)."""
     data, _ = read_yaml_mapping(recipe)
     for assignment in overrides:
         apply_override(data, assignment)
-    return resolve_config(data)
+    return resolve_config(data, check_paths)

@@ -28,6 +28,7 @@ from mdist.export import export_students
 from mdist.fused_encoder import enable_fused_encoder
 from mdist.heldout import HeldOut, read_heldout
 from mdist.losses import DistillLoss
+from mdist.plan import check_run_fits
 from mdist.optim import build_optimizer, student_param_groups, warmup_linear_decay
 from mdist.preemption import StopFlag
 from mdist.rundir import clear_outputs
@@ -100,9 +101,11 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
     run's outputs (`mdist.rundir`). SIGTERM / SIGUSR1 save a checkpoint at the next step boundary and
     return early (summary['preempted'] = True, no export)."""
     tiny = cfg.teacher.path == TINY_RANDOM
-    check_against_teacher(cfg, tiny_teacher_shape(cfg.teacher.tiny) if tiny else teacher_shape(Path(cfg.teacher.path)))
+    shape = tiny_teacher_shape(cfg.teacher.tiny) if tiny else teacher_shape(Path(cfg.teacher.path))
+    check_against_teacher(cfg, shape)
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world = init_distributed(cfg.dist.timeout_s)
+    check_run_fits(cfg, shape, world)  # the plan's memory model, before any model is built
     if overwrite and rank == 0:
         clear_outputs(out_dir)
     device = device_for_rank()

@@ -163,12 +163,14 @@ for _name, _argv, _expect in OPTIONS:
     CASES[_name] = (lambda tmp, teacher, run, request, argv=_argv: argv, _expect)
 
 
-@case("config key 'train.batch_size' (512) × train.seq_len (32) needs at least 24 MiB for one micro-batch of teacher outputs, this machine has 1 MiB; lower train.batch_size")
+@case("the run needs 0.22 GiB per rank, 0.21 GiB more than the 0.01 GiB budget of each of 1 rank(s) (largest part: activations, 0.12 GiB); nothing fits")
 def batch_beyond_memory(tmp, teacher, run, request):
-    """Memory is the machine's (or GPU's); a 1 MiB machine makes the case the same everywhere. By hand: 512 × 32
-    tokens × 3 (hidden, Q, K) × 4 layers × 32 wide × 4 bytes = 24 MiB."""
-    request.getfixturevalue("monkeypatch").setattr("mdist.config.machine_memory", lambda: 2**20)
-    return distill(tmp, teacher, "train.batch_size=512")
+    """A stated memory budget (`dist.memory_gib`) is checked on CPU ranks too: 512 sequences of 32 tokens per
+    language cannot fit 10 MiB: one student's saved activations alone are 512 × 32 tokens × 2 layers × 3,328 bytes
+    (mdist.memory on CPU ranks: 4 · (9.5 · 32 + 2 · 64) + 2 · 32 + 12 · 4 heads · 32) = 104 MiB, and the teacher
+    outputs kept for the step (2 languages × 512 × 32 × 13 × 32 × 4 bytes = 52 MiB) stay at any micro-batch, so
+    nothing fits on one rank; the line says by how much."""
+    return distill(tmp, teacher, "train.batch_size=512", "dist.memory_gib=0.01")
 
 
 # ---- paths: each says what it is when it is not what the command needs --------------------------

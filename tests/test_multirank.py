@@ -199,3 +199,28 @@ def test_a_rank_that_never_joins_stops_the_run(tmp_path):
     (line,) = _error_lines(proc.stderr)
     assert line.startswith(f"mdist distill: error: rank 0 of 2: the process group at 127.0.0.1:{port} did not form within 2 s (dist.timeout_s): "), proc.stderr[-3000:]
     assert "1/2 clients joined" in line
+
+
+def test_xl_width_teacher_zero3_sharded_forward_equals_the_whole_one(tmp_path, synthetic_docs):
+    """An XLM-R XL-width teacher (2560 wide, 32 heads, 10240 FFN, pre-LayerNorm XLMRobertaXL layers; 2 of
+    them and a 300-piece vocabulary, 158 M parameters): partitioned across 2 ranks by ZeRO-3, each rank
+    holding half, its forward (every hidden state, Q/K, the MLM head's rows and the gathered decoder)
+    equals the forward of the same weights loaded whole by Hugging Face."""
+    from transformers import XLMRobertaXLConfig, XLMRobertaXLForMaskedLM
+
+    from mdist.tokenizer import train_xlmr_tokenizer
+
+    teacher = tmp_path / "xl-width"
+    tokenizer = train_xlmr_tokenizer((d for docs in synthetic_docs.values() for d in docs), 300, teacher, 62)
+    torch.manual_seed(0)
+    config = XLMRobertaXLConfig(vocab_size=len(tokenizer), hidden_size=2560, num_hidden_layers=2, num_attention_heads=32, intermediate_size=10240,
+                                max_position_embeddings=66, pad_token_id=tokenizer.pad_token_id, type_vocab_size=1)
+    XLMRobertaXLForMaskedLM(config).save_pretrained(str(teacher))
+    _run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), str(ROOT / "tests" / "zero3_xl_forward.py"),
+          str(teacher), str(tmp_path / "forward.json")])
+    result = json.loads((tmp_path / "forward.json").read_text())
+    assert result["model_type"] == "xlm-roberta-xl" and result["hidden"] == 2560 and result["shapes_equal"]
+    assert 0.49 < result["share"] <= 0.5 + 1e-4  # each rank holds its half (shards padded to equal sizes)
+    assert set(result["diff"]) >= {"hidden0", "hidden2", "q0", "k1", "head", "decoder"}
+    for name, diff in result["diff"].items():
+        assert diff <= 1e-5 * max(result["scale"][name], 1.0), (name, diff, result["scale"][name])
