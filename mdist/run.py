@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import time
 from pathlib import Path
 
@@ -36,6 +37,11 @@ from mdist.teacher import build_tiny_teacher, check_vocabulary, load_teacher, te
 from mdist.tracking import Tracker
 from mdist.tracking.facts import parameter_count, source_commit, versions
 from mdist.train import distill_step
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def seed_everything(seed: int) -> None:
@@ -86,6 +92,7 @@ def log_run_facts(tracker: Tracker, cfg: RunConfig, out_dir: Path, world: int, t
         "run": {
             "world_size": world, "global_batch_per_language": geo.global_batch, "languages": ",".join(cfg.languages),
             "teacher_parameters": parameter_count(teacher), "student_parameters": parameter_count(*group.students.values()),
+            "parameters_per_student": {name: parameter_count(student) for name, student in group.students.items()},
             "git_commit": source_commit(), **{f"version.{k}": v for k, v in versions("mdist", "torch", "deepspeed", "transformers").items()},
         },
     })
@@ -158,7 +165,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
     elif resume and rank == 0:
         print(f"no complete checkpoint in {checkpoints}; starting from step 0", flush=True)
     tracker = Tracker(out_dir, cfg.tracking.experiment, enabled=cfg.tracking.enabled and rank == 0, run_id=run_id, run_name=out_dir.name,
-                      name="distill", fresh=not resume)
+                      parent_run_id=cfg.tracking.parent_run_id, name="distill", fresh=not resume)
     if rank == 0 and cfg.tracking.enabled:
         log_run_facts(tracker, cfg, out_dir, world, teacher, group)
 
@@ -199,6 +206,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
                     metrics["grad_norm"] = float(grad_norm)
                 if device.type == "cuda":
                     metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                metrics["peak_rss_gib"] = peak_rss_gib()
                 tracker.log_metrics(metrics, step)
             done = step + 1
             evaluate_heldout(done)  # before a save, so checkpoints hold the history up to `done`
