@@ -82,12 +82,10 @@ def markdown(rows: list[dict[str, str]]) -> str:
 
 def plot_losses(client, run_ids: list[str], pattern: str, out: Path) -> int:
     """Loss curves (metrics matching `pattern`) of the given runs in one PNG; returns the curve count."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no GUI backend, no pyplot state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5), layout="tight")
+    ax = fig.subplots()
     curves = 0
     for run_id in run_ids:
         run = client.get_run(run_id)
@@ -98,11 +96,13 @@ def plot_losses(client, run_ids: list[str], pattern: str, out: Path) -> int:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    _write_png(fig, out)
+    return curves
+
+
+def _write_png(fig, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return curves
 
 
 SWEEP_COLUMNS = ["run", "id", "status", "student params", "steps", "tokens/s", "peak GiB", "final loss", "held-out ppl"]
@@ -160,16 +160,14 @@ def plot_sweep(grid: list[str], rows: list[dict], out: Path) -> int:
     """Three panels against student parameters: final loss, held-out perplexity, tokens/s; one series per
     combination of the grid values that are not the student's shape (teacher, strategy, ...). Returns the
     number of series drawn (a panel with no values draws none)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     series_keys = [key for key in grid if not key.startswith("students.")]
     series: dict[str, list[dict]] = {}
     for row in rows:
         series.setdefault(" ".join(f"{key}={row[key]}" for key in series_keys) or "runs", []).append(row)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig = Figure(figsize=(15, 4.5), layout="tight")
+    axes = fig.subplots(1, 3)
     drawn = 0
     for ax, metric in zip(axes, ("final loss", "held-out ppl", "tokens/s")):
         for label, members in series.items():
@@ -182,10 +180,7 @@ def plot_sweep(grid: list[str], rows: list[dict], out: Path) -> int:
         ax.set_title(f"{metric} against student size")
         if ax.lines:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _write_png(fig, out)
     return drawn
 
 
