@@ -69,7 +69,6 @@ def test_each_childs_table_row_matches_its_exported_student_and_summary(sweep):
 
 
 def test_each_child_shows_its_median_throughput_and_its_own_peak_memory(sweep):
-    """Each run is its own process: its peak is its own (a tiny run stays far below a GiB), not the sweep's."""
     import torch
 
     from mdist.tracking.runs import sweep_rows
