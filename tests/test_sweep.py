@@ -108,7 +108,7 @@ def test_a_second_sweep_run_skips_the_done_points_under_the_same_parent(sweep, c
     ("students.layers", "--grid expects KEY=VALUE[,VALUE...], got 'students.layers'"),
     ("students.layers=1,", "--grid students.layers: an empty value in '1,'"),
     ("students.layers=1,x", "--grid point 01-x (students.layers=x): config key 'students.layers' must be of type int, got 'x'"),
-])
+], ids=["no-values", "empty-value", "bad-type"])
 def test_a_bad_grid_stops_before_any_run_in_one_line(grid, said, tmp_path, capsys):
     assert main(["sweep", "--recipe", "tiny", "--grid", grid, "--out", str(tmp_path / "s")]) == 2
     assert capsys.readouterr().err == f"mdist sweep: error: {said}\n"
