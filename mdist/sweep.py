@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from mdist.config import NAME, load_run_config
+from mdist.config import load_run_config
 from mdist.errors import ConfigError
 from mdist.study.stages import Stage
 
@@ -42,7 +42,8 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
 
 
 def point_name(index: int, point: dict[str, str]) -> str:
-    """A run directory and MLflow run name: its index, then its values (a path by its last part)."""
+    """A run directory and MLflow run name: its index, then its values (a path by its last part), each
+    reduced to letters, digits, '_' and '-'."""
     values = [re.sub(r"[^A-Za-z0-9_-]+", "_", Path(v).name or v).strip("_") for v in point.values()]
     return "-".join([f"{index:02d}", *values])
 
@@ -55,8 +56,6 @@ def expand(grid: dict[str, list[str]]) -> dict[str, dict[str, str]]:
 def check_points(recipe: str, overrides: list[str], points: dict[str, dict[str, str]]) -> None:
     """Validate every point's config as `mdist distill` will, before the first one runs."""
     for name, point in points.items():
-        if not NAME.fullmatch(name):
-            raise ConfigError(f"--grid: point '{name}' does not make a run name")
         try:
             load_run_config(recipe, [*overrides, *point_sets(point)])
         except ConfigError as err:

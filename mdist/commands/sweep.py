@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mdist.study.local import run_local, study_env
     from mdist.study.state import status_table
-    from mdist.sweep import SWEEP_FILE, check_points, expand, parse_grid, stages
+    from mdist.sweep import SWEEP_FILE, check_points, expand, parse_grid, read_sweep, stages
     from mdist.tracking import Tracker
 
     grid = parse_grid(args.grid)
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     name = args.name or out.name
     described = {"name": name, "recipe": args.recipe, "grid": grid, "set": args.overrides, "points": points}
-    earlier = json.loads((out / SWEEP_FILE).read_text(encoding="utf-8")) if (out / SWEEP_FILE).is_file() else None
+    earlier = read_sweep(out) if (out / SWEEP_FILE).is_file() else None
     if earlier is not None and {k: earlier.get(k) for k in described} != described:
         raise ConfigError(f"--out: '{out}' holds another sweep (its {SWEEP_FILE} differs); give a new directory")
     out.mkdir(parents=True, exist_ok=True)
