@@ -131,6 +131,7 @@ class TrackingConfig:
 
     experiment: str = "mdist"
     enabled: bool = True
+    parent_run_id: Optional[str] = None  # log as a child of this MLflow run (`mdist sweep` sets it for its grid's runs)
 
 
 @dataclass

@@ -204,16 +204,20 @@ def memory_budget(cfg: RunConfig) -> tuple[float, bool] | None:
     return None
 
 
-def check_run_fits(cfg: RunConfig, teacher_config: dict, world: int) -> None:
-    """Stop `mdist distill` with one line before anything loads when its layout cannot fit the budget."""
+def run_plan(cfg: RunConfig, teacher_config: dict, world: int) -> Plan:
+    """The run's plan (logged with it), made before any model is built; stops `mdist distill` with one line
+    when its layout cannot fit the budget. CPU ranks without a stated budget are planned against this
+    machine's memory shared by its local ranks, for the record only: no check."""
     from mdist.memory import shape_from_config
 
     budget = memory_budget(cfg)
-    if budget is None:
-        return
-    line = refusal(plan(cfg, shape_from_config(teacher_config), world, *budget))
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB / max(1, local_ranks)
+    result = plan(cfg, shape_from_config(teacher_config), world, *(budget or (host, False)))
+    line = refusal(result) if budget is not None else None
     if line:
         raise ConfigError(line)
+    return result
 
 
 def teacher_of(cfg: RunConfig) -> Shape:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from mdist.export import export_students
 from mdist.fused_encoder import enable_fused_encoder
 from mdist.heldout import HeldOut, read_heldout
 from mdist.losses import DistillLoss
-from mdist.plan import check_run_fits
+from mdist.plan import Plan, run_plan
 from mdist.optim import build_optimizer, student_param_groups, warmup_linear_decay
 from mdist.preemption import StopFlag
 from mdist.rundir import clear_outputs
@@ -37,6 +38,11 @@ from mdist.teacher import build_tiny_teacher, check_vocabulary, load_teacher, te
 from mdist.tracking import Tracker
 from mdist.tracking.facts import parameter_count, source_commit, versions
 from mdist.train import distill_step
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def seed_everything(seed: int) -> None:
@@ -78,8 +84,8 @@ def batch_source(cfg: RunConfig, docs: dict[str, list[str]], tokenizer, vocab_si
     return TextBatchSource.from_documents(docs, tokenizer, cfg.train.seq_len, **common)
 
 
-def log_run_facts(tracker: Tracker, cfg: RunConfig, out_dir: Path, world: int, teacher, group: StudentGroup) -> None:
-    """Params: the resolved config flattened plus what it does not state; artifacts: the config and
+def log_run_facts(tracker: Tracker, cfg: RunConfig, out_dir: Path, world: int, teacher, group: StudentGroup, plan: Plan) -> None:
+    """Params: the resolved config flattened plus what it does not state (and the run's memory plan, `mdist plan`); artifacts: the config and
     the rendered DeepSpeed config (a resumed run keeps the params it first logged: the journal writes each once)."""
     geo = batch_geometry(cfg, world)
     tracker.log_params({
@@ -87,8 +93,10 @@ def log_run_facts(tracker: Tracker, cfg: RunConfig, out_dir: Path, world: int, t
         "run": {
             "world_size": world, "global_batch_per_language": geo.global_batch, "languages": ",".join(cfg.languages),
             "teacher_parameters": parameter_count(teacher), "student_parameters": parameter_count(*group.students.values()),
+            "parameters_per_student": {name: parameter_count(student) for name, student in group.students.items()},
             "git_commit": source_commit(), **{f"version.{k}": v for k, v in versions("mdist", "torch", "deepspeed", "transformers").items()},
         },
+        "plan": plan.as_dict(),
     })
     for name, content in (("run_config.json", cfg.to_dict()), ("deepspeed_config.json", render_student_config(cfg, world))):
         (out_dir / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
@@ -105,7 +113,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
     check_against_teacher(cfg, shape)
     out_dir.mkdir(parents=True, exist_ok=True)
     rank, world = init_distributed(cfg.dist.timeout_s)
-    check_run_fits(cfg, shape, world)  # the plan's memory model, before any model is built
+    memory_plan = run_plan(cfg, shape, world)  # the plan's memory model, before any model is built
     if overwrite and rank == 0:
         clear_outputs(out_dir)
     device = device_for_rank()
@@ -161,9 +169,9 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
     elif resume and rank == 0:
         print(f"no complete checkpoint in {checkpoints}; starting from step 0", flush=True)
     tracker = Tracker(out_dir, cfg.tracking.experiment, enabled=cfg.tracking.enabled and rank == 0, run_id=run_id, run_name=out_dir.name,
-                      name="distill", fresh=not resume)
+                      parent_run_id=cfg.tracking.parent_run_id, name="distill", fresh=not resume)
     if rank == 0 and cfg.tracking.enabled:
-        log_run_facts(tracker, cfg, out_dir, world, teacher, group)
+        log_run_facts(tracker, cfg, out_dir, world, teacher, group, memory_plan)
 
     def save(done: int) -> None:
         state = {"scheduler": scheduler.state_dict(), "tokens": tokens_total, "losses": last_terms, "mlflow_run_id": tracker.run_id}
@@ -202,6 +210,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
                     metrics["grad_norm"] = float(grad_norm)
                 if device.type == "cuda":
                     metrics["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                metrics["peak_rss_gib"] = peak_rss_gib()
                 tracker.log_metrics(metrics, step)
             done = step + 1
             evaluate_heldout(done)  # before a save, so checkpoints hold the history up to `done`

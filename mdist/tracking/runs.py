@@ -2,12 +2,15 @@
 
 One row per distillation run (a run with a `strategy` param and no parent): strategy, teacher,
 students, steps, tokens, the final loss per (student, language), and the scores of its child runs
-(`mdist eval` retrieval, `mdist finetune` zero-shot transfer).
+(`mdist eval` retrieval, `mdist finetune` zero-shot transfer). A sweep's children (`mdist sweep`)
+compare in a table of their own: grid values, student size, throughput, memory, loss, perplexity.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
+import statistics
 from pathlib import Path
 
 from mdist.errors import TrackingUnreachableError
@@ -79,12 +82,10 @@ def markdown(rows: list[dict[str, str]]) -> str:
 
 def plot_losses(client, run_ids: list[str], pattern: str, out: Path) -> int:
     """Loss curves (metrics matching `pattern`) of the given runs in one PNG; returns the curve count."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no GUI backend, no pyplot state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5), layout="tight")
+    ax = fig.subplots()
     curves = 0
     for run_id in run_ids:
         run = client.get_run(run_id)
@@ -95,11 +96,92 @@ def plot_losses(client, run_ids: list[str], pattern: str, out: Path) -> int:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    _write_png(fig, out)
+    return curves
+
+
+def _write_png(fig, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return curves
+
+
+SWEEP_COLUMNS = ["run", "id", "status", "student params", "steps", "tokens/s", "peak GiB", "final loss", "held-out ppl"]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def sweep_rows(client, parent_id: str) -> tuple[list[str], list[dict]]:
+    """The grid's keys and one row per child run of the sweep `parent_id`, by run name, with numbers as numbers:
+    tokens/s is the median of the logged steps after the first (compilation, allocation); peak memory the
+    GPU's allocated peak where logged, else the process's peak resident memory (`peak kind`: gpu or rss);
+    final loss and held-out perplexity the means over the (student, language) pairs of their last values."""
+    grid = list(json.loads(client.get_run(parent_id).data.params.get("sweep.grid", "{}")))
+    children = sorted(search(client, None, {PARENT: parent_id}), key=lambda r: r.info.run_name or "")
+    rows = []
+    for child in children:
+        params, metrics = child.data.params, child.data.metrics
+        per_student = [int(v) for k, v in params.items() if k.startswith("run.parameters_per_student.")]
+        speeds = [m.value for m in sorted(client.get_metric_history(child.info.run_id, "tokens_per_s"), key=lambda m: m.step)]
+        kind = "gpu" if "peak_memory_gib" in metrics else "rss"
+        peaks = client.get_metric_history(child.info.run_id, "peak_memory_gib" if kind == "gpu" else "peak_rss_gib")
+        rows.append({
+            "run_id": child.info.run_id, "run": child.info.run_name or "", "id": child.info.run_id[:8], "status": child.info.status,
+            **{key: params.get(key, "") for key in grid},
+            "student params": max(per_student) if per_student else int(params.get("run.student_parameters", 0)) or None,
+            "steps": params.get("train.steps", ""),
+            "tokens/s": statistics.median(speeds[1:] or speeds) if speeds else math.nan,
+            "peak GiB": max((m.value for m in peaks), default=math.nan), "peak kind": kind,
+            "final loss": _mean([v for k, v in metrics.items() if re.fullmatch(r"[^/]+/[^/]+/loss", k)]),
+            "held-out ppl": _mean([v for k, v in metrics.items() if re.fullmatch(r"heldout/.+/ppl", k)]),
+        })
+    return grid, rows
+
+
+def sweep_markdown(grid: list[str], rows: list[dict]) -> str:
+    def shown(row: dict, column: str) -> str:
+        value = row[column]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        if column == "peak GiB":
+            return f"{value:.3f} ({row['peak kind']})"
+        if isinstance(value, float):
+            return f"{value:,.0f}" if column == "tokens/s" else f"{value:.3f}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    columns = [*SWEEP_COLUMNS[:3], *grid, *SWEEP_COLUMNS[3:]]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(shown(row, c) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(grid: list[str], rows: list[dict], out: Path) -> int:
+    """Three panels against student parameters: final loss, held-out perplexity, tokens/s; one series per
+    combination of the grid values that are not the student's shape (teacher, strategy, ...). Returns the
+    number of series drawn (a panel with no values draws none)."""
+    from matplotlib.figure import Figure
+
+    series_keys = [key for key in grid if not key.startswith("students.")]
+    series: dict[str, list[dict]] = {}
+    for row in rows:
+        series.setdefault(" ".join(f"{key}={row[key]}" for key in series_keys) or "runs", []).append(row)
+    fig = Figure(figsize=(15, 4.5), layout="tight")
+    axes = fig.subplots(1, 3)
+    drawn = 0
+    for ax, metric in zip(axes, ("final loss", "held-out ppl", "tokens/s")):
+        for label, members in series.items():
+            points = sorted((r["student params"], r[metric]) for r in members if r["student params"] and not math.isnan(r[metric]))
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+                drawn += 1
+        ax.set_xlabel("student parameters")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} against student size")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    _write_png(fig, out)
+    return drawn
 
 
 def sync(run_dir: Path, uri: str | None = None) -> list[tuple[Path, int, str]]:
