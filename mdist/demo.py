@@ -35,15 +35,16 @@ from mdist.transfer.runner import TransferConfig, run_transfer
 DEMO_OVERRIDES = [
     "teacher.tiny={layers: 4, hidden: 64, heads: 4, ffn: 256, vocab: 500, max_positions: 66}",
     "students.layers=2",
-    "train.steps=100",
+    "train.steps=150",
     "train.batch_size=16",
     "train.seq_len=64",
     "train.lr=1e-3",
-    "train.warmup_steps=10",
+    "train.warmup_steps=15",
     "train.log_every=10",
 ]
 NO_ALIGNMENT_OVERRIDES = ["strategy=hinton", "loss.weights={mlm: 1.0, kl: 0.0}", "students.init=random", "students.share_embeddings=false"]
 NO_ALIGNMENT_DIR = "no-alignment"
+TRANSFER_LR = 5e-4  # a rate high enough to learn the tags in a few epochs, low enough not to unlearn the alignment
 THREADS = 1  # a fixed count: float sums, hence the printed numbers, depend on it
 
 
@@ -51,12 +52,26 @@ THREADS = 1  # a fixed count: float sums, hence the printed numbers, depend on i
 class DemoSize:
     """How much the demo trains and evaluates (tests run a smaller one)."""
 
-    pretrain_steps: int = 300
+    pretrain_steps: int = 200
     pairs: int = 300  # held-out translation pairs for retrieval
     ner_train: int = 400
     ner_eval: int = 200
     ner_epochs: int = 6
     seeds: tuple[int, ...] = (0, 1, 2)  # fine-tuning seeds of the zero-shot transfer
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One row of the demo's table: the models that encode each language, and the distillation run
+    whose MLflow store takes its evaluations (as child runs; the teacher's fine-tuning keeps its own)."""
+
+    label: str
+    trg: Path  # encodes the Turkish queries; fine-tuned in the transfer
+    src: Path  # encodes the English candidates
+    run_dir: Path
+    mlflow_run_id: str | None
+    metric_key: str  # retrieval.<metric_key>.<score>.<representation> in that run
+    distilled: bool = True  # False: the teacher, whose fine-tuning is no child of the students' run
 
 
 @contextmanager
@@ -82,15 +97,16 @@ def run_demo(out_dir: Path, size: DemoSize = DemoSize(), overrides: list[str] = 
         summary = run_distillation(cfg, out_dir, overwrite=True)  # the demo replaces an earlier demo in OUT
         baseline_cfg = load_run_config("tiny", [*DEMO_OVERRIDES, *overrides, *NO_ALIGNMENT_OVERRIDES])
         baseline_cfg.teacher.path = str(teacher_dir)
-        run_distillation(baseline_cfg, out_dir / NO_ALIGNMENT_DIR, overwrite=True)
-        models = {  # (label, tr model, en model)
-            "teacher": ("teacher (multilingual)", teacher_dir, teacher_dir),
-            "monoshot": ("MonoShot students", out_dir / "students" / "tr", out_dir / "students" / "en"),
-            "no-alignment": ("no-alignment students", out_dir / NO_ALIGNMENT_DIR / "students" / "tr", out_dir / NO_ALIGNMENT_DIR / "students" / "en"),
+        baseline = run_distillation(baseline_cfg, out_dir / NO_ALIGNMENT_DIR, overwrite=True)
+        models = {
+            "teacher": DemoModel("teacher (multilingual)", teacher_dir, teacher_dir, out_dir, summary["mlflow_run_id"], "teacher", distilled=False),
+            "monoshot": DemoModel("MonoShot students", out_dir / "students" / "tr", out_dir / "students" / "en", out_dir, summary["mlflow_run_id"], "students"),
+            "no-alignment": DemoModel("no-alignment students", out_dir / NO_ALIGNMENT_DIR / "students" / "tr", out_dir / NO_ALIGNMENT_DIR / "students" / "en",
+                                      out_dir / NO_ALIGNMENT_DIR, baseline["mlflow_run_id"], "students"),
         }
-        retrieval = retrieval_step(out_dir, models, size.pairs, cfg.train.seed, summary["mlflow_run_id"])
-        transfer = {key: transfer_step(out_dir, key, trg, src, size, cfg.train.seed, summary["mlflow_run_id"]) for key, (_, trg, src) in models.items()}
-    table = format_table({key: label for key, (label, _, _) in models.items()}, retrieval, transfer, size)
+        retrieval = retrieval_step(out_dir, models, size.pairs, cfg.train.seed)
+        transfer = {key: transfer_step(out_dir, key, model, size, cfg.train.seed) for key, model in models.items()}
+    table = format_table({key: model.label for key, model in models.items()}, retrieval, transfer, size)
     summary["demo"] = {"retrieval": retrieval, "chance": 1.0 / size.pairs, "pairs": size.pairs, "transfer": transfer, "table": table,
                        "seconds": time.perf_counter() - started}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -99,20 +115,22 @@ def run_demo(out_dir: Path, size: DemoSize = DemoSize(), overrides: list[str] = 
     return summary
 
 
-def retrieval_step(out_dir: Path, models: dict, pairs: int, seed: int, mlflow_run_id: str | None) -> dict:
-    """Retrieval of every model on held-out pairs, logged as an evaluation run under the distillation run
-    (named as `mdist eval retrieval` names its metrics)."""
+def retrieval_step(out_dir: Path, models: dict[str, DemoModel], pairs: int, seed: int) -> dict:
+    """Retrieval of every model on held-out pairs, each logged as an evaluation run under its distillation
+    run (named as `mdist eval retrieval` names its metrics)."""
     queries, candidates = SyntheticCorpus(seed=seed).parallel("tr", "en", pairs)
     eval_dir = out_dir / "heldout"
     eval_dir.mkdir(exist_ok=True)
     (eval_dir / "pairs.tr").write_text("\n".join(queries) + "\n", encoding="utf-8")
     (eval_dir / "pairs.en").write_text("\n".join(candidates) + "\n", encoding="utf-8")
-    results = {key: evaluate_retrieval(trg, src, eval_dir / "pairs.tr", eval_dir / "pairs.en") for key, (_, trg, src) in models.items()}
-    tracker = Tracker(out_dir, "mdist-eval", run_name="eval retrieval", parent_run_id=mlflow_run_id)
-    for key, result in results.items():
-        tracker.log_metrics({f"retrieval.{key}.{score}.{rep}": acc for score in ("cosine", "bertscore") for rep, acc in result[score].items()}, 0)
-    tracker.log_metrics({"retrieval.chance": 1.0 / pairs}, 0)
-    tracker.close()
+    results = {key: evaluate_retrieval(model.trg, model.src, eval_dir / "pairs.tr", eval_dir / "pairs.en") for key, model in models.items()}
+    for run_dir in dict.fromkeys(model.run_dir for model in models.values()):
+        logged = {key: model for key, model in models.items() if model.run_dir == run_dir}
+        tracker = Tracker(run_dir, "mdist-eval", run_name="eval retrieval", parent_run_id=next(iter(logged.values())).mlflow_run_id)
+        for key, model in logged.items():
+            tracker.log_metrics({f"retrieval.{model.metric_key}.{score}.{rep}": acc for score in ("cosine", "bertscore") for rep, acc in results[key][score].items()}, 0)
+        tracker.log_metrics({"retrieval.chance": 1.0 / pairs}, 0)
+        tracker.close()
     return results
 
 
@@ -122,7 +140,7 @@ def write_tagged(path: Path, sentences: list[list[tuple[str, str]]]) -> Path:
     return path
 
 
-def transfer_step(out_dir: Path, key: str, trg_model: Path, src_model: Path, size: DemoSize, seed: int, mlflow_run_id: str | None) -> dict:
+def transfer_step(out_dir: Path, key: str, model: DemoModel, size: DemoSize, seed: int) -> dict:
     """FULL-TRG NER: the tr model fine-tuned on English, scored on Turkish, once per fine-tuning seed."""
     corpus = SyntheticCorpus(seed=seed)
     data = out_dir / "transfer"
@@ -131,9 +149,9 @@ def transfer_step(out_dir: Path, key: str, trg_model: Path, src_model: Path, siz
     evaluation = write_tagged(data / "ner-eval-tr.tsv", corpus.tagged("tr", size.ner_eval, split=3))
     runs = [
         run_transfer(TransferConfig(
-            task="ner", strategy="full-trg", src_model=src_model, trg_model=trg_model, train=train, eval=evaluation,
-            out=data / f"{key}-seed{s}", src_lang="en", trg_lang="tr", label=f"demo {key}", epochs=size.ner_epochs, batch_size=32, lr=3e-3,
-            seed=s, distillation_run=out_dir, distillation_mlflow_run_id=mlflow_run_id,
+            task="ner", strategy="full-trg", src_model=model.src, trg_model=model.trg, train=train, eval=evaluation,
+            out=data / f"{key}-seed{s}", src_lang="en", trg_lang="tr", label=f"demo {key}", epochs=size.ner_epochs, batch_size=32, lr=TRANSFER_LR,
+            seed=s, distillation_run=model.run_dir if model.distilled else None, distillation_mlflow_run_id=model.mlflow_run_id if model.distilled else None,
         ))
         for s in size.seeds
     ]
@@ -155,14 +173,14 @@ def format_table(labels: dict[str, str], retrieval: dict, transfer: dict, size: 
     ]
     for key, label in labels.items():
         cosine = retrieval[key]["cosine"]
-        last = max((k for k in cosine if k.startswith("layer_")), key=lambda k: int(k[6:]))
-        lines.append(f"{label:<24}{int(last[6:]):>7}{cosine[last]:>11.2f}{mean_sd(transfer[key]['zero_shot_f1']):>24}{mean_sd(transfer[key]['train_f1']):>22}")
+        layers = sum(rep.startswith("layer_") for rep in cosine) - 1  # layer_0 is the embedding output
+        lines.append(f"{label:<24}{layers:>7}{cosine['all']:>11.2f}{mean_sd(transfer[key]['zero_shot_f1']):>24}{mean_sd(transfer[key]['train_f1']):>22}")
     lines += [
         f"retrieval: accuracy of finding each of {size.pairs} Turkish sentences' translation among {size.pairs} English ones "
-        f"(cosine of mean-pooled last-layer vectors); chance {1 / size.pairs:.3f}.",
+        f"(cosine of token vectors mean-pooled over all layers); chance {1 / size.pairs:.3f}.",
         f"NER F1: the tr model fine-tuned on {size.ner_train} English sentences, scored on {size.ner_eval} Turkish ones; "
-        f"mean ± sd over {seeds} fine-tuning seed{'s' * (seeds > 1)}; entity classes LOC/ORG/PER.",
-        "MonoShot students distilled from the multilingual teacher keep its alignment (retrieval and transfer near the teacher's);",
-        "no-alignment students (same size and text, MLM without the teacher) do not.",
+        f"mean ± sd over {seeds} fine-tuning seed{'s' * (seeds > 1)}; entities LOC and ORG, whose words differ between the languages.",
+        "What it shows: MonoShot students, distilled from the multilingual teacher on monolingual text, keep its alignment (retrieval",
+        "near the teacher's, zero-shot transfer); no-alignment students (same size and text, MLM without the teacher) lose it.",
     ]
     return "\n".join(lines)

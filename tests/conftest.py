@@ -97,7 +97,7 @@ def recipe_teacher_dir(tmp_path_factory) -> Path:
     return path
 
 
-DEMO_SIZE = dict(pretrain_steps=10, pairs=50, ner_train=40, ner_eval=20, ner_epochs=1, seeds=(0,))  # mdist.demo.DemoSize
+DEMO_SIZE = dict(pretrain_steps=60, pairs=50, ner_train=240, ner_eval=60, ner_epochs=5, seeds=(0, 1))  # mdist.demo.DemoSize: enough to show the claim
 DEMO_OVERRIDES = ["train.steps=3"]
 
 

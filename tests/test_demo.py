@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from mdist.demo import THREADS, DemoSize, run_demo
 
 MODELS = ("teacher", "monoshot", "no-alignment")
@@ -24,7 +26,10 @@ def test_demo_reports_every_model_next_to_chance(demo_run):
         assert (demo_run / student / "tr" / "config.json").is_file() and (demo_run / student / "en" / "config.json").is_file()
     rows = {line.split("  ")[0]: line for line in demo["table"].splitlines()}
     assert f"chance {demo['chance']:.3f}" in demo["table"]
-    assert f"{demo['retrieval']['monoshot']['cosine']['layer_2']:.2f}" in rows["MonoShot students"].split()
+    zero_shot = demo["transfer"]["monoshot"]["zero_shot_f1"]
+    assert len(zero_shot) > 1  # a spread to show
+    assert rows["MonoShot students"].split()[2:6] == ["2", f"{demo['retrieval']['monoshot']['cosine']['all']:.2f}", f"{np.mean(zero_shot):.2f}", "±"]
+    assert rows["MonoShot students"].split()[6] == f"{np.std(zero_shot, ddof=1):.2f}"
 
 
 def test_demo_runs_the_transfer_half_per_model_and_seed(demo_run):
@@ -42,11 +47,11 @@ def test_demo_shows_the_method(demo_run):
     """The claim the table states: MonoShot students keep the teacher's alignment, no-alignment students lose it."""
     demo = demo_summary(demo_run)
     retrieval = {model: demo["retrieval"][model]["cosine"] for model in MODELS}
-    monoshot, teacher, none = retrieval["monoshot"]["layer_2"], retrieval["teacher"]["layer_4"], retrieval["no-alignment"]["layer_2"]
+    monoshot, teacher, none = retrieval["monoshot"]["all"], retrieval["teacher"]["all"], retrieval["no-alignment"]["all"]
     assert monoshot > 20 * demo["chance"] and monoshot > teacher - 0.15
     assert none < 3 * demo["chance"]
-    zero_shot = {model: min(demo["transfer"][model]["zero_shot_f1"]) for model in MODELS}
-    assert zero_shot["monoshot"] > max(demo["transfer"]["no-alignment"]["zero_shot_f1"]) + 0.1
+    zero_shot = {model: np.mean(demo["transfer"][model]["zero_shot_f1"]) for model in MODELS}  # one seed may transfer badly
+    assert zero_shot["monoshot"] > zero_shot["no-alignment"] + 0.2 and zero_shot["no-alignment"] < 0.1
 
 
 def test_two_runs_print_the_same_table(demo_run, tmp_path, capsys):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 ROLES = ("noun", "verb", "adj")
 NOUN_KINDS = ("place", "organisation", "name")  # by concept index % 3; names are the nouns shared by all languages
-ENTITY_TAGS = {"place": "B-LOC", "organisation": "B-ORG", "name": "B-PER"}
+ENTITY_TAGS = {"place": "B-LOC", "organisation": "B-ORG"}  # names stay O: written alike everywhere, they would transfer without alignment
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,9 @@ class SyntheticCorpus:
         return " ".join(word for word, _ in self.words(latent, lang))
 
     def tagged(self, lang: str, sentences: int, split: int = 2) -> list[list[tuple[str, str]]]:
-        """NER-style sentences: every noun tagged with its concept's class (ENTITY_TAGS), everything else O.
-        Names are written alike in every language; places' and organisations' words differ, so tagging
-        them in a language the tagger was never trained on takes cross-lingual alignment."""
+        """NER-style sentences: places and organisations tagged by concept (ENTITY_TAGS), everything else O.
+        Their words differ between languages, so tagging them in a language the tagger was never
+        trained on takes cross-lingual alignment."""
         rng = random.Random(f"{self.seed}-tagged-{split}")
         return [[(word, ENTITY_TAGS.get(kind, "O")) for word, kind in self.words(self.latent(rng), lang)] for _ in range(sentences)]
 
