@@ -16,6 +16,7 @@ The numbers are stored in `summary.json` and in the MLflow run.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from contextlib import contextmanager
@@ -75,22 +76,25 @@ class DemoModel:
 
 
 @contextmanager
-def deterministic_cpu(threads: int):
-    """Fixed intra-op threads and deterministic kernels for the block; the caller's settings after it."""
-    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+def deterministic_torch(threads: int):
+    """Fixed intra-op threads and deterministic kernels for the block; the caller's settings after it.
+    On a GPU machine (distillation takes the GPU) cuBLAS needs a fixed workspace to be deterministic,
+    and an op without a deterministic CUDA kernel warns instead of stopping the demo."""
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
         torch.set_num_threads(before[0])
-        torch.use_deterministic_algorithms(before[1])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
 
 
 def run_demo(out_dir: Path, size: DemoSize = DemoSize(), overrides: list[str] = ()) -> dict:
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with deterministic_cpu(THREADS):
+    with deterministic_torch(THREADS):
         cfg = load_run_config("tiny", [*DEMO_OVERRIDES, *overrides])
         teacher_dir = pretrain_teacher(cfg, out_dir / "teacher", size.pretrain_steps)
         cfg.teacher.path = str(teacher_dir)
