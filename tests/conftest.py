@@ -97,12 +97,17 @@ def recipe_teacher_dir(tmp_path_factory) -> Path:
     return path
 
 
+DEMO_SIZE = dict(pretrain_steps=60, pairs=50, ner_train=240, ner_eval=60, ner_epochs=5, seeds=(0, 1))  # mdist.demo.DemoSize: enough to show the claim
+DEMO_OVERRIDES = ["train.steps=3"]
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
-    """The embedded main job, shortened (pre-train 10 steps, distil 3): a run directory named 'demo-run'
-    with a teacher, students en/tr, summary.json, an MLflow store and the demo's transfer step."""
-    from mdist.demo import run_demo
+    """The embedded main job, shortened (DEMO_SIZE, distil 3 steps): a run directory named 'demo-run'
+    with a teacher, students en/tr (and no-alignment/students), summary.json, an MLflow store and the
+    demo's transfer runs."""
+    from mdist.demo import DemoSize, run_demo
 
     out = tmp_path_factory.mktemp("demo-run", numbered=False)
-    run_demo(out, pretrain_steps=10, overrides=["train.steps=3"])
+    run_demo(out, DemoSize(**DEMO_SIZE), DEMO_OVERRIDES)
     return out

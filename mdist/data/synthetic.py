@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 ROLES = ("noun", "verb", "adj")
+NOUN_KINDS = ("place", "organisation", "name")  # by concept index % 3; names are the nouns shared by all languages
+ENTITY_TAGS = {"place": "B-LOC", "organisation": "B-ORG"}  # names stay O: written alike everywhere, they would transfer without alignment
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,11 @@ class SyntheticCorpus:
         }
 
     def words(self, latent: dict, lang: str) -> list[tuple[str, str]]:
-        """(word, kind) in the language's order; kind: name, noun, verb, adj, number or punct."""
+        """(word, kind) in the language's order; kind: one of NOUN_KINDS, verb, adj, number or punct."""
         spec, lex = self.languages[lang], self.lexicons[lang]
 
         def phrase(noun: int, adj: int | None, number: int | None = None) -> list[tuple[str, str]]:
-            words = [(lex["noun"][noun], "name" if noun % 3 == 2 else "noun")]
+            words = [(lex["noun"][noun], NOUN_KINDS[noun % 3])]
             if adj is not None:
                 words = [(lex["adj"][adj], "adj"), *words] if spec.adj_first else [*words, (lex["adj"][adj], "adj")]
             return ([(str(number), "number")] if number is not None else []) + words
@@ -80,9 +82,11 @@ class SyntheticCorpus:
         return " ".join(word for word, _ in self.words(latent, lang))
 
     def tagged(self, lang: str, sentences: int, split: int = 2) -> list[list[tuple[str, str]]]:
-        """NER-style sentences: names (the shared capitalised nouns) tagged B-PER, everything else O."""
+        """NER-style sentences: places and organisations tagged by concept (ENTITY_TAGS), everything else O.
+        Their words differ between languages, so tagging them in a language the tagger was never
+        trained on takes cross-lingual alignment."""
         rng = random.Random(f"{self.seed}-tagged-{split}")
-        return [[(word, "B-PER" if kind == "name" else "O") for word, kind in self.words(self.latent(rng), lang)] for _ in range(sentences)]
+        return [[(word, ENTITY_TAGS.get(kind, "O")) for word, kind in self.words(self.latent(rng), lang)] for _ in range(sentences)]
 
     def monolingual(self, lang: str, documents: int, sentences_per_doc: int = 4, split: int = 0) -> list[str]:
         """Independent (non-parallel) documents per language; `split` separates train from held-out."""
