@@ -145,21 +145,26 @@ def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
     return result
 
 
-def run_measurements(configs: list[tuple[int, bool]]) -> list[dict]:
+def on_two_ranks(args: list[str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 ARGS` on CPU ranks (gloo), one thread each; `check`: raise with its stderr on failure."""
     from mdist.engine import free_port, without_launcher_variables
 
     env = without_launcher_variables(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT), DS_ACCELERATOR="cpu")
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return done
+
+
+def run_measurements(configs: list[tuple[int, bool]]) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for stage, tz3 in configs:
             result = Path(tmp) / f"r{stage}{int(tz3)}.json"
-            cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
-                   __file__, "--rank-measure", str(stage), str(int(tz3)), tmp, str(result)]
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-            if done.returncode != 0:
-                raise RuntimeError(done.stderr[-3000:])
+            on_two_ranks([__file__, "--rank-measure", str(stage), str(int(tz3)), tmp, str(result)])
             rows.append(json.loads(result.read_text()))
     return rows
 
