@@ -1,23 +1,28 @@
 """XLM-R large and XL at their real shapes, really run on 2 CPU ranks, against `mdist plan`'s memory model.
 
-    python benchmarks/real_size.py                 # large and XL (and XXL by the model alone); appends to RESULTS.md
-    python benchmarks/real_size.py --sizes large --no-record
+    python benchmarks/real_size.py                 # large (students 256 and 512 wide) and XL; XXL by the model alone;
+                                                   # appends to RESULTS.md (needs ~14 GiB free and ~8 GB of disk)
+    python benchmarks/real_size.py --sizes large --student-hidden 256 --no-record
 
 For each size a random-weight teacher of the published shape (mdist.memory.XLMR) is written to a directory
 tensor by tensor (fp16 safetensors shards, one per layer: no process ever holds the whole model) with a
-sentencepiece tokenizer padded to the full vocabulary. Then the size's recipe, cut to one one-language
-student of STUDENT_LAYERS layers, micro-batch 1 × SEQ_LEN and STEPS steps on synthetic text, with a
-ZeRO-3 teacher and ZeRO-3 students and `dist.memory_gib` = BUDGET_GIB, either runs through
-`mdist.run.run_distillation` on 2 CPU ranks (torchrun, gloo), its teacher built straight into ZeRO-3
-partitions (`load_partitioned_teacher`), or, where the plan says it cannot fit, is refused by `mdist plan`
-and `mdist distill` before anything loads: both refusals are recorded.
+sentencepiece tokenizer padded to the full vocabulary. The size's recipe, cut to one one-language student of
+STUDENT_LAYERS layers, micro-batch 1 × SEQ_LEN and STEPS steps on synthetic text, ZeRO-3 teacher and
+students and `dist.memory_gib` = BUDGET_GIB, then either runs through `mdist.run.run_distillation` on 2 CPU
+ranks (torchrun, gloo; the teacher built straight into ZeRO-3 partitions by `load_partitioned_teacher`) or,
+where the plan says it cannot fit, is refused by `mdist plan --cpu` and `mdist distill` before anything
+loads: both refusals are recorded. Students narrower than the teacher (randomly initialised) keep two ranks
+under 14 GiB: at the teacher's width large's run peaked at 9.8 GiB per rank.
 
 Measured: each rank's peak resident memory (getrusage ru_maxrss) through teacher inference and the student
 steps, read when the export starts (the export gathers whole students, which the plan does not cover), less
 the rank's resident memory right after its imports (interpreter, torch, DeepSpeed: not part of the model,
 as the CUDA context is on a GPU). RSS rather than the per-tensor storage count of benchmarks/memory_model.py
 because at this size the question is whether the machine holds the run: RSS also sees the transient peaks
-(gathered layers, logits, allocator slack) that a count of live tensors after a step misses.
+(gathered layers, full gradients, logits) and the allocator's slack that live tensors after a step do not.
+That count is recorded too (before the export, with the heap's free bytes), and RSS after each building step,
+to say which part a miss comes from; each run goes once with glibc's default allocator and once with a fixed
+mmap threshold (ALLOCATORS).
 """
 from __future__ import annotations
 
@@ -34,6 +39,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 SIZES = {"large": ("xlm-roberta-large", "xlmr-large-monoshot"), "xl": ("xlm-roberta-xl", "xlmr-xl-monoshot")}
 BUDGET_GIB = 7.0  # per rank: 2 ranks stay within 14 GiB of this shared 23 GiB machine
 STUDENT_LAYERS, SEQ_LEN, STEPS = 3, 128, 2
+# glibc's default raises its mmap threshold after each large free (up to 32 MB), so freed tensors below it stay
+# in the heap: RSS no tensor uses. A fixed threshold returns them to the system; each run is measured both ways.
+ALLOCATORS = {"glibc default": {}, "glibc, mmap threshold 64 KiB": {"MALLOC_MMAP_THRESHOLD_": "65536"}}
 
 
 def overrides(teacher_dir: Path, student_hidden: int | None = None) -> list[str]:
@@ -110,12 +118,27 @@ def write_teacher(name: str, out_dir: Path) -> Path:
 # ------------------------------------------------------------------------------------------ one rank
 
 
-PHASES = ("load_partitioned_teacher", "StudentGroup", "teacher_engine", "student_engine", "distill_step")
+PHASES = ("load_partitioned_teacher", "StudentGroup", "teacher_engine", "build_optimizer", "student_engine", "distill_step")
+
+
+def heap_free_gib() -> float:
+    """Bytes glibc's heap holds free (mallinfo2's fordblks): RSS the process keeps but no tensor uses."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2().fordblks / 2**30
 
 
 def rank_run(recipe: str, teacher_dir: Path, out_dir: Path, result: Path, student_hidden: int | None) -> None:
     """Inside torchrun: `run_distillation` as `mdist distill` calls it. Each rank records its RSS after the imports,
-    and its current and peak RSS after each of mdist.run's building steps (PHASES) and before the export."""
+    and its current and peak RSS after each of mdist.run's building steps (PHASES) and before the export; there
+    also the storage its live tensors hold by part (benchmarks/memory_model.py's count) and the heap's free bytes."""
+    from memory_model import live_state_bytes
+
     import os
 
     import mdist.run
@@ -127,10 +150,12 @@ def rank_run(recipe: str, teacher_dir: Path, out_dir: Path, result: Path, studen
 
     baseline = current_rss_gib()
     phases: list[tuple[str, float, float]] = []
+    built: dict = {}
 
     def traced(name, call):
         def run(*args, **kwargs):
             out = call(*args, **kwargs)
+            built[name] = out
             phases.append((name, current_rss_gib(), peak_rss_gib()))
             return out
         return run
@@ -141,12 +166,15 @@ def rank_run(recipe: str, teacher_dir: Path, out_dir: Path, result: Path, studen
 
     def record_then_gather(module, *args, **kwargs):  # the export gathers whole students: the run's peak is the one before it
         phases.append(("before export", current_rss_gib(), peak_rss_gib()))
+        live.update(live_state_bytes(built["load_partitioned_teacher"][0], module, built["student_engine"], built["build_optimizer"]))
+        live["heap free"] = heap_free_gib() * 2**30
         return whole(module, *args, **kwargs)
 
+    live: dict = {}
     mdist.run.gathered = record_then_gather
     run_distillation(load_run_config(recipe, overrides(teacher_dir, student_hidden)), out_dir)
     rank = int(os.environ["RANK"])
-    per_rank = {"rank": rank, "baseline_gib": baseline, "peak_gib": phases[-1][2], "phases": phases}
+    per_rank = {"rank": rank, "baseline_gib": baseline, "peak_gib": phases[-1][2], "phases": phases, "live_gib": {k: v / 2**30 for k, v in live.items()}}
     (result.parent / f"{result.stem}.rank{rank}.json").write_text(json.dumps(per_rank), encoding="utf-8")
 
 
@@ -162,18 +190,21 @@ def cpu_plan(recipe: str, name: str, teacher_dir: Path, student_hidden: int | No
 
 
 def refusals(recipe: str, teacher_dir: Path, work: Path, student_hidden: int | None) -> dict[str, str]:
-    """What `mdist plan` (2 GPUs of BUDGET_GIB, bf16) and `mdist distill` (2 CPU ranks, dist.memory_gib) say."""
+    """What `mdist plan --cpu` and `mdist distill` (dist.memory_gib) say for 2 CPU ranks of BUDGET_GIB each."""
+    import re
     import subprocess
 
     from memory_model import on_two_ranks
 
     sets = [a for o in overrides(teacher_dir, student_hidden) for a in ("--set", o)]
-    planned = subprocess.run([sys.executable, "-m", "mdist", "plan", "--recipe", recipe, *sets, "--gpus", "2", "--gpu-mem", f"{BUDGET_GIB:g}"],
+    planned = subprocess.run([sys.executable, "-m", "mdist", "plan", "--recipe", recipe, *sets, "--cpu", "--gpus", "2", "--gpu-mem", f"{BUDGET_GIB:g}"],
                              capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     distilled = on_two_ranks(["-m", "mdist", "distill", "--recipe", recipe, *sets, "--out", str(work / "refused")], timeout=600, check=False)
-    last = lambda text: next((line for line in reversed(text.strip().splitlines()) if "GiB" in line), text.strip()[-300:])  # noqa: E731
-    return {"plan": f"exit {planned.returncode}: {last(planned.stdout + planned.stderr)}",
-            "distill": f"exit {distilled.returncode}: {last(distilled.stderr + distilled.stdout)}"}
+    said = {"plan": f"exit {planned.returncode}: {planned.stderr.strip().splitlines()[-1]}"}
+    line = next((line for line in distilled.stderr.splitlines() if line.startswith("mdist distill: error:")), distilled.stderr.strip()[-300:])
+    codes = sorted(set(re.findall(r"exitcode\s*:\s*(\d+)", distilled.stderr)))
+    said["distill"] = f"ranks exit {', '.join(codes) or '?'} (torchrun {distilled.returncode}): {line}"
+    return said
 
 
 def xxl_parts() -> list[list]:
@@ -198,7 +229,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["large", "xl"])
     parser.add_argument("--workdir", type=Path, help="keep teacher directories here (default: a temporary directory)")
     parser.add_argument("--no-record", action="store_true")
-    parser.add_argument("--student-hidden", type=int, nargs="+", default=[0], help="student widths to run (0: the teacher's)")
+    parser.add_argument("--student-hidden", type=int, nargs="+", default=[256, 512], help="student widths to run (0: the teacher's; large at 1024 peaked at 9.8 GiB per rank)")
     parser.add_argument("--rank-run", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rank_run:
@@ -212,7 +243,7 @@ def main() -> None:
     from mdist.memory import GIB, XLMR
 
     commit, stamp, device = git_commit(), utc_stamp(), device_name("cpu")
-    header = ["date (UTC)", "device", "commit", "teacher", "run", "rank", "plan GiB/rank", "peak RSS GiB", "RSS after imports GiB",
+    header = ["date (UTC)", "device", "commit", "teacher", "run", "allocator", "rank", "plan GiB/rank", "peak RSS GiB", "RSS after imports GiB",
               "peak − imports GiB", "(peak − imports)/plan", "peak/plan"]
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -229,17 +260,20 @@ def main() -> None:
                     said = refusals(recipe, teacher_dir, work, hidden or None)
                     notes.append(f"{name}, students {width} wide: plan {need:.2f} GiB per rank against {BUDGET_GIB:g}; "
                                  f"`mdist plan` {said['plan']}; `mdist distill` {said['distill']}")
-                    rows.append([stamp, device, commit, name, run, "-", f"{need:.2f}", "refused before loading", "-", "-", "-", "-"])
+                    rows.append([stamp, device, commit, name, run, "-", "-", f"{need:.2f}", "refused before loading", "-", "-", "-", "-"])
                     continue
-                result = work / f"{size}-{width}.json"
-                on_two_ranks([__file__, "--rank-run", recipe, str(teacher_dir), str(work / f"{size}-{width}-run"), str(result), str(hidden)], timeout=3600)
-                for rank in (0, 1):
-                    r = json.loads((work / f"{size}-{width}.rank{rank}.json").read_text())
-                    net = r["peak_gib"] - r["baseline_gib"]
-                    rows.append([stamp, device, commit, name, run, rank, f"{need:.2f}", f"{r['peak_gib']:.2f}", f"{r['baseline_gib']:.2f}",
-                                 f"{net:.2f}", f"{net / need:.3f}", f"{r['peak_gib'] / need:.3f}"])
-                    notes.append(f"{name}, students {width} wide, rank {rank}, RSS now / peak after each step (GiB): "
-                                 + ", ".join(f"{phase} {now:.2f} / {peak:.2f}" for phase, now, peak in r["phases"]))
+                for allocator, env in ALLOCATORS.items():
+                    tag = f"{size}-{width}-{len(env)}"
+                    on_two_ranks([__file__, "--rank-run", recipe, str(teacher_dir), str(work / f"{tag}-run"), str(work / f"{tag}.json"), str(hidden)],
+                                 timeout=3600, env_extra=env)
+                    for rank in (0, 1):
+                        r = json.loads((work / f"{tag}.rank{rank}.json").read_text())
+                        net = r["peak_gib"] - r["baseline_gib"]
+                        rows.append([stamp, device, commit, name, run, allocator, rank, f"{need:.2f}", f"{r['peak_gib']:.2f}", f"{r['baseline_gib']:.2f}",
+                                     f"{net:.2f}", f"{net / need:.3f}", f"{r['peak_gib'] / need:.3f}"])
+                        notes.append(f"{name}, students {width} wide, {allocator}, rank {rank}, RSS now / peak after each step (GiB): "
+                                     + ", ".join(f"{phase} {now:.2f} / {peak:.2f}" for phase, now, peak in r["phases"])
+                                     + "; live tensors before export (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in r["live_gib"].items()))
                 notes.append(f"{name}, students {width} wide, plan by part (GiB/rank): " + ", ".join(f"{k} {v / GIB:.2f}" for k, v in planned.configured_bytes.items()))
     print(markdown_header(header))
     for row in rows:
