@@ -288,7 +288,7 @@ def main() -> None:
         append_table(f"Real-size teachers on 2 CPU ranks vs the plan (benchmarks/real_size.py), {stamp}, {commit}", header, rows)
         with open(ROOT / "benchmarks" / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write("\n" + "\n".join(f"- {note}" for note in notes) + "\n")
-        append_table(f"XLM-R XXL by the model alone (mdist.memory; xlmr-xxl-monoshot cut as above, 2 CPU ranks), {stamp}, {commit}", xxl_header, xxl)
+        append_table(f"XLM-R XXL by the model alone (mdist.memory; xlmr-xxl-monoshot cut as above, its 1 student × {STUDENT_LAYERS} layers at the teacher's width {XLMR['xlm-roberta-xxl'].hidden}, 2 CPU ranks), {stamp}, {commit}", xxl_header, xxl)
 
 
 if __name__ == "__main__":
