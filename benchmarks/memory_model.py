@@ -43,6 +43,46 @@ def _storage_bytes(tensors, seen: set) -> int:
     return total
 
 
+def held(p) -> list:
+    """What this rank holds of a parameter: its ZeRO-3 shard, plus the full tensor if gathered."""
+    parts = [p.ds_tensor] if hasattr(p, "ds_tensor") else []
+    if not hasattr(p, "ds_tensor") or p.numel() > 0:
+        parts.append(p.data)
+    return parts
+
+
+def live_state_bytes(teacher, group, engine, optimizer) -> dict[str, int]:
+    """Storage bytes this rank holds now of the teacher, the students' parameters, their gradients (and
+    DeepSpeed's gradient buffers) and the optimiser states (and ZeRO's fp32 partitions); each storage once."""
+    import torch
+
+    seen: set = set()
+    measured = {"teacher": _storage_bytes([t for p in teacher.parameters() for t in held(p)], seen)}
+    params = list({id(p): p for p in group.parameters()}.values())
+    measured["params"] = _storage_bytes([t for p in params for t in held(p)], seen)
+    zero = engine.optimizer
+    grads = [p.grad for p in params]
+    for name in ("averaged_gradients", "fp32_partitioned_groups_flat_grad_buffer", "grad_partitions_flat_buffer"):
+        value = getattr(zero, name, None)
+        if isinstance(value, dict):
+            grads += [t for v in value.values() for t in (v if isinstance(v, list) else [v])]
+        elif isinstance(value, torch.Tensor):
+            grads.append(value)
+    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+        grads += [getattr(t, "grad", None) for t in getattr(zero, name, []) or []]
+    for name in ("ipg_buffer", "grads_in_partition", "__param_id_to_grad_partition"):
+        value = getattr(zero, name, None)
+        grads += value if isinstance(value, list) else ([value] if isinstance(value, torch.Tensor) else [])
+    measured["grads"] = _storage_bytes(grads, seen)
+    states = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor) and t.dim() > 0]
+    masters = [t for g in optimizer.param_groups for t in g["params"]]  # stage 0: the params (already counted)
+    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):  # ZeRO's fp32 partitions
+        masters += list(getattr(zero, name, []) or [])
+    measured["optimizer"] = _storage_bytes(states + masters, seen)
+    measured["total"] = sum(measured.values())
+    return measured
+
+
 def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
     """Run inside torchrun: build exactly what `mdist distill` builds, take two steps, count bytes."""
     import torch
@@ -97,37 +137,7 @@ def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
         loss, _ = loss_fn(out, target, batch.attention_mask_BL, batch.labels_BL)
     engine.backward(loss)
 
-    def held(p):  # what this rank holds of a parameter: its ZeRO-3 shard, plus the full tensor if gathered
-        parts = [p.ds_tensor] if hasattr(p, "ds_tensor") else []
-        if not hasattr(p, "ds_tensor") or p.numel() > 0:
-            parts.append(p.data)
-        return parts
-
-    seen: set = set()
-    measured = {"teacher": _storage_bytes([t for p in teacher.parameters() for t in held(p)], seen)}
-    params = list({id(p): p for p in group.parameters()}.values())
-    measured["params"] = _storage_bytes([t for p in params for t in held(p)], seen)
-    zero = engine.optimizer
-    grads = [p.grad for p in params]
-    for name in ("averaged_gradients", "fp32_partitioned_groups_flat_grad_buffer", "grad_partitions_flat_buffer"):
-        value = getattr(zero, name, None)
-        if isinstance(value, dict):
-            grads += [t for v in value.values() for t in (v if isinstance(v, list) else [v])]
-        elif isinstance(value, torch.Tensor):
-            grads.append(value)
-    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
-        grads += [getattr(t, "grad", None) for t in getattr(zero, name, []) or []]
-    for name in ("ipg_buffer", "grads_in_partition", "__param_id_to_grad_partition"):
-        value = getattr(zero, name, None)
-        grads += value if isinstance(value, list) else ([value] if isinstance(value, torch.Tensor) else [])
-    measured["grads"] = _storage_bytes(grads, seen)
-    base = optimizer
-    states = [t for s in base.state.values() for t in s.values() if isinstance(t, torch.Tensor) and t.dim() > 0]
-    masters = [t for g in base.param_groups for t in g["params"]]  # stage 0: the params (already counted)
-    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):  # ZeRO's fp32 partitions
-        masters += list(getattr(zero, name, []) or [])
-    measured["optimizer"] = _storage_bytes(states + masters, seen)
-    measured["total"] = sum(measured.values())
+    measured = live_state_bytes(teacher, group, engine, optimizer)
     weights = {t.untyped_storage().data_ptr() for p in list(group.parameters()) + list(teacher.parameters()) for t in held(p)}
     saved = sum(n for ptr, n in storages.items() if ptr not in weights)
     from mdist.memory import LOGIT_BYTES_TORCH, Layout, loss_terms, shape_from_config, states, student_activations
@@ -145,21 +155,28 @@ def measure_rank(stage: int, teacher_zero3: bool, out_dir: Path) -> dict:
     return result
 
 
-def run_measurements(configs: list[tuple[int, bool]]) -> list[dict]:
+def on_two_ranks(args: list[str], timeout: float = 300, check: bool = True, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 ARGS` on CPU ranks (gloo), one thread each, with `env_extra` set; `check`: raise with
+    its stderr on failure."""
     from mdist.engine import free_port, without_launcher_variables
 
     env = without_launcher_variables(os.environ)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
-    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT), DS_ACCELERATOR="cpu")
+    env.update(env_extra or {})
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return done
+
+
+def run_measurements(configs: list[tuple[int, bool]]) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for stage, tz3 in configs:
             result = Path(tmp) / f"r{stage}{int(tz3)}.json"
-            cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
-                   __file__, "--rank-measure", str(stage), str(int(tz3)), tmp, str(result)]
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-            if done.returncode != 0:
-                raise RuntimeError(done.stderr[-3000:])
+            on_two_ranks([__file__, "--rank-measure", str(stage), str(int(tz3)), tmp, str(result)])
             rows.append(json.loads(result.read_text()))
     return rows
 

@@ -55,7 +55,8 @@ class Plan:
 
     @property
     def tokens_per_s(self) -> float | None:
-        return None if self.fitting is None else expected_tokens_per_s(self.work, self.fitting.micro_batch, self.gpus)
+        """None when nothing fits or on CPU ranks (the MFU is a GPU's)."""
+        return None if self.fitting is None or not self.gpu else expected_tokens_per_s(self.work, self.fitting.micro_batch, self.gpus)
 
     def as_dict(self) -> dict:
         """Flat keys and numbers (MLflow params / metrics)."""
@@ -66,7 +67,8 @@ class Plan:
         if self.fitting is not None:
             out.update({f"fit.{k}": v for k, v in dataclasses.asdict(self.fitting).items()})
             out.update({f"fit.{part.replace(' ', '_')}_gib": round(value / GIB, 3) for part, value in self.fitting_bytes.items()})
-            out["tokens_per_s"] = round(self.tokens_per_s)
+            if self.tokens_per_s is not None:
+                out["tokens_per_s"] = round(self.tokens_per_s)
         return out
 
     def table(self) -> str:
@@ -82,8 +84,9 @@ class Plan:
         else:
             if self.fitting != self.configured:
                 lines.append("would fit         " + describe(self.fitting) + ": " + " ".join(settings(self.fitting)))
-            bound = "; an upper bound with ZeRO-3 or offload" if self.fitting.teacher_zero3 or self.fitting.zero_stage == 3 or self.fitting.offload_optimizer else ""
-            lines.append(f"expected          {self.tokens_per_s:,.0f} tokens/s on {self.gpus} GPU(s) ({MFU_SOURCE}{bound})")
+            if self.tokens_per_s is not None:
+                bound = "; an upper bound with ZeRO-3 or offload" if self.fitting.teacher_zero3 or self.fitting.zero_stage == 3 or self.fitting.offload_optimizer else ""
+                lines.append(f"expected          {self.tokens_per_s:,.0f} tokens/s on {self.gpus} GPU(s) ({MFU_SOURCE}{bound})")
         return "\n".join(lines)
 
 
@@ -234,11 +237,11 @@ def teacher_of(cfg: RunConfig) -> Shape:
     return shape
 
 
-def plan_recipe(recipe: str, overrides: list[str], gpus: int, gpu_mem_gib: float) -> Plan:
+def plan_recipe(recipe: str, overrides: list[str], gpus: int, gpu_mem_gib: float, gpu: bool = True) -> Plan:
     from mdist.config import load_run_config
 
     cfg = load_run_config(recipe, overrides, check_paths=False)
-    return plan(cfg, teacher_of(cfg), gpus, gpu_mem_gib)
+    return plan(cfg, teacher_of(cfg), gpus, gpu_mem_gib, gpu)
 
 
 README_RECIPES = ("xlmr-base-monoshot", "xlmr-base-wide-students", "xlmr-large-monoshot", "xlmr-xl-monoshot", "xlmr-xxl-monoshot")

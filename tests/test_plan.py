@@ -126,6 +126,21 @@ def test_plan_command_prints_parts_and_exits_2_when_nothing_fits(capsys):
     assert json.loads(capsys.readouterr().out)["fit.micro_batch"] == 4
 
 
+def test_plan_command_plans_cpu_ranks_as_distill_checks_them(capsys):
+    """--cpu: fp32 parts and the whole budget per rank, the same plan `mdist distill` refuses CPU ranks with; no GPU tokens/s."""
+    cfg = load_run_config("xlmr-large-monoshot", ["teacher.zero3=true", "deepspeed.zero_stage=3"], check_paths=False)
+    cpu = plan(cfg, teacher_of(cfg), 2, 7, gpu=False)
+    T = cpu.work.teacher
+    assert cpu.configured_bytes["teacher"] == T.params * 4 / 2 + T.head_matrix * 4  # fp32 on CPU ranks
+    assert main(["plan", "--recipe", "xlmr-large-monoshot", "--cpu", "--gpus", "2", "--gpu-mem", "7", "--set", "teacher.zero3=true", "--set", "deepspeed.zero_stage=3"]) == 2
+    captured = capsys.readouterr()
+    assert re.search(rf"^teacher +{cpu.configured_bytes['teacher'] / GIB:.2f}", captured.out, re.M)
+    assert "budget                       7.00  (2 × 7 GiB)" in captured.out and "tokens/s" not in captured.out
+    assert captured.err == "mdist plan: error: nothing fits on 2 CPU rank(s) of 7 GiB: the smallest layout needs more; add ranks\n"
+    assert main(["plan", "--recipe", "xlmr-large-monoshot", "--cpu", "--json", "--gpus", "2", "--gpu-mem", "64"]) == 0
+    assert "tokens_per_s" not in json.loads(capsys.readouterr().out)
+
+
 def test_plan_command_names_an_unknown_teacher(capsys):
     assert main(["plan", "--recipe", "xlmr-large-monoshot", "--set", "teacher.path=/nowhere/my-model"]) == 2
     assert "config key 'teacher.path': '/nowhere/my-model' has no config.json and names no published XLM-R size" in capsys.readouterr().err
