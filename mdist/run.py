@@ -169,7 +169,7 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
     elif resume and rank == 0:
         print(f"no complete checkpoint in {checkpoints}; starting from step 0", flush=True)
     tracker = Tracker(out_dir, cfg.tracking.experiment, enabled=cfg.tracking.enabled and rank == 0, run_id=run_id, run_name=out_dir.name,
-                      parent_run_id=cfg.tracking.parent_run_id, name="distill", fresh=not resume)
+                      parent_run_id=cfg.tracking.parent_run_id, name="distill", fresh=not resume, parent_kind="sweep")
     if rank == 0 and cfg.tracking.enabled:
         log_run_facts(tracker, cfg, out_dir, world, teacher, group, memory_plan)
 

@@ -42,6 +42,7 @@ def test_the_parent_has_one_finished_child_per_grid_point(sweep):
     parent_id = json.loads((out / "sweep.json").read_text())["parent_run_id"]
     client = client_of(out)
     children = client.search_runs([client.get_run(parent_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    assert all(c.data.tags.get("mdist.sweep_run_id") == parent_id and "mdist.distillation_run_id" not in c.data.tags for c in children)
     assert sorted(c.info.run_name for c in children) == ["00-1-monoshot", "01-1-hinton", "02-2-monoshot", "03-2-hinton"]
     assert {(c.data.params["students.layers"], c.data.params["strategy"]) for c in children} == {(l, s) for l in LAYERS for s in STRATEGIES}
     assert all(c.info.status == "FINISHED" for c in children) and client.get_run(parent_id).info.status == "FINISHED"

@@ -134,6 +134,7 @@ def test_few_shot_task_distillation_baseline_and_mlflow_link(demo_run, tmp_path)
     client = MlflowClient(tracking_uri=f"sqlite:///{demo_run / 'mlflow.db'}")
     parent = summary["mlflow_run_id"]
     children = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert all(c.data.tags.get("mdist.distillation_run_id") == parent for c in children)
     by_strategy = {run.data.params["strategy"]: run for run in children if "strategy" in run.data.params}  # the demo's retrieval is a child too
     assert any(run.info.run_name == "eval retrieval" for run in children)
     assert "full-trg+td" in by_strategy

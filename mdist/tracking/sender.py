@@ -24,7 +24,7 @@ def ensure_run(client, journal: Journal) -> str:
     tags = dict(header.get("tags") or {})
     if header.get("parent_run_id"):
         exp_id = client.get_run(header["parent_run_id"]).info.experiment_id
-        tags.update({"mlflow.parentRunId": header["parent_run_id"], "mdist.distillation_run_id": header["parent_run_id"]})
+        tags["mlflow.parentRunId"] = header["parent_run_id"]
     else:
         exp = client.get_experiment_by_name(header["experiment"])
         exp_id = exp.experiment_id if exp else client.create_experiment(header["experiment"], artifact_location=header.get("artifact_location"))

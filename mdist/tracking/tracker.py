@@ -133,9 +133,10 @@ class Tracker:
     """One MLflow run, through a durable journal. Disabled trackers do nothing (no mlflow import)."""
 
     def __init__(self, run_dir: Path, experiment: str, enabled: bool = True, run_id: str | None = None, run_name: str | None = None,
-                 parent_run_id: str | None = None, name: str | None = None, fresh: bool = False):
+                 parent_run_id: str | None = None, name: str | None = None, fresh: bool = False, parent_kind: str = "distillation"):
         """Log to `run_id`, or to a new run (with `parent_run_id`, a child of that run, in its
-        experiment: the MLflow UI shows evaluations and fine-tunings under their distillation run).
+        experiment: the MLflow UI shows evaluations and fine-tunings under their distillation run,
+        a sweep's distillations under the sweep; tagged `mdist.<parent_kind>_run_id`).
         `name` keeps the journal across restarts of one run (the distillation run's is "distill";
         `fresh` starts it anew); without it each Tracker has its own."""
         self.journal: Journal | None = None
@@ -143,6 +144,8 @@ class Tracker:
             return
         study = os.environ.get(STUDY)
         tags = {"mdist.study": study, "mdist.stage": os.environ.get(STUDY_STAGE, "")} if study else {}
+        if parent_run_id:
+            tags[f"mdist.{parent_kind}_run_id"] = parent_run_id
         header = {"uri": tracking_uri(run_dir), "experiment": study or experiment, "run_name": run_name, "parent_run_id": parent_run_id,
                   "artifact_location": artifact_location(run_dir), "start_time": int(time.time() * 1000), "tags": tags}
         self.journal = Journal.open(run_dir / QUEUE_DIR / f"{name or run_id or uuid.uuid4().hex}.jsonl", header, fresh)
