@@ -74,9 +74,9 @@ def runs_table(client, experiments: list[str] | None = None, tags: dict[str, str
     return [summarise(run, children.get(run.info.run_id, [])) for run in distillations]
 
 
-def markdown(rows: list[dict[str, str]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in rows]
+def markdown(rows: list[dict[str, str]], columns: list[str] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -151,9 +151,7 @@ def sweep_markdown(grid: list[str], rows: list[dict]) -> str:
         return f"{value:,}" if isinstance(value, int) else str(value)
 
     columns = [*SWEEP_COLUMNS[:3], *grid, *SWEEP_COLUMNS[3:]]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(shown(row, c) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown([{c: shown(row, c) for c in columns} for row in rows], columns)
 
 
 def plot_sweep(grid: list[str], rows: list[dict], out: Path) -> int:
