@@ -11,6 +11,12 @@ activations + loss terms + logits at that micro-batch.
 The measured check runs the `tiny` recipe (scaled up a little) on 2 CPU ranks over gloo at each
 stage, sums the storage of every tensor in each category on each rank after two steps, and
 prints model vs measured.
+
+The step's peak (every part together, transients included) is measured separately: `mdist distill`'s own
+`run_distillation` on 2 CPU ranks with a teacher whose vocabulary (STEP_PEAK_VOCAB) makes the tied
+embedding/decoder matrix the largest tensor, as it is at real size; the second step runs under the
+profiler, whose allocation timeline gives the step's peak above the tensors alive when it starts (counted
+from the garbage collector's list, ZeRO-3 shards and gradients included), against the plan's total.
 """
 from __future__ import annotations
 
@@ -171,6 +177,112 @@ def on_two_ranks(args: list[str], timeout: float = 300, check: bool = True, env_
     return done
 
 
+STEP_PEAK_VOCAB, STEP_PEAK_TEACHER_HIDDEN = 50_000, 128
+
+
+def step_peak_teacher(out_dir: Path) -> Path:
+    """A 4-layer, 128-wide XLM-R teacher with a STEP_PEAK_VOCAB-entry vocabulary (tokenizer padded to it)."""
+    from real_size import write_tokenizer
+    from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
+
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(out_dir, STEP_PEAK_VOCAB)
+    d = STEP_PEAK_TEACHER_HIDDEN
+    config = XLMRobertaConfig(vocab_size=STEP_PEAK_VOCAB, hidden_size=d, num_hidden_layers=4, num_attention_heads=4, intermediate_size=4 * d,
+                              max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    XLMRobertaForMaskedLM(config).save_pretrained(str(out_dir))
+    return out_dir
+
+
+def live_tensor_bytes() -> int:
+    """Storage of every tensor alive now (the garbage collector's list; ZeRO-3 shards and gradients too), each storage once."""
+    import gc
+
+    import torch
+
+    seen: set = set()
+    tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+    return _storage_bytes([t for o in tensors for t in (o, getattr(o, "ds_tensor", None), o.grad)], seen)
+
+
+def allocation_peak(prof) -> tuple[int, list[tuple[int, str]]]:
+    """The peak of CPU bytes allocated and not yet freed since the profiler started, and the largest
+    allocations alive at it (bytes, the op that made each)."""
+    from torch._C._profiler import _EventType
+
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+            events.append((event.start_time_ns, event.extra_fields.alloc_size, event.extra_fields.ptr, event.parent.name if event.parent else "-"))
+    live = peak = 0
+    alive: dict[int, tuple[int, str]] = {}
+    at_peak: list = []
+    for _, size, ptr, op in sorted(events):
+        live += size
+        if size > 0:
+            alive[ptr] = (size, op)
+        else:
+            alive.pop(ptr, None)
+        if live > peak:
+            peak, at_peak = live, sorted(alive.values(), reverse=True)[:4]
+    return peak, at_peak
+
+
+def step_peak_overrides(teacher_dir: Path, stage: int, width: int) -> list[str]:
+    return [f"teacher.path={teacher_dir}", f"teacher.zero3={str(stage == 3).lower()}", f"deepspeed.zero_stage={stage}", "loss.kernels=torch",
+            "students.groups={en: [en]}", "students.layers=3", f"students.hidden={width}", "students.init=random", "data.kind=synthetic",
+            "train.batch_size=1", "train.grad_accum=1", "train.seq_len=128", "train.steps=2", "train.warmup_steps=0", "train.save_every=0",
+            "tracking.enabled=false"]
+
+
+def measure_step_peak_rank(teacher_dir: Path, stage: int, width: int, out_dir: Path, result: Path) -> None:
+    """Inside torchrun: `run_distillation` with its second `distill_step` profiled; rank 0 writes the peak and the plan."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import mdist.run
+    from mdist.config import load_run_config
+    from mdist.memory import shape_from_config
+    from mdist.plan import plan
+
+    step, measured = mdist.run.distill_step, {}
+
+    def profiled(*args, **kwargs):
+        if measured.get("steps", 0) != 1:
+            measured["steps"] = measured.get("steps", 0) + 1
+            return step(*args, **kwargs)
+        measured["steps"] = 2
+        measured["before"] = live_tensor_bytes()
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = step(*args, **kwargs)
+        measured["peak_above"], measured["at_peak"] = allocation_peak(prof)
+        return out
+
+    mdist.run.distill_step = profiled
+    cfg = load_run_config("tiny", step_peak_overrides(teacher_dir, stage, width))
+    mdist.run.run_distillation(cfg, out_dir)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    teacher = shape_from_config(json.loads((teacher_dir / "config.json").read_text(encoding="utf-8")))
+    parts = plan(cfg, teacher, 2, 64, gpu=False).configured_bytes
+    result.write_text(json.dumps({"stage": stage, "width": width, "measured": measured["before"] + measured["peak_above"], **measured, "plan": parts}))
+
+
+def measure_step_peaks(configs: list[tuple[int, int]], work: Path) -> list[dict]:
+    """(stage, student width) → rank 0's measured step peak and plan (step_peak_teacher built in `work` once)."""
+    teacher_dir = step_peak_teacher(work / "step-peak-teacher")
+    rows = []
+    for stage, width in configs:
+        result = work / f"peak-{stage}-{width}.json"
+        on_two_ranks([__file__, "--step-peak", str(teacher_dir), str(stage), str(width), str(work / f"run-{stage}-{width}"), str(result)])
+        rows.append(json.loads(result.read_text()))
+    return rows
+
+
 def run_measurements(configs: list[tuple[int, bool]]) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,7 +314,12 @@ def main() -> None:
     parser.add_argument("--no-measure", action="store_true")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--rank-measure", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--step-peak", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.step_peak:
+        teacher_dir, stage, width, out_dir, result = args.step_peak
+        measure_step_peak_rank(Path(teacher_dir), int(stage), int(width), Path(out_dir), Path(result))
+        return
     if args.rank_measure:
         stage, tz3, tmp, result = args.rank_measure
         res = measure_rank(int(stage), bool(int(tz3)), Path(tmp))
@@ -211,6 +328,8 @@ def main() -> None:
         return
 
     from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
+
+    from mdist.memory import KEPT
 
     commit, stamp = git_commit(), utc_stamp()
     header = ["ranks", "student ZeRO", "teacher", "optimizer offload", "6-layer students in 80 GB"]
@@ -238,6 +357,23 @@ def main() -> None:
         print(markdown_row(row))
     if not args.no_record:
         append_table(f"Memory model vs measured 2-rank CPU runs (benchmarks/memory_model.py), {stamp}", mheader, table)
+    with tempfile.TemporaryDirectory() as tmp:
+        peaks = measure_step_peaks([(stage, width) for stage in (0, 1, 2, 3) for width in (128, 256)], Path(tmp))
+    pheader = ["date (UTC)", "device", "commit", "ranks", "student ZeRO", "students", "kept (plan)", "step peak (plan)", "plan total",
+               "alive at step start", "step's allocation peak above it", "measured peak", "measured/plan", "largest allocations at the peak"]
+    ptable = []
+    for r in peaks:
+        kept = sum(r["plan"][part] for part in KEPT)
+        at_peak = ", ".join(f"{size / 1e6:.1f} MB {op}" for size, op in r["at_peak"])
+        ptable.append([stamp, device_name("cpu"), commit, 2, r["stage"], f"1 × 3 layers × {r['width']}, vocabulary {STEP_PEAK_VOCAB:,}", f"{kept:,.0f}",
+                       f"{r['plan']['step peak']:,.0f}", f"{r['plan']['total']:,.0f}", f"{r['before']:,.0f}", f"{r['peak_above']:,.0f}",
+                       f"{r['measured']:,.0f}", f"{r['measured'] / r['plan']['total']:.3f}", at_peak])
+    print()
+    print(markdown_header(pheader))
+    for row in ptable:
+        print(markdown_row(row))
+    if not args.no_record:
+        append_table(f"Step peak vs the plan, 2 CPU ranks (benchmarks/memory_model.py, profiler allocation timeline), {stamp}", pheader, ptable)
 
 
 if __name__ == "__main__":

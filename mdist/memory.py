@@ -20,8 +20,21 @@ an external parameter of the MLM head):
                the PyTorch ops 4 per attention score B·H·L² of each attention pair (the fused kernel keeps none)
   logits       the vocabulary loss at masked positions (15 % of B·L): 32 bytes per position × V with the
                PyTorch ops, 188 KB per position with the fused chunked kernel (loss.kernels: triton)
-  buffers      DeepSpeed's reduce buckets (stage 0-2: 2·min(5e7, P)·g), ZeRO-3's prefetch bucket and
-               gathered layer, and on a GPU the CUDA context and cuBLAS workspace (1 GiB)
+  head gradients    the tied embedding/decoder matrix's gradient before ZeRO reduces it: the decoder's
+               V·D'·g (from the first op of the backward on) and the embedding's, and their sum (stage 0:
+               2·V·D'·g, the sum being the kept gradient) or DeepSpeed's flat copies (stage 1-3: 3·V·D'·g)
+  optimizer step    on CPU ranks, torch's AdamW (one tensor at a time) makes 2 temporaries of the largest
+               tensor it updates: V·D' at stage 0, the rank's flat fp32 partition (≤ P/W) at stage 1-3;
+               0 on a GPU (fused AdamW) or with the optimiser offloaded
+  buffers      DeepSpeed's gradient buckets, allocated whole whatever P is (stage 1-2: two of
+               reduce_bucket_size 5e7 elements; stage 3: one, and a gathered layer; stage 0: none), a
+               ZeRO-3 teacher's gathered layer, and on a GPU the CUDA context and cuBLAS workspace (1 GiB)
+
+Kept through the step: teacher, params, grads, optimizer, teacher outputs, buffers. The rest is transient,
+and the step's transient peak is the largest of three moments (measured with the profiler's allocation
+timeline on 2 ranks, stage 0-3, benchmarks/memory_model.py): the start of the backward (activations + loss
+terms + logits + the decoder's gradient V·D'·g), the end of the backward (head gradients) and the optimiser
+step. total = kept + that peak.
 
 w = g = 2 (bf16) and master = 4 on a GPU, a = 2; on the CPU everything is fp32 (4), and ZeRO 1-3 still keep
 their own fp32 partition (master = 4). Where the numbers come from: the state terms are exact (checked
@@ -165,7 +178,9 @@ class Workload:
     attention_pairs: int = 0  # attention-score pairs (the PyTorch op builds B·H·L² scores for each)
 
 
-PARTS = ("teacher", "params", "grads", "optimizer", "teacher outputs", "activations", "loss terms", "logits", "buffers")
+KEPT = ("teacher", "params", "grads", "optimizer", "teacher outputs", "buffers")
+TRANSIENT = ("activations", "loss terms", "logits", "head gradients", "optimizer step")
+PARTS = KEPT + TRANSIENT
 
 
 def states(work: Workload, layout: Layout, world: int, gpu: bool) -> dict[str, float]:
@@ -205,7 +220,7 @@ def loss_terms(work: Workload, micro_batch: int) -> float:
 
 
 def per_rank(work: Workload, layout: Layout, world: int, gpu: bool = True) -> dict[str, float]:
-    """Modelled bytes per rank, by part (PARTS), and their total."""
+    """Modelled bytes per rank, by part (PARTS), the step's transient peak and the total."""
     out = states(work, layout, world, gpu)
     a = 2 if gpu else 4
     teacher, student = work.teacher, work.students.shape(work.teacher)
@@ -219,12 +234,21 @@ def per_rank(work: Workload, layout: Layout, world: int, gpu: bool = True) -> di
     masked = MASKED_FRACTION * tokens
     out["logits"] = running * masked * (LOGIT_BYTES_FUSED if work.fused_logits else LOGIT_BYTES_TORCH * teacher.vocab)
     P = work.students.params(teacher)
-    if layout.zero_stage == 3:
-        buffers = (min(REDUCE_BUCKET, P) + student.layer_params) * a
-    else:
-        buffers = 2 * min(REDUCE_BUCKET, P) * a
+    buffers = {0: 0, 1: 2 * REDUCE_BUCKET * a, 2: 2 * REDUCE_BUCKET * a, 3: (REDUCE_BUCKET + student.layer_params) * a}[layout.zero_stage]
     if layout.teacher_zero3:
-        buffers += (min(REDUCE_BUCKET, teacher.params) + teacher.layer_params) * a
+        buffers += teacher.layer_params * a
     out["buffers"] = buffers + (CUDA_CONTEXT if gpu else 0)
-    out["total"] = sum(out[part] for part in PARTS)
+    out["head gradients"] = (2 if layout.zero_stage == 0 else 3) * student.head_matrix * a
+    if gpu or layout.offload_optimizer:
+        out["optimizer step"] = 0.0
+    else:
+        out["optimizer step"] = 2 * 4 * (student.head_matrix if layout.zero_stage == 0 else P / world)
+    out["step peak"] = step_peak(out)
+    out["total"] = sum(out[part] for part in KEPT) + out["step peak"]
     return out
+
+
+def step_peak(parts: dict[str, float]) -> float:
+    """The largest of the step's three transient moments (module docstring)."""
+    backward_start = parts["activations"] + parts["loss terms"] + parts["logits"] + parts["head gradients"] / 3
+    return max(backward_start, parts["head gradients"], parts["optimizer step"])

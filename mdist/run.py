@@ -28,6 +28,7 @@ from mdist.errors import CheckpointError, DataError, DiskFullError, NonFiniteLos
 from mdist.export import export_students
 from mdist.fused_encoder import enable_fused_encoder
 from mdist.heldout import HeldOut, read_heldout
+from mdist.host_memory import return_freed_tensors_to_the_system
 from mdist.losses import DistillLoss
 from mdist.plan import Plan, run_plan
 from mdist.optim import build_optimizer, student_param_groups, warmup_linear_decay
@@ -117,6 +118,8 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
     if overwrite and rank == 0:
         clear_outputs(out_dir)
     device = device_for_rank()
+    if device.type == "cpu":
+        return_freed_tensors_to_the_system()
     seed_everything(cfg.train.seed)
 
     docs = training_documents(cfg) if cfg.data.kind != "shards" else {}
