@@ -1,14 +1,15 @@
 """XLM-R large and XL at their real shapes, really run on 2 CPU ranks, against `mdist plan`'s memory model.
 
-    python benchmarks/real_size.py                 # large (students 256 and 512 wide) and XL; XXL by the model alone;
-                                                   # appends to RESULTS.md (needs ~14 GiB free and ~8 GB of disk)
-    python benchmarks/real_size.py --sizes large --student-hidden 256 --no-record
+    python benchmarks/real_size.py                 # the CASES below; XXL by the model alone;
+                                                   # appends to RESULTS.md (needs ~15 GiB free and ~10 GB of disk)
+    python benchmarks/real_size.py --cases large/auto/256 --no-record
 
 For each size a random-weight teacher of the published shape (mdist.memory.XLMR) is written to a directory
 tensor by tensor (fp16 safetensors shards, one per layer: no process ever holds the whole model) with a
 sentencepiece tokenizer padded to the full vocabulary. The size's recipe, cut to one one-language student of
 STUDENT_LAYERS layers, micro-batch 1 × SEQ_LEN and STEPS steps on synthetic text, ZeRO-3 teacher and
-students and `dist.memory_gib` = BUDGET_GIB, then either runs through `mdist.run.run_distillation` on 2 CPU
+students, the case's `teacher.dtype` (auto: fp32 on CPU ranks; bf16 halves the teacher, which is how XL fits
+here) and `dist.memory_gib` = BUDGET_GIB, then either runs through `mdist.run.run_distillation` on 2 CPU
 ranks (torchrun, gloo; the teacher built straight into ZeRO-3 partitions by `load_partitioned_teacher`) or,
 where the plan says it cannot fit, is refused by `mdist plan --cpu` and `mdist distill` before anything
 loads: both refusals are recorded. Students narrower than the teacher (randomly initialised) keep two ranks
@@ -21,8 +22,8 @@ as the CUDA context is on a GPU). RSS rather than the per-tensor storage count o
 because at this size the question is whether the machine holds the run: RSS also sees the transient peaks
 (gathered layers, full gradients, logits) and the allocator's slack that live tensors after a step do not.
 That count is recorded too (before the export, with the heap's free bytes), and RSS after each building step,
-to say which part a miss comes from; each run goes once with glibc's default allocator and once with a fixed
-mmap threshold (ALLOCATORS).
+to say which part a miss comes from. CPU ranks of `mdist distill` fix glibc's mmap threshold themselves
+(mdist.host_memory), so freed tensors leave RSS as they would leave a GPU's memory.
 """
 from __future__ import annotations
 
@@ -37,17 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SIZES = {"large": ("xlm-roberta-large", "xlmr-large-monoshot"), "xl": ("xlm-roberta-xl", "xlmr-xl-monoshot")}
-BUDGET_GIB = 7.0  # per rank: 2 ranks stay within 14 GiB of this shared 23 GiB machine
+BUDGET_GIB = 7.0  # per rank: 2 ranks stay within 14 GiB of this 23 GiB machine
 STUDENT_LAYERS, SEQ_LEN, STEPS = 3, 128, 2
-# glibc's default raises its mmap threshold after each large free (up to 32 MB), so freed tensors below it stay
-# in the heap: RSS no tensor uses. A fixed threshold returns them to the system; each run is measured both ways.
-ALLOCATORS = {"glibc default": {}, "glibc, mmap threshold 64 KiB": {"MALLOC_MMAP_THRESHOLD_": "65536"}}
+# size/teacher.dtype/student width (0: the teacher's); XL in fp32 cannot fit 2 × 7 GiB and is refused
+CASES = ("large/auto/256", "large/auto/512", "xl/auto/256", "xl/bf16/256")
 
 
-def overrides(teacher_dir: Path, student_hidden: int | None = None) -> list[str]:
+def overrides(teacher_dir: Path, student_hidden: int | None = None, teacher_dtype: str = "auto") -> list[str]:
     """The recipe cut to what 2 CPU ranks can run (module docstring); `student_hidden`: narrower, randomly initialised students."""
     narrow = [f"students.hidden={student_hidden}", "students.init=random"] if student_hidden else []
-    return [f"teacher.path={teacher_dir}", "teacher.zero3=true", "deepspeed.zero_stage=3", "loss.kernels=torch",
+    return [f"teacher.path={teacher_dir}", "teacher.zero3=true", f"teacher.dtype={teacher_dtype}", "deepspeed.zero_stage=3", "loss.kernels=torch",
             "students.groups={en: [en]}", f"students.layers={STUDENT_LAYERS}", "data.kind=synthetic", "train.batch_size=1",
             "train.grad_accum=1", f"train.seq_len={SEQ_LEN}", f"train.steps={STEPS}", "train.warmup_steps=0", "train.save_every=0",
             "train.log_every=1", "tracking.enabled=false", f"dist.memory_gib={BUDGET_GIB:g}", *narrow]
@@ -133,7 +133,7 @@ def heap_free_gib() -> float:
     return libc.mallinfo2().fordblks / 2**30
 
 
-def rank_run(recipe: str, teacher_dir: Path, out_dir: Path, result: Path, student_hidden: int | None) -> None:
+def rank_run(recipe: str, teacher_dir: Path, out_dir: Path, result: Path, student_hidden: int | None, teacher_dtype: str) -> None:
     """Inside torchrun: `run_distillation` as `mdist distill` calls it. Each rank records its RSS after the imports,
     and its current and peak RSS after each of mdist.run's building steps (PHASES) and before the export; there
     also the storage its live tensors hold by part (benchmarks/memory_model.py's count) and the heap's free bytes."""
@@ -172,7 +172,7 @@ def rank_run(recipe: str, teacher_dir: Path, out_dir: Path, result: Path, studen
 
     live: dict = {}
     mdist.run.gathered = record_then_gather
-    run_distillation(load_run_config(recipe, overrides(teacher_dir, student_hidden)), out_dir)
+    run_distillation(load_run_config(recipe, overrides(teacher_dir, student_hidden, teacher_dtype)), out_dir)
     rank = int(os.environ["RANK"])
     per_rank = {"rank": rank, "baseline_gib": baseline, "peak_gib": phases[-1][2], "phases": phases, "live_gib": {k: v / 2**30 for k, v in live.items()}}
     (result.parent / f"{result.stem}.rank{rank}.json").write_text(json.dumps(per_rank), encoding="utf-8")
@@ -181,22 +181,22 @@ def rank_run(recipe: str, teacher_dir: Path, out_dir: Path, result: Path, studen
 # ------------------------------------------------------------------------------------------ driver
 
 
-def cpu_plan(recipe: str, name: str, teacher_dir: Path, student_hidden: int | None):
+def cpu_plan(recipe: str, name: str, teacher_dir: Path, student_hidden: int | None, teacher_dtype: str):
     from mdist.config import load_run_config
     from mdist.memory import XLMR
     from mdist.plan import plan
 
-    return plan(load_run_config(recipe, overrides(teacher_dir, student_hidden), check_paths=False), XLMR[name], 2, BUDGET_GIB, gpu=False)
+    return plan(load_run_config(recipe, overrides(teacher_dir, student_hidden, teacher_dtype), check_paths=False), XLMR[name], 2, BUDGET_GIB, gpu=False)
 
 
-def refusals(recipe: str, teacher_dir: Path, work: Path, student_hidden: int | None) -> dict[str, str]:
+def refusals(recipe: str, teacher_dir: Path, work: Path, student_hidden: int | None, teacher_dtype: str) -> dict[str, str]:
     """What `mdist plan --cpu` and `mdist distill` (dist.memory_gib) say for 2 CPU ranks of BUDGET_GIB each."""
     import re
     import subprocess
 
     from memory_model import on_two_ranks
 
-    sets = [a for o in overrides(teacher_dir, student_hidden) for a in ("--set", o)]
+    sets = [a for o in overrides(teacher_dir, student_hidden, teacher_dtype) for a in ("--set", o)]
     planned = subprocess.run([sys.executable, "-m", "mdist", "plan", "--recipe", recipe, *sets, "--cpu", "--gpus", "2", "--gpu-mem", f"{BUDGET_GIB:g}"],
                              capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     distilled = on_two_ranks(["-m", "mdist", "distill", "--recipe", recipe, *sets, "--out", str(work / "refused")], timeout=600, check=False)
@@ -209,7 +209,7 @@ def refusals(recipe: str, teacher_dir: Path, work: Path, student_hidden: int | N
 
 def xxl_parts() -> list[list]:
     """XXL by the model alone: the recipe's parts per rank on 2 CPU ranks, with the arithmetic that gives the large ones."""
-    from mdist.memory import GIB, PARTS, XLMR, Layout, Students
+    from mdist.memory import GIB, PARTS, XLMR, Layout
 
     from mdist.config import load_run_config
     from mdist.plan import per_rank, workload
@@ -220,21 +220,21 @@ def xxl_parts() -> list[list]:
     parts = per_rank(work, Layout(3, True, False, 1, 1), 2, gpu=False)
     P, T, VD = work.students.params(s), s.params, s.head_matrix
     how = {"teacher": f"T·4/2 + V·D·4 = {T:,}·2 + {VD:,}·4", "params": f"P·4/2 + V·D·4 = {P:,}·2 + {VD:,}·4",
-           "grads": f"P·4/2 = {P:,}·2", "optimizer": f"P·(8 + 4)/2 = {P:,}·6"}
-    return [[part, how.get(part, "see mdist.memory"), f"{parts[part] / GIB:,.2f}"] for part in (*PARTS, "total")]
+           "grads": f"P·4/2 = {P:,}·2", "optimizer": f"P·(8 + 4)/2 = {P:,}·6", "head gradients": f"3·V·D·4 = {VD:,}·12",
+           "optimizer step": f"2·4·P/2 = {P:,}·4", "step peak": "the largest transient moment (mdist.memory)", "total": "kept parts + step peak"}
+    return [[part, how.get(part, "see mdist.memory"), f"{parts[part] / GIB:,.2f}"] for part in (*PARTS, "step peak", "total")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["large", "xl"])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), help="SIZE/TEACHER_DTYPE/STUDENT_WIDTH (0: the teacher's width; large at 1024 peaked at 9.8 GiB per rank)")
     parser.add_argument("--workdir", type=Path, help="keep teacher directories here (default: a temporary directory)")
     parser.add_argument("--no-record", action="store_true")
-    parser.add_argument("--student-hidden", type=int, nargs="+", default=[256, 512], help="student widths to run (0: the teacher's; large at 1024 peaked at 9.8 GiB per rank)")
-    parser.add_argument("--rank-run", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--rank-run", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rank_run:
-        recipe, teacher_dir, out_dir, result, hidden = args.rank_run
-        rank_run(recipe, Path(teacher_dir), Path(out_dir), Path(result), int(hidden) or None)
+        recipe, teacher_dir, out_dir, result, hidden, dtype = args.rank_run
+        rank_run(recipe, Path(teacher_dir), Path(out_dir), Path(result), int(hidden) or None, dtype)
         return
 
     from memory_model import on_two_ranks
@@ -243,38 +243,37 @@ def main() -> None:
     from mdist.memory import GIB, XLMR
 
     commit, stamp, device = git_commit(), utc_stamp(), device_name("cpu")
-    header = ["date (UTC)", "device", "commit", "teacher", "run", "allocator", "rank", "plan GiB/rank", "peak RSS GiB", "RSS after imports GiB",
+    header = ["date (UTC)", "device", "commit", "teacher", "teacher.dtype", "run", "rank", "plan GiB/rank", "peak RSS GiB", "RSS after imports GiB",
               "peak − imports GiB", "(peak − imports)/plan", "peak/plan"]
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        for size in args.sizes:
+        for case in args.cases:
+            size, dtype, hidden = case.split("/")
             name, recipe = SIZES[size]
+            hidden = int(hidden)
             teacher_dir = write_teacher(name, work / name)
-            for hidden in args.student_hidden:
-                planned = cpu_plan(recipe, name, teacher_dir, hidden or None)
-                need = planned.configured_bytes["total"] / GIB
-                width = hidden or XLMR[name].hidden
-                run = f"{recipe}, 1 student × {STUDENT_LAYERS} layers × {width}, 1 × {SEQ_LEN}, {STEPS} steps, ZeRO-3 teacher and students"
-                if not planned.fits_as_configured:
-                    said = refusals(recipe, teacher_dir, work, hidden or None)
-                    notes.append(f"{name}, students {width} wide: plan {need:.2f} GiB per rank against {BUDGET_GIB:g}; "
-                                 f"`mdist plan` {said['plan']}; `mdist distill` {said['distill']}")
-                    rows.append([stamp, device, commit, name, run, "-", "-", f"{need:.2f}", "refused before loading", "-", "-", "-", "-"])
-                    continue
-                for allocator, env in ALLOCATORS.items():
-                    tag = f"{size}-{width}-{len(env)}"
-                    on_two_ranks([__file__, "--rank-run", recipe, str(teacher_dir), str(work / f"{tag}-run"), str(work / f"{tag}.json"), str(hidden)],
-                                 timeout=3600, env_extra=env)
-                    for rank in (0, 1):
-                        r = json.loads((work / f"{tag}.rank{rank}.json").read_text())
-                        net = r["peak_gib"] - r["baseline_gib"]
-                        rows.append([stamp, device, commit, name, run, allocator, rank, f"{need:.2f}", f"{r['peak_gib']:.2f}", f"{r['baseline_gib']:.2f}",
-                                     f"{net:.2f}", f"{net / need:.3f}", f"{r['peak_gib'] / need:.3f}"])
-                        notes.append(f"{name}, students {width} wide, {allocator}, rank {rank}, RSS now / peak after each step (GiB): "
-                                     + ", ".join(f"{phase} {now:.2f} / {peak:.2f}" for phase, now, peak in r["phases"])
-                                     + "; live tensors before export (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in r["live_gib"].items()))
-                notes.append(f"{name}, students {width} wide, plan by part (GiB/rank): " + ", ".join(f"{k} {v / GIB:.2f}" for k, v in planned.configured_bytes.items()))
+            planned = cpu_plan(recipe, name, teacher_dir, hidden or None, dtype)
+            need = planned.configured_bytes["total"] / GIB
+            width = hidden or XLMR[name].hidden
+            run = f"{recipe}, 1 student × {STUDENT_LAYERS} layers × {width}, 1 × {SEQ_LEN}, {STEPS} steps, ZeRO-3 teacher and students"
+            label = f"{name}, teacher.dtype {dtype}, students {width} wide"
+            if not planned.fits_as_configured:
+                said = refusals(recipe, teacher_dir, work, hidden or None, dtype)
+                notes.append(f"{label}: plan {need:.2f} GiB per rank against {BUDGET_GIB:g}; `mdist plan` {said['plan']}; `mdist distill` {said['distill']}")
+                rows.append([stamp, device, commit, name, dtype, run, "-", f"{need:.2f}", "refused before loading", "-", "-", "-", "-"])
+                continue
+            tag = f"{size}-{dtype}-{width}"
+            on_two_ranks([__file__, "--rank-run", recipe, str(teacher_dir), str(work / f"{tag}-run"), str(work / f"{tag}.json"), str(hidden), dtype], timeout=3600)
+            for rank in (0, 1):
+                r = json.loads((work / f"{tag}.rank{rank}.json").read_text())
+                net = r["peak_gib"] - r["baseline_gib"]
+                rows.append([stamp, device, commit, name, dtype, run, rank, f"{need:.2f}", f"{r['peak_gib']:.2f}", f"{r['baseline_gib']:.2f}",
+                             f"{net:.2f}", f"{net / need:.3f}", f"{r['peak_gib'] / need:.3f}"])
+                notes.append(f"{label}, rank {rank}, RSS now / peak after each step (GiB): "
+                             + ", ".join(f"{phase} {now:.2f} / {peak:.2f}" for phase, now, peak in r["phases"])
+                             + "; live tensors before export (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in r["live_gib"].items()))
+            notes.append(f"{label}, plan by part (GiB/rank): " + ", ".join(f"{k} {v / GIB:.2f}" for k, v in planned.configured_bytes.items()))
     print(markdown_header(header))
     for row in rows:
         print(markdown_row(row))

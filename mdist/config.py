@@ -44,6 +44,7 @@ class TeacherConfig:
 
     path: str = TINY_RANDOM
     zero3: bool = False  # ZeRO-3 partitioned inference across ranks (large teachers)
+    dtype: str = "auto"  # auto (bf16 on GPUs, fp32 on CPU ranks) | bf16 | fp32: the teacher's weights and outputs
     tiny: TinyTeacherConfig = field(default_factory=TinyTeacherConfig)
 
 
@@ -365,6 +366,7 @@ def _validate(cfg: RunConfig, check_paths: bool = True) -> None:
         _check_groups_entry(name, langs)
     choices = {
         "students.init": (cfg.students.init, ("teacher", "random")),
+        "teacher.dtype": (cfg.teacher.dtype, ("auto", "bf16", "fp32")),
         "loss.kernels": (cfg.loss.kernels, ("torch", "triton")),
         "train.update": (cfg.train.update, ("sequential", "joint")),
         "train.optimizer": (cfg.train.optimizer, ("adamw", "adamw_fused", "lamb")),

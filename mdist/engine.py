@@ -261,13 +261,19 @@ def render_student_config(cfg: RunConfig, world_size: int) -> dict:
     return ds
 
 
-def render_teacher_config(world_size: int, persistence_threshold: int | None = None) -> dict:
-    """ZeRO-3 inference config for a partitioned teacher (no optimiser; batch keys are nominal)."""
+def teacher_bf16(dtype: str) -> bool:
+    """Whether the teacher runs in bf16: `teacher.dtype` (auto: on GPUs)."""
+    return dtype == "bf16" or (dtype == "auto" and torch.cuda.is_available())
+
+
+def render_teacher_config(world_size: int, persistence_threshold: int | None = None, bf16: bool = False) -> dict:
+    """ZeRO-3 inference config for a partitioned teacher (no optimiser; batch keys are nominal); `bf16`: its
+    weights (partitions and gathered layers) and outputs in bf16."""
     ds = load_template("teacher_zero3.json")
     if persistence_threshold is not None:
         ds["zero_optimization"]["stage3_param_persistence_threshold"] = persistence_threshold
     ds.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, train_batch_size=world_size, steps_per_print=2**31 - 1)
-    if torch.cuda.is_available():
+    if bf16:
         ds["bf16"] = {"enabled": True}
     return ds
 
@@ -302,9 +308,9 @@ def register_head_parameters(model: torch.nn.Module) -> None:
                 p.is_external_param = True  # what DeepSpeed sets for parameters it finds dangling itself
 
 
-def teacher_engine(teacher: torch.nn.Module, world_size: int, persistence_threshold: int | None = None):
+def teacher_engine(teacher: torch.nn.Module, world_size: int, persistence_threshold: int | None = None, bf16: bool = False):
     """Wrap a (zero.Init-built) teacher in a ZeRO-3 inference engine; returns the engine."""
-    engine, *_ = deepspeed.initialize(model=teacher, config=render_teacher_config(world_size, persistence_threshold))
+    engine, *_ = deepspeed.initialize(model=teacher, config=render_teacher_config(world_size, persistence_threshold, bf16))
     engine.eval()
     register_head_parameters(teacher)
     return engine
@@ -327,7 +333,7 @@ def _checkpoint_tensors(path: Path):
                 yield key, (lambda s=state, k=key: s[k])
 
 
-def load_partitioned_teacher(path: Path, world_size: int, persistence_threshold: int | None = None):
+def load_partitioned_teacher(path: Path, world_size: int, persistence_threshold: int | None = None, bf16: bool = False):
     """Build the teacher partitioned across ranks from the start (ZeRO-3), then fill it tensor by tensor.
 
     The model is constructed inside `deepspeed.zero.Init`, so each rank allocates only its 1/W
@@ -348,7 +354,7 @@ def load_partitioned_teacher(path: Path, world_size: int, persistence_threshold:
     from transformers.initialization import no_init_weights
 
     # no random init: every tensor is overwritten below, and init code indexes into (empty) shards
-    with deepspeed.zero.Init(config_dict_or_path=render_teacher_config(world_size, persistence_threshold)), no_init_weights():
+    with deepspeed.zero.Init(config_dict_or_path=render_teacher_config(world_size, persistence_threshold, bf16)), no_init_weights():
         model = AutoModelForMaskedLM.from_config(config, attn_implementation=ATTENTION_IMPLEMENTATION)
     model.tie_weights()  # transformers skips tying inside zero.Init; the decoder must be the embedding tensor
     by_name: dict[str, torch.nn.Parameter] = dict(model.named_parameters(remove_duplicate=False))

@@ -37,7 +37,8 @@ terms + logits + the decoder's gradient V·D'·g), the end of the backward (head
 step. total = kept + that peak.
 
 w = g = 2 (bf16) and master = 4 on a GPU, a = 2; on the CPU everything is fp32 (4), and ZeRO 1-3 still keep
-their own fp32 partition (master = 4). Where the numbers come from: the state terms are exact (checked
+their own fp32 partition (master = 4). The teacher's weights, outputs and working layer take `teacher.dtype`'s
+bytes instead of w and a (auto: as the device). Where the numbers come from: the state terms are exact (checked
 against real DeepSpeed engines on 2 ranks, tests/test_benchmarks.py); the activation constants were measured
 with saved-tensor hooks on Hugging Face XLM-R and XL layers (tests/test_plan.py keeps them within 4 %); the
 logits constants are the measured extra peaks of the vocabulary op in benchmarks/RESULTS.md (eager
@@ -176,6 +177,11 @@ class Workload:
     fused_logits: bool = False
     hidden_pairs: int = 0  # (student, teacher) hidden states the loss compares (embeddings included)
     attention_pairs: int = 0  # attention-score pairs (the PyTorch op builds B·H·L² scores for each)
+    teacher_bf16: bool | None = None  # the teacher's weights and outputs in bf16 (teacher.dtype); None: as the device (bf16 on GPUs)
+
+    def teacher_bytes(self, gpu: bool) -> int:
+        """Bytes per teacher weight and output value."""
+        return 2 if (gpu if self.teacher_bf16 is None else self.teacher_bf16) else 4
 
 
 KEPT = ("teacher", "params", "grads", "optimizer", "teacher outputs", "buffers")
@@ -188,7 +194,8 @@ def states(work: Workload, layout: Layout, world: int, gpu: bool) -> dict[str, f
     w = g = 2 if gpu else 4
     teacher, P = work.teacher, work.students.params(work.teacher)
     head = work.students.shape(teacher).head_matrix
-    out = {"teacher": (teacher.params * w / world + teacher.head_matrix * w) if layout.teacher_zero3 else teacher.params * w}
+    t = work.teacher_bytes(gpu)
+    out = {"teacher": (teacher.params * t / world + teacher.head_matrix * t) if layout.teacher_zero3 else teacher.params * t}
     out["params"] = (P * w / world + head * w) if layout.zero_stage == 3 else P * w
     bf16_stage0 = gpu and layout.zero_stage == 0  # DeepSpeed's BF16_Optimizer: fp32 master weights and gradients beside the bf16 ones
     out["grads"] = P * g / world if layout.zero_stage >= 1 else P * (g + (4 if bf16_stage0 else 0))
@@ -226,9 +233,10 @@ def per_rank(work: Workload, layout: Layout, world: int, gpu: bool = True) -> di
     teacher, student = work.teacher, work.students.shape(work.teacher)
     tokens = layout.micro_batch * work.seq_len
     kept_micro = work.languages if work.joint else work.languages * layout.grad_accum
-    out["teacher outputs"] = kept_micro * (3 * teacher.layers + 1) * tokens * teacher.hidden * a
+    t = work.teacher_bytes(gpu)
+    out["teacher outputs"] = kept_micro * (3 * teacher.layers + 1) * tokens * teacher.hidden * t
     running = work.languages if work.joint else 1  # students whose graphs are alive at once
-    teacher_layer = tokens * (teacher.ffn + 3 * teacher.hidden) * a + (0 if gpu else layout.micro_batch * teacher.heads * work.seq_len**2 * 4)
+    teacher_layer = tokens * (teacher.ffn + 3 * teacher.hidden) * t + (0 if gpu else layout.micro_batch * teacher.heads * work.seq_len**2 * 4)
     out["activations"] = running * student_activations(work, layout.micro_batch, gpu) + teacher_layer
     out["loss terms"] = running * loss_terms(work, layout.micro_batch)
     masked = MASKED_FRACTION * tokens
@@ -236,7 +244,7 @@ def per_rank(work: Workload, layout: Layout, world: int, gpu: bool = True) -> di
     P = work.students.params(teacher)
     buffers = {0: 0, 1: 2 * REDUCE_BUCKET * a, 2: 2 * REDUCE_BUCKET * a, 3: (REDUCE_BUCKET + student.layer_params) * a}[layout.zero_stage]
     if layout.teacher_zero3:
-        buffers += teacher.layer_params * a
+        buffers += teacher.layer_params * t
     out["buffers"] = buffers + (CUDA_CONTEXT if gpu else 0)
     out["head gradients"] = (2 if layout.zero_stage == 0 else 3) * student.head_matrix * a
     if gpu or layout.offload_optimizer:

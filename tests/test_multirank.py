@@ -205,7 +205,9 @@ def test_xl_width_teacher_zero3_sharded_forward_equals_the_whole_one(tmp_path, s
     """An XLM-R XL-width teacher (2560 wide, 32 heads, 10240 FFN, pre-LayerNorm XLMRobertaXL layers; 2 of
     them and a 300-piece vocabulary, 158 M parameters): partitioned across 2 ranks by ZeRO-3, each rank
     holding half, its forward (every hidden state, Q/K, the MLM head's rows and the gathered decoder)
-    equals the forward of the same weights loaded whole by Hugging Face."""
+    equals the forward of the same weights loaded whole by Hugging Face. With `teacher.dtype: bf16` (how
+    CPU ranks hold an XL teacher in half the memory) the partitions and outputs are bf16 and the sharded
+    forward is the whole bf16 model's."""
     from transformers import XLMRobertaXLConfig, XLMRobertaXLForMaskedLM
 
     from mdist.tokenizer import train_xlmr_tokenizer
@@ -224,3 +226,8 @@ def test_xl_width_teacher_zero3_sharded_forward_equals_the_whole_one(tmp_path, s
     assert set(result["diff"]) >= {"hidden0", "hidden2", "q0", "k1", "head", "decoder"}
     for name, diff in result["diff"].items():
         assert diff <= 1e-5 * max(result["scale"][name], 1.0), (name, diff, result["scale"][name])
+    # teacher.dtype bf16 (CPU ranks too): partitions and outputs in bf16, the sharded forward that of the whole bf16 model
+    half = result["bf16"]
+    assert half["partition_dtypes"] == ["torch.bfloat16"] and half["output_dtypes"] == ["torch.bfloat16"], half
+    for name, diff in half["diff"].items():
+        assert diff <= 1e-2 * max(half["scale"][name], 1.0), (name, diff, half["scale"][name])

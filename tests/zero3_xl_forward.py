@@ -5,7 +5,8 @@ Each rank builds the teacher partitioned (`load_partitioned_teacher`, its half o
 it in its ZeRO-3 inference engine on one fixed batch (some padding, masked positions), loads the same
 directory whole with `load_teacher` (Hugging Face's own loading, no DeepSpeed) and runs that too. Rank 0
 writes the largest difference of every output (hidden states, Q/K, MLM-head rows, decoder), each
-output's scale, and its share of the teacher's elements.
+output's scale, and its share of the teacher's elements. Then the same in bf16 (`teacher.dtype: bf16`):
+partitions built in bf16 against the whole model cast to bf16.
 Usage: torchrun --nproc_per_node 2 tests/zero3_xl_forward.py TEACHER_DIR OUT.json
 """
 import json
@@ -45,14 +46,22 @@ def main(teacher_dir: Path, out: Path) -> None:
     sharded = flat(teacher_outputs(engine.module, batch)["en"])
     whole_model, _ = load_teacher(teacher_dir)
     whole = flat(teacher_outputs(whole_model, batch)["en"])
-    if rank == 0:
-        out.write_text(json.dumps({
-            "model_type": teacher.config.model_type, "hidden": teacher.config.hidden_size, "share": share,
-            "diff": {k: (sharded[k].float() - whole[k].float()).abs().max().item() for k in whole},
-            "scale": {k: whole[k].float().abs().max().item() for k in whole},
-            "shapes_equal": all(sharded[k].shape == whole[k].shape for k in whole),
-        }))
+    result = {"model_type": teacher.config.model_type, "hidden": teacher.config.hidden_size, "share": share,
+              "diff": {k: (sharded[k].float() - whole[k].float()).abs().max().item() for k in whole},
+              "scale": {k: whole[k].float().abs().max().item() for k in whole},
+              "shapes_equal": all(sharded[k].shape == whole[k].shape for k in whole)}  # now: `whole` holds the weights' own tensors
     del engine
+    teacher16, _ = load_partitioned_teacher(teacher_dir, world, 0, bf16=True)
+    dtypes16 = sorted({str(p.ds_tensor.dtype) for p in teacher16.parameters()})
+    engine16 = teacher_engine(teacher16, world, 0, bf16=True)
+    sharded16 = flat(teacher_outputs(engine16.module, batch)["en"])
+    whole16 = flat(teacher_outputs(whole_model.to(torch.bfloat16), batch)["en"])
+    if rank == 0:
+        result["bf16"] = {"partition_dtypes": dtypes16, "output_dtypes": sorted({str(t.dtype) for t in sharded16.values()}),
+                          "diff": {k: (sharded16[k].float() - whole16[k].float()).abs().max().item() for k in whole16},
+                          "scale": {k: whole16[k].float().abs().max().item() for k in whole16}}
+        out.write_text(json.dumps(result))
+    del engine16
     shutdown_distributed()
 
 
