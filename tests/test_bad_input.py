@@ -114,6 +114,7 @@ SETTINGS = [  # (case, --set overrides, the line names the key and what is legal
     ("seed_negative", ["train.seed=-1"], "config key 'train.seed' must be >= 0, got -1"),
     ("temperature_zero", ["loss.temperature=0"], "config key 'loss.temperature' must be > 0, got 0.0"),
     ("mlm_probability_one", ["train.mlm_probability=1"], "config key 'train.mlm_probability' must be < 1 (a probability), got 1.0"),
+    ("teacher_dtype_unknown", ["teacher.dtype=fp16"], "config key 'teacher.dtype': 'fp16' is not one of auto, bf16, fp32"),
     ("shuffle_block_zero", ["data.shuffle_block=0"], "config key 'data.shuffle_block' must be >= 1, got 0"),
     ("worker_timeout_negative", ["data.worker_timeout_s=-1"], "config key 'data.worker_timeout_s' must be > 0, got -1.0"),
     ("dist_timeout_zero", ["dist.timeout_s=0"], "config key 'dist.timeout_s' must be > 0, got 0.0"),

@@ -101,6 +101,30 @@ def test_xl_recipe_by_hand():
     assert result.as_dict()["fit.zero_stage"] == 3 and result.as_dict()["tokens_per_s"] > 0
 
 
+def test_xl_recipe_head_gradients_and_step_peak_by_hand():
+    """The transients of the XL recipe's students (ZeRO 3, bf16, 2560 wide): the tied matrix's gradient and its
+    two flat copies, 3·V·D'·2; on a GPU no optimiser-step temporaries (fused AdamW); total = kept + the largest moment."""
+    cfg = load_run_config("xlmr-xl-monoshot", check_paths=False)
+    b = plan(cfg, teacher_of(cfg), 8, 80).configured_bytes
+    assert b["head gradients"] == 3 * 250_880 * 2560 * 2 and b["optimizer step"] == 0
+    backward_start = b["activations"] + b["loss terms"] + b["logits"] + 250_880 * 2560 * 2
+    assert b["step peak"] == pytest.approx(max(backward_start, b["head gradients"]))
+    kept = sum(b[p] for p in ("teacher", "params", "grads", "optimizer", "teacher outputs", "buffers"))
+    assert b["total"] == pytest.approx(kept + b["step peak"])
+
+
+def test_a_bf16_teacher_on_cpu_ranks_halves_the_teacher_and_its_outputs():
+    """`teacher.dtype: bf16` on CPU ranks: the teacher's partitions, gathered decoder and kept outputs at 2 bytes
+    (auto: 4 there); the students' parts unchanged."""
+    sets = ["teacher.zero3=true", "deepspeed.zero_stage=3", "train.batch_size=1", "train.grad_accum=1", "train.seq_len=128"]
+    auto, half = (plan(load_run_config("xlmr-xl-monoshot", [*sets, f"teacher.dtype={d}"], check_paths=False), XLMR["xlm-roberta-xl"], 2, 64, gpu=False).configured_bytes
+                  for d in ("auto", "bf16"))
+    s = XLMR["xlm-roberta-xl"]
+    assert auto["teacher"] == s.params * 4 / 2 + s.head_matrix * 4 and half["teacher"] == auto["teacher"] / 2
+    assert half["teacher outputs"] == auto["teacher outputs"] / 2
+    assert all(half[p] == auto[p] for p in ("params", "grads", "optimizer", "head gradients"))
+
+
 def test_lamb_at_stage_0_halves_the_micro_batch_keeping_the_global_batch_and_the_kept_teacher_outputs():
     """lamb needs ZeRO stage 0 (the config's rule), so on one 22 GB GPU only a smaller micro-batch helps: 16 needs
     27.7 GiB, 8 (accumulating 2) 21.3 GiB, over 22 · 0.9 = 19.8; 4 (accumulating 4) 18.1 GiB fits. The teacher outputs
