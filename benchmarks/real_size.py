@@ -15,8 +15,9 @@ where the plan says it cannot fit, is refused by `mdist plan --cpu` and `mdist d
 loads: both refusals are recorded. Students narrower than the teacher (randomly initialised) keep two ranks
 under 14 GiB: at the teacher's width large's run peaked at 9.8 GiB per rank.
 
-Measured: each rank's peak resident memory (getrusage ru_maxrss) through teacher inference and the student
-steps, read when the export starts (the export gathers whole students, which the plan does not cover), less
+Measured: each rank's peak resident memory (the kernel's high-water mark, VmHWM) twice: while the run builds
+(teacher loading, students, engines), then reset (/proc/self/clear_refs) and through the teacher inference and
+student steps, read when the export starts (the export gathers whole students, which the plan does not cover), less
 the rank's resident memory right after its imports (interpreter, torch, DeepSpeed: not part of the model,
 as the CUDA context is on a GPU). RSS rather than the per-tensor storage count of benchmarks/memory_model.py
 because at this size the question is whether the machine holds the run: RSS also sees the transient peaks
@@ -143,10 +144,14 @@ def rank_run(recipe: str, teacher_dir: Path, out_dir: Path, result: Path, studen
 
     import mdist.run
     from mdist.config import load_run_config
-    from mdist.run import peak_rss_gib, run_distillation
+    from mdist.run import run_distillation
 
     def current_rss_gib() -> float:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+    def peak_rss_gib() -> float:  # VmHWM: unlike getrusage's, reset by clear_refs
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 2**20
 
     baseline = current_rss_gib()
     phases: list[tuple[str, float, float]] = []
@@ -157,6 +162,9 @@ def rank_run(recipe: str, teacher_dir: Path, out_dir: Path, result: Path, studen
             out = call(*args, **kwargs)
             built[name] = out
             phases.append((name, current_rss_gib(), peak_rss_gib()))
+            if name == "student_engine":  # built: the steps' own peak from here
+                built["peak"] = peak_rss_gib()
+                Path("/proc/self/clear_refs").write_text("5")
             return out
         return run
 
@@ -174,7 +182,8 @@ def rank_run(recipe: str, teacher_dir: Path, out_dir: Path, result: Path, studen
     mdist.run.gathered = record_then_gather
     run_distillation(load_run_config(recipe, overrides(teacher_dir, student_hidden, teacher_dtype)), out_dir)
     rank = int(os.environ["RANK"])
-    per_rank = {"rank": rank, "baseline_gib": baseline, "peak_gib": phases[-1][2], "phases": phases, "live_gib": {k: v / 2**30 for k, v in live.items()}}
+    per_rank = {"rank": rank, "baseline_gib": baseline, "build_peak_gib": built["peak"], "step_peak_gib": phases[-1][2], "phases": phases,
+                "live_gib": {k: v / 2**30 for k, v in live.items()}}
     (result.parent / f"{result.stem}.rank{rank}.json").write_text(json.dumps(per_rank), encoding="utf-8")
 
 
@@ -243,8 +252,8 @@ def main() -> None:
     from mdist.memory import GIB, XLMR
 
     commit, stamp, device = git_commit(), utc_stamp(), device_name("cpu")
-    header = ["date (UTC)", "device", "commit", "teacher", "teacher.dtype", "run", "rank", "plan GiB/rank", "peak RSS GiB", "RSS after imports GiB",
-              "peak − imports GiB", "(peak − imports)/plan", "peak/plan"]
+    header = ["date (UTC)", "device", "commit", "teacher", "teacher.dtype", "run", "rank", "plan GiB/rank", "RSS after imports GiB",
+              "building: peak − imports GiB", "steps: peak − imports GiB", "steps/plan", "whole run: peak − imports GiB", "whole run/plan"]
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
@@ -261,15 +270,15 @@ def main() -> None:
             if not planned.fits_as_configured:
                 said = refusals(recipe, teacher_dir, work, hidden or None, dtype)
                 notes.append(f"{label}: plan {need:.2f} GiB per rank against {BUDGET_GIB:g}; `mdist plan` {said['plan']}; `mdist distill` {said['distill']}")
-                rows.append([stamp, device, commit, name, dtype, run, "-", f"{need:.2f}", "refused before loading", "-", "-", "-", "-"])
+                rows.append([stamp, device, commit, name, dtype, run, "-", f"{need:.2f}", "refused before loading", "-", "-", "-", "-", "-"])
                 continue
             tag = f"{size}-{dtype}-{width}"
             on_two_ranks([__file__, "--rank-run", recipe, str(teacher_dir), str(work / f"{tag}-run"), str(work / f"{tag}.json"), str(hidden), dtype], timeout=3600)
             for rank in (0, 1):
                 r = json.loads((work / f"{tag}.rank{rank}.json").read_text())
-                net = r["peak_gib"] - r["baseline_gib"]
-                rows.append([stamp, device, commit, name, dtype, run, rank, f"{need:.2f}", f"{r['peak_gib']:.2f}", f"{r['baseline_gib']:.2f}",
-                             f"{net:.2f}", f"{net / need:.3f}", f"{r['peak_gib'] / need:.3f}"])
+                build, steps = r["build_peak_gib"] - r["baseline_gib"], r["step_peak_gib"] - r["baseline_gib"]
+                rows.append([stamp, device, commit, name, dtype, run, rank, f"{need:.2f}", f"{r['baseline_gib']:.2f}", f"{build:.2f}", f"{steps:.2f}",
+                             f"{steps / need:.3f}", f"{max(build, steps):.2f}", f"{max(build, steps) / need:.3f}"])
                 notes.append(f"{label}, rank {rank}, RSS now / peak after each step (GiB): "
                              + ", ".join(f"{phase} {now:.2f} / {peak:.2f}" for phase, now, peak in r["phases"])
                              + "; live tensors before export (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in r["live_gib"].items()))
