@@ -262,7 +262,17 @@ def measure_step_peak_rank(teacher_dir: Path, stage: int, width: int, out_dir: P
         measured["peak_above"], measured["at_peak"] = allocation_peak(prof)
         return out
 
+    load = mdist.run.load_partitioned_teacher
+
+    def profiled_load(*args, **kwargs):  # a ZeRO-3 teacher's building peak
+        measured["before_building"] = live_tensor_bytes()
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = load(*args, **kwargs)
+        measured["building_above"], measured["building_at_peak"] = allocation_peak(prof)
+        return out
+
     mdist.run.distill_step = profiled
+    mdist.run.load_partitioned_teacher = profiled_load
     cfg = load_run_config("tiny", step_peak_overrides(teacher_dir, stage, width))
     mdist.run.run_distillation(cfg, out_dir)
     if os.environ.get("RANK", "0") != "0":

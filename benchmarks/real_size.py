@@ -93,6 +93,7 @@ def write_teacher(name: str, out_dir: Path) -> Path:
     kind = XLMRobertaXLConfig if s.pre_ln else XLMRobertaConfig
     config = kind(vocab_size=s.vocab, hidden_size=s.hidden, num_hidden_layers=s.layers, num_attention_heads=s.heads, intermediate_size=s.ffn,
                   max_position_embeddings=s.positions, type_vocab_size=s.type_vocab, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    config.dtype = "float16"  # what the files hold (the plan reads it: the teacher's loading reads them)
     config.save_pretrained(str(out_dir))
     with torch.device("meta"):  # names and shapes only
         shapes = {n: tuple(p.shape) for n, p in AutoModelForMaskedLM.from_config(config).named_parameters()}
@@ -190,12 +191,12 @@ def rank_run(recipe: str, teacher_dir: Path, out_dir: Path, result: Path, studen
 # ------------------------------------------------------------------------------------------ driver
 
 
-def cpu_plan(recipe: str, name: str, teacher_dir: Path, student_hidden: int | None, teacher_dtype: str):
+def cpu_plan(recipe: str, teacher_dir: Path, student_hidden: int | None, teacher_dtype: str):
     from mdist.config import load_run_config
-    from mdist.memory import XLMR
+    from mdist.memory import teacher_shape_at
     from mdist.plan import plan
 
-    return plan(load_run_config(recipe, overrides(teacher_dir, student_hidden, teacher_dtype), check_paths=False), XLMR[name], 2, BUDGET_GIB, gpu=False)
+    return plan(load_run_config(recipe, overrides(teacher_dir, student_hidden, teacher_dtype), check_paths=False), teacher_shape_at(str(teacher_dir)), 2, BUDGET_GIB, gpu=False)
 
 
 def refusals(recipe: str, teacher_dir: Path, work: Path, student_hidden: int | None, teacher_dtype: str) -> dict[str, str]:
@@ -230,8 +231,9 @@ def xxl_parts() -> list[list]:
     P, T, VD = work.students.params(s), s.params, s.head_matrix
     how = {"teacher": f"T·4/2 + V·D·4 = {T:,}·2 + {VD:,}·4", "params": f"P·4/2 + V·D·4 = {P:,}·2 + {VD:,}·4",
            "grads": f"P·4/2 = {P:,}·2", "optimizer": f"P·(8 + 4)/2 = {P:,}·6", "head gradients": f"3·V·D·4 = {VD:,}·12",
-           "optimizer step": f"2·4·P/2 = {P:,}·4", "step peak": "the largest transient moment (mdist.memory)", "total": "kept parts + step peak"}
-    return [[part, how.get(part, "see mdist.memory"), f"{parts[part] / GIB:,.2f}"] for part in (*PARTS, "step peak", "total")]
+           "optimizer step": f"2·4·P/2 = {P:,}·4", "step peak": "the largest transient moment (mdist.memory)",
+           "building": f"T·4/2 + V·D·(2.5·4 + 4) = {T:,}·2 + {VD:,}·14", "total": "the larger of building and kept parts + step peak"}
+    return [[part, how.get(part, "see mdist.memory"), f"{parts[part] / GIB:,.2f}"] for part in (*PARTS, "step peak", "building", "total")]
 
 
 def main() -> None:
@@ -249,11 +251,12 @@ def main() -> None:
     from memory_model import on_two_ranks
     from recording import append_table, device_name, git_commit, markdown_header, markdown_row, utc_stamp
 
-    from mdist.memory import GIB, XLMR
+    from mdist.memory import GIB, KEPT, XLMR
 
     commit, stamp, device = git_commit(), utc_stamp(), device_name("cpu")
-    header = ["date (UTC)", "device", "commit", "teacher", "teacher.dtype", "run", "rank", "plan GiB/rank", "RSS after imports GiB",
-              "building: peak − imports GiB", "steps: peak − imports GiB", "steps/plan", "whole run: peak − imports GiB", "whole run/plan"]
+    header = ["date (UTC)", "device", "commit", "teacher", "teacher.dtype", "run", "rank", "plan GiB/rank (total)", "RSS after imports GiB",
+              "building: plan GiB", "building: peak − imports GiB", "measured/plan", "steps: plan GiB", "steps: peak − imports GiB", "measured/plan",
+              "whole run: peak − imports GiB", "measured/plan total"]
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
@@ -262,23 +265,26 @@ def main() -> None:
             name, recipe = SIZES[size]
             hidden = int(hidden)
             teacher_dir = write_teacher(name, work / name)
-            planned = cpu_plan(recipe, name, teacher_dir, hidden or None, dtype)
-            need = planned.configured_bytes["total"] / GIB
+            planned = cpu_plan(recipe, teacher_dir, hidden or None, dtype)
+            parts = planned.configured_bytes
+            need, plan_build = parts["total"] / GIB, parts["building"] / GIB
+            plan_steps = (sum(parts[part] for part in KEPT) + parts["step peak"]) / GIB
             width = hidden or XLMR[name].hidden
             run = f"{recipe}, 1 student × {STUDENT_LAYERS} layers × {width}, 1 × {SEQ_LEN}, {STEPS} steps, ZeRO-3 teacher and students"
             label = f"{name}, teacher.dtype {dtype}, students {width} wide"
             if not planned.fits_as_configured:
                 said = refusals(recipe, teacher_dir, work, hidden or None, dtype)
                 notes.append(f"{label}: plan {need:.2f} GiB per rank against {BUDGET_GIB:g}; `mdist plan` {said['plan']}; `mdist distill` {said['distill']}")
-                rows.append([stamp, device, commit, name, dtype, run, "-", f"{need:.2f}", "refused before loading", "-", "-", "-", "-", "-"])
+                rows.append([stamp, device, commit, name, dtype, run, "-", f"{need:.2f}", "refused before loading", *["-"] * 8])
                 continue
             tag = f"{size}-{dtype}-{width}"
             on_two_ranks([__file__, "--rank-run", recipe, str(teacher_dir), str(work / f"{tag}-run"), str(work / f"{tag}.json"), str(hidden), dtype], timeout=3600)
             for rank in (0, 1):
                 r = json.loads((work / f"{tag}.rank{rank}.json").read_text())
                 build, steps = r["build_peak_gib"] - r["baseline_gib"], r["step_peak_gib"] - r["baseline_gib"]
-                rows.append([stamp, device, commit, name, dtype, run, rank, f"{need:.2f}", f"{r['baseline_gib']:.2f}", f"{build:.2f}", f"{steps:.2f}",
-                             f"{steps / need:.3f}", f"{max(build, steps):.2f}", f"{max(build, steps) / need:.3f}"])
+                rows.append([stamp, device, commit, name, dtype, run, rank, f"{need:.2f}", f"{r['baseline_gib']:.2f}", f"{plan_build:.2f}", f"{build:.2f}",
+                             f"{build / plan_build:.3f}", f"{plan_steps:.2f}", f"{steps:.2f}", f"{steps / plan_steps:.3f}",
+                             f"{max(build, steps):.2f}", f"{max(build, steps) / need:.3f}"])
                 notes.append(f"{label}, rank {rank}, RSS now / peak after each step (GiB): "
                              + ", ".join(f"{phase} {now:.2f} / {peak:.2f}" for phase, now, peak in r["phases"])
                              + "; live tensors before export (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in r["live_gib"].items()))

@@ -34,7 +34,10 @@ Kept through the step: teacher, params, grads, optimizer, teacher outputs, buffe
 and the step's transient peak is the largest of three moments (measured with the profiler's allocation
 timeline on 2 ranks, stage 0-3, benchmarks/memory_model.py): the start of the backward (activations + loss
 terms + logits + the decoder's gradient V·D'·g), the end of the backward (head gradients) and the optimiser
-step. total = kept + that peak.
+step. Before the first step, a ZeRO-3 teacher's loading peaks while it fills its largest tensor, the word
+embeddings: its partitions, the matrix gathered whole and DeepSpeed's copies of it (2.5·V·D·t, the profiler's
+allocation timeline) and the weight file it is read from (V·D at the checkpoint's bytes per value, s):
+building = T·t/W + 2.5·V·D·t + V·D·s. total = the larger of building and kept + the step's peak.
 
 w = g = 2 (bf16) and master = 4 on a GPU, a = 2; on the CPU everything is fp32 (4), and ZeRO 1-3 still keep
 their own fp32 partition (master = 4). The teacher's weights, outputs and working layer take `teacher.dtype`'s
@@ -70,6 +73,7 @@ class Shape:
     positions: int = 514
     type_vocab: int = 1
     pre_ln: bool = False
+    checkpoint_bytes: int = 4  # per value in the weight files (config.json's dtype; fp32 where it names none, as published)
 
     @property
     def layer_params(self) -> int:
@@ -113,6 +117,7 @@ def shape_from_config(config: dict) -> Shape:
         vocab=config["vocab_size"], hidden=config["hidden_size"], ffn=config["intermediate_size"], heads=config["num_attention_heads"],
         layers=config["num_hidden_layers"], positions=config["max_position_embeddings"], type_vocab=config.get("type_vocab_size", 1),
         pre_ln=config.get("model_type") == "xlm-roberta-xl",
+        checkpoint_bytes=2 if str(config.get("dtype") or config.get("torch_dtype")) in ("float16", "bfloat16") else 4,
     )
 
 
@@ -252,7 +257,8 @@ def per_rank(work: Workload, layout: Layout, world: int, gpu: bool = True) -> di
     else:
         out["optimizer step"] = 2 * 4 * (student.head_matrix if layout.zero_stage == 0 else P / world)
     out["step peak"] = step_peak(out)
-    out["total"] = sum(out[part] for part in KEPT) + out["step peak"]
+    out["building"] = teacher.params * t / world + teacher.head_matrix * (2.5 * t + teacher.checkpoint_bytes) if layout.teacher_zero3 else out["teacher"]
+    out["total"] = max(out["building"], sum(out[part] for part in KEPT) + out["step peak"])
     return out
 
 

@@ -75,10 +75,11 @@ class Plan:
         """Per-rank GiB by part, as configured and as fitted; the settings and tokens/s below."""
         cols = [("as configured", self.configured_bytes)] + ([("fits", self.fitting_bytes)] if self.fitting and self.fitting != self.configured else [])
         lines = [f"{'GiB per rank':<18}" + "".join(f"{name:>15}" for name, _ in cols)]
-        for part in (*KEPT, *TRANSIENT, "step peak", "total"):
+        for part in (*KEPT, *TRANSIENT, "step peak", "building", "total"):
             lines.append(f"{part:<18}" + "".join(f"{b[part] / GIB:>15.2f}" for _, b in cols))
         lines.append("(kept: teacher to buffers; transient, of which the largest moment counts (step peak): activations + loss terms"
-                     " + logits + a third of the head gradients, the head gradients, the optimizer step; total = kept + step peak)")
+                     " + logits + a third of the head gradients, the head gradients, the optimizer step; building: the teacher's"
+                     " loading; total = the larger of building and kept + step peak)")
         lines.append(f"{'budget':<18}{self.budget / GIB:>15.2f}  ({self.gpus} × {self.gpu_mem_gib:g} GiB" + (f", {HEADROOM:.0%} held back)" if self.gpu else ")"))
         lines.append("layout            " + describe(self.configured) + ("  (fits)" if self.fits_as_configured else "  (does not fit)"))
         if self.fitting is None:
