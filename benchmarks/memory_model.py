@@ -361,29 +361,35 @@ def main() -> None:
             table.append([stamp, device_name("cpu"), commit, r["world"], r["stage"], "yes" if r["teacher_zero3"] else "no", cat, f"{model:,.0f}", f"{meas:,.0f}", f"{meas / model:.3f}" if model else "-"])
         model, meas = r["saved"]["model"], r["saved"]["measured"]
         table.append([stamp, device_name("cpu"), commit, r["world"], r["stage"], "yes" if r["teacher_zero3"] else "no", "saved for backward (activations, loss terms, logits)", f"{model:,.0f}", f"{meas:,.0f}", f"{meas / model:.3f}"])
-    print()
-    print(markdown_header(mheader))
-    for row in table:
-        print(markdown_row(row))
-    if not args.no_record:
-        append_table(f"Memory model vs measured 2-rank CPU runs (benchmarks/memory_model.py), {stamp}", mheader, table)
+    show(f"Memory model vs measured 2-rank CPU runs (benchmarks/memory_model.py), {stamp}", mheader, table, not args.no_record)
     with tempfile.TemporaryDirectory() as tmp:
         peaks = measure_step_peaks([(stage, width) for stage in (0, 1, 2, 3) for width in (128, 256)], Path(tmp))
-    pheader = ["date (UTC)", "device", "commit", "ranks", "student ZeRO", "students", "kept (plan)", "step peak (plan)", "plan total",
-               "alive at step start", "step's allocation peak above it", "measured peak", "measured/plan", "largest allocations at the peak"]
+    pheader = ["date (UTC)", "device", "commit", "ranks", "student ZeRO", "students", "kept (plan)", "step peak (plan)", "kept + step peak (plan)",
+               "alive at step start", "step's allocation peak above it", "measured peak", "measured/plan", "largest allocations at the peak",
+               "ZeRO-3 teacher's building: plan, measured, measured/plan"]
     ptable = []
     for r in peaks:
         kept = sum(r["plan"][part] for part in KEPT)
+        steps = kept + r["plan"]["step peak"]
         at_peak = ", ".join(f"{size / 1e6:.1f} MB {op}" for size, op in r["at_peak"])
+        building = r["before_building"] + r["building_above"] if "building_above" in r else None
+        build = f"{r['plan']['building']:,.0f}, {building:,.0f}, {building / r['plan']['building']:.3f}" if building else "-"
         ptable.append([stamp, device_name("cpu"), commit, 2, r["stage"], f"1 × 3 layers × {r['width']}, vocabulary {STEP_PEAK_VOCAB:,}", f"{kept:,.0f}",
-                       f"{r['plan']['step peak']:,.0f}", f"{r['plan']['total']:,.0f}", f"{r['before']:,.0f}", f"{r['peak_above']:,.0f}",
-                       f"{r['measured']:,.0f}", f"{r['measured'] / r['plan']['total']:.3f}", at_peak])
+                       f"{r['plan']['step peak']:,.0f}", f"{steps:,.0f}", f"{r['before']:,.0f}", f"{r['peak_above']:,.0f}",
+                       f"{r['measured']:,.0f}", f"{r['measured'] / steps:.3f}", at_peak, build])
+    show(f"Step peak vs the plan, 2 CPU ranks (benchmarks/memory_model.py, profiler allocation timeline), {stamp}", pheader, ptable, not args.no_record)
+
+
+def show(title: str, header: list[str], table: list[list], record: bool) -> None:
+    """Print a measured table; append it to RESULTS.md unless --no-record."""
+    from recording import append_table, markdown_header, markdown_row
+
     print()
-    print(markdown_header(pheader))
-    for row in ptable:
+    print(markdown_header(header))
+    for row in table:
         print(markdown_row(row))
-    if not args.no_record:
-        append_table(f"Step peak vs the plan, 2 CPU ranks (benchmarks/memory_model.py, profiler allocation timeline), {stamp}", pheader, ptable)
+    if record:
+        append_table(title, header, table)
 
 
 if __name__ == "__main__":
