@@ -55,7 +55,7 @@ from pathlib import Path
 
 GIB = 1024**3
 MASKED_FRACTION = 0.15
-REDUCE_BUCKET = 50_000_000  # ds_configs/student_zero*.json reduce_bucket_size, stage3_prefetch_bucket_size
+REDUCE_BUCKET = 50_000_000  # ds_configs/student_zero*.json reduce_bucket_size
 CUDA_CONTEXT = 1 * GIB
 LOGIT_BYTES_TORCH = 32  # per masked position and vocabulary entry (eager reference, RESULTS.md kernels table)
 LOGIT_BYTES_FUSED = 0.86 * GIB / 4915  # per masked position (fused, whole-vocab chunks, same table)
@@ -256,13 +256,8 @@ def per_rank(work: Workload, layout: Layout, world: int, gpu: bool = True) -> di
         out["optimizer step"] = 0.0
     else:
         out["optimizer step"] = 2 * 4 * (student.head_matrix if layout.zero_stage == 0 else P / world)
-    out["step peak"] = step_peak(out)
+    backward_start = out["activations"] + out["loss terms"] + out["logits"] + student.head_matrix * a  # + the decoder's gradient
+    out["step peak"] = max(backward_start, out["head gradients"], out["optimizer step"])
     out["building"] = teacher.params * t / world + teacher.head_matrix * (2.5 * t + teacher.checkpoint_bytes) if layout.teacher_zero3 else out["teacher"]
     out["total"] = max(out["building"], sum(out[part] for part in KEPT) + out["step peak"])
     return out
-
-
-def step_peak(parts: dict[str, float]) -> float:
-    """The largest of the step's three transient moments (module docstring)."""
-    backward_start = parts["activations"] + parts["loss terms"] + parts["logits"] + parts["head gradients"] / 3
-    return max(backward_start, parts["head gradients"], parts["optimizer step"])

@@ -78,7 +78,7 @@ class Plan:
         for part in (*KEPT, *TRANSIENT, "step peak", "building", "total"):
             lines.append(f"{part:<18}" + "".join(f"{b[part] / GIB:>15.2f}" for _, b in cols))
         lines.append("(kept: teacher to buffers; transient, of which the largest moment counts (step peak): activations + loss terms"
-                     " + logits + a third of the head gradients, the head gradients, the optimizer step; building: the teacher's"
+                     " + logits + the decoder's gradient V·D', the head gradients, the optimizer step; building: the teacher's"
                      " loading; total = the larger of building and kept + step peak)")
         lines.append(f"{'budget':<18}{self.budget / GIB:>15.2f}  ({self.gpus} × {self.gpu_mem_gib:g} GiB" + (f", {HEADROOM:.0%} held back)" if self.gpu else ")"))
         lines.append("layout            " + describe(self.configured) + ("  (fits)" if self.fits_as_configured else "  (does not fit)"))
