@@ -13,7 +13,7 @@ here) and `dist.memory_gib` = BUDGET_GIB, then either runs through `mdist.run.ru
 ranks (torchrun, gloo; the teacher built straight into ZeRO-3 partitions by `load_partitioned_teacher`) or,
 where the plan says it cannot fit, is refused by `mdist plan --cpu` and `mdist distill` before anything
 loads: both refusals are recorded. Students narrower than the teacher (randomly initialised) keep two ranks
-under 14 GiB: at the teacher's width large's run peaked at 9.8 GiB per rank.
+under 15 GiB: at the teacher's width large's run peaked at 9.8 GiB per rank.
 
 Measured: each rank's peak resident memory (the kernel's high-water mark, VmHWM) twice: while the run builds
 (teacher loading, students, engines), then reset (/proc/self/clear_refs) and through the teacher inference and
@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SIZES = {"large": ("xlm-roberta-large", "xlmr-large-monoshot"), "xl": ("xlm-roberta-xl", "xlmr-xl-monoshot")}
-BUDGET_GIB = 7.0  # per rank: 2 ranks stay within 14 GiB of this 23 GiB machine
+BUDGET_GIB = 7.5  # per rank: 2 ranks stay within 15 GiB of this 23 GiB machine (XL with a bf16 teacher plans 7.43, building)
 STUDENT_LAYERS, SEQ_LEN, STEPS = 3, 128, 2
-# size/teacher.dtype/student width (0: the teacher's); XL in fp32 cannot fit 2 × 7 GiB and is refused
+# size/teacher.dtype/student width (0: the teacher's); XL in fp32 cannot fit 2 × 7.5 GiB and is refused
 CASES = ("large/auto/256", "large/auto/512", "xl/auto/256", "xl/bf16/256")
 
 
