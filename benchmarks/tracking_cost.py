@@ -1,7 +1,7 @@
 """Tracking cost: wall time of the tiny recipe untracked, tracked to the embedded sqlite store, and
 tracked to a real local `mlflow server` (sqlite store, 127.0.0.1), at log_every 1 and 10; the server
-once at normal priority and once started with `nice -n 19` (as docs/tracking.md advises for a server
-on the training machine: it then works in the time the training leaves).
+once at normal priority and once started with `nice -n 19` (whether a server on the training machine costs
+less when it may only use the time the training leaves).
 
 Each row is one `run_distillation` in a fresh process (imports excluded, mlflow's included: a tracked
 run pays for it); "run s" is the whole call (store and run created, params, artifacts, close), "loop s"

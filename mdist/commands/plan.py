@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     parser.add_argument("--gpus", type=at_least(1), default=1, help="GPUs in all (ranks)")
     parser.add_argument("--gpu-mem", type=at_least(0, float, strict=True), default=80.0, help="GiB of memory per GPU")
-    parser.add_argument("--cpu", action="store_true", help="plan CPU ranks instead (fp32, no CUDA context, all of --gpu-mem per rank), as `mdist distill` checks them against dist.memory_gib")
+    parser.add_argument("--cpu", action="store_true", help="plan CPU ranks instead (fp32, the teacher as teacher.dtype says; no CUDA context; all of --gpu-mem per rank), as `mdist distill` checks them against dist.memory_gib")
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object (the keys logged to MLflow)")
     parser.set_defaults(run=run)
 
