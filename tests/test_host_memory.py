@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mdist.engine import without_launcher_variables
+
 ROOT = Path(__file__).resolve().parents[1]
 
 FREE_TEN_TENSORS = """
@@ -34,9 +36,12 @@ print(round(before - rss_mib()))
 
 
 def returned_mib(mode: str, tmp_path: Path) -> int:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    """MiB of resident memory the freed tensors gave back, in a fresh single-rank process (no launcher
+    variables another test of the session may have left in this one's environment)."""
+    env = dict(without_launcher_variables(os.environ), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    done = subprocess.run([sys.executable, "-c", FREE_TEN_TENSORS, mode, str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300, check=True)
+    done = subprocess.run([sys.executable, "-c", FREE_TEN_TENSORS, mode, str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     return int(done.stdout.strip().splitlines()[-1])
 
 
