@@ -6,9 +6,9 @@ freed; smaller ones come from the heap, whose freed chunks stay resident. The th
 and rises to the size of every larger mapping freed, up to 32 MiB, so after the teacher's loading and the
 first steps every tensor up to 32 MiB comes from the heap and stays resident once freed:
 benchmarks/real_size.py measured 0.9-1.4 GiB of free heap per rank, peaks 1.32-1.37 × the plan. A fixed
-threshold (setting it also stops the rising) removes that slack. At 1 MiB the tiny recipe takes as many
-page faults as with glibc's default (152 k in 600 steps); at 64 KiB it took 3.5 times as many and 12 %
-longer. GPU ranks keep tensors in CUDA memory: nothing to do there.
+threshold (setting it also stops the rising) removes that slack. At 1 MiB the tiny recipe took as many
+page faults as with glibc's default (152 k in 600 steps); at 64 KiB 3.5 times as many and about 12 %
+longer (ad-hoc interleaved timings on a 2-core CPU, 2026-12-07, not a benchmark row). GPU ranks keep tensors in CUDA memory: nothing to do there.
 """
 from __future__ import annotations
 
