@@ -48,6 +48,12 @@ class TeacherConfig:
     tiny: TinyTeacherConfig = field(default_factory=TinyTeacherConfig)
 
 
+def teacher_bf16(dtype: str, gpu: bool) -> bool:
+    """Whether a teacher of `teacher.dtype` runs in bf16 on a GPU (`gpu`) or on a CPU rank: the one
+    reading of the key, for the run (mdist.run) and the plan (mdist.memory) alike."""
+    return dtype == "bf16" or (dtype == "auto" and gpu)
+
+
 @dataclass
 class StudentsConfig:
     """Student group: which student owns which languages, and how students are built."""

@@ -261,11 +261,6 @@ def render_student_config(cfg: RunConfig, world_size: int) -> dict:
     return ds
 
 
-def teacher_bf16(dtype: str) -> bool:
-    """Whether the teacher runs in bf16: `teacher.dtype` (auto: on GPUs)."""
-    return dtype == "bf16" or (dtype == "auto" and torch.cuda.is_available())
-
-
 def render_teacher_config(world_size: int, persistence_threshold: int | None = None, bf16: bool = False) -> dict:
     """ZeRO-3 inference config for a partitioned teacher (no optimiser; batch keys are nominal); `bf16`: its
     weights (partitions and gathered layers) and outputs in bf16."""

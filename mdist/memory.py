@@ -53,6 +53,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mdist.config import teacher_bf16
+
 GIB = 1024**3
 MASKED_FRACTION = 0.15
 REDUCE_BUCKET = 50_000_000  # ds_configs/student_zero*.json reduce_bucket_size
@@ -182,11 +184,11 @@ class Workload:
     fused_logits: bool = False
     hidden_pairs: int = 0  # (student, teacher) hidden states the loss compares (embeddings included)
     attention_pairs: int = 0  # attention-score pairs (the PyTorch op builds B·H·L² scores for each)
-    teacher_bf16: bool | None = None  # the teacher's weights and outputs in bf16 (teacher.dtype); None: as the device (bf16 on GPUs)
+    teacher_dtype: str = "auto"  # teacher.dtype: its weights and outputs
 
     def teacher_bytes(self, gpu: bool) -> int:
         """Bytes per teacher weight and output value."""
-        return 2 if (gpu if self.teacher_bf16 is None else self.teacher_bf16) else 4
+        return 2 if teacher_bf16(self.teacher_dtype, gpu) else 4
 
 
 KEPT = ("teacher", "params", "grads", "optimizer", "teacher outputs", "buffers")

@@ -118,7 +118,7 @@ def workload(cfg: RunConfig, teacher: Shape, students: int | None = None) -> Wor
     pairs = len(layer_mapping(cfg.loss.mapping or spec.mapping, s.layers, teacher.layers))
     return Workload(teacher, group, cfg.train.seq_len, languages, cfg.train.update == "joint", cfg.loss.kernels == "triton",
                     hidden_pairs=(pairs if "hid" in spec.terms else 0) + ("emb" in spec.terms), attention_pairs=pairs if "att" in spec.terms else 0,
-                    teacher_bf16={"auto": None, "bf16": True, "fp32": False}[cfg.teacher.dtype])
+                    teacher_dtype=cfg.teacher.dtype)
 
 
 def configured_layout(cfg: RunConfig) -> Layout:

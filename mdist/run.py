@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mdist.config import TINY_RANDOM, RunConfig, TrainConfig, check_against_teacher, tiny_teacher_shape
+from mdist.config import TINY_RANDOM, RunConfig, TrainConfig, check_against_teacher, teacher_bf16, tiny_teacher_shape
 from mdist.data.masking import MaskingSpec
 from mdist.data.shards import ShardBatchSource
 from mdist.data.synthetic import SyntheticCorpus
@@ -21,7 +21,7 @@ from mdist.data.text import TextBatchSource, read_text_corpus
 from mdist.checkpoint import Checkpointer, latest_tag
 from mdist.engine import (
     barrier, batch_geometry, device_for_rank, gathered, init_distributed, load_partitioned_teacher, lost_peer, render_student_config,
-    shutdown_distributed, student_engine, teacher_bf16, teacher_engine,
+    shutdown_distributed, student_engine, teacher_engine,
 )
 from mdist.encode import compile_encoder_layers
 from mdist.errors import CheckpointError, DataError, DiskFullError, NonFiniteLossError
@@ -128,18 +128,19 @@ def run_distillation(cfg: RunConfig, out_dir: Path, resume: bool = False, overwr
     if rank == 0 and tiny:
         build_tiny_teacher(cfg.teacher, (d for ds in docs.values() for d in ds), teacher_path, cfg.train.seed)
     barrier("teacher ready")
+    bf16 = teacher_bf16(cfg.teacher.dtype, gpu=device.type == "cuda")
     if cfg.teacher.zero3:  # ZeRO-3 teacher: built partitioned, no rank ever holds all of it
-        teacher, tokenizer = load_partitioned_teacher(teacher_path, world, cfg.deepspeed.persistence_threshold, teacher_bf16(cfg.teacher.dtype))
+        teacher, tokenizer = load_partitioned_teacher(teacher_path, world, cfg.deepspeed.persistence_threshold, bf16)
     else:
         teacher, tokenizer = load_teacher(teacher_path)
     seed_everything(cfg.train.seed)
     group = StudentGroup(teacher, cfg.students, teacher.config.hidden_size)  # copies teacher tensors one by one
     check_vocabulary(tokenizer, group.students[next(iter(group.students))].config.vocab_size, "students")
     if cfg.teacher.zero3:
-        teacher_ds = teacher_engine(teacher, world, cfg.deepspeed.persistence_threshold, teacher_bf16(cfg.teacher.dtype))  # keeps the partitioned teacher's hooks alive
+        teacher_ds = teacher_engine(teacher, world, cfg.deepspeed.persistence_threshold, bf16)  # keeps the partitioned teacher's hooks alive
         teacher = teacher_ds.module
     else:
-        teacher.to(device, dtype=torch.bfloat16 if teacher_bf16(cfg.teacher.dtype) else torch.float32)
+        teacher.to(device, dtype=torch.bfloat16 if bf16 else torch.float32)
         speed_up_encoder(teacher, cfg.train)
     for student in group.students.values():
         speed_up_encoder(student, cfg.train)

@@ -9,6 +9,7 @@ from pathlib import Path
 from mdist.evaluation.layers import LAYER_SETS
 from mdist.evaluation.plot import load_results, plot_layer_curves
 from mdist.evaluation.retrieval import SCORES
+from mdist.markdown import markdown_table
 from mdist.transfer.table import transfer_tables
 
 
@@ -23,18 +24,14 @@ def retrieval_table(results: dict[str, dict]) -> str:
             best = max(layers, key=layers.get)
             cells += [f"{layers[best]:.3f} ({best.removeprefix('layer_')})", *(f"{result[score][name]:.3f}" for name in LAYER_SETS)]
         rows.append([model, *cells])
-    return _markdown(header, rows)
+    return markdown_table(header, rows) + "\n"
 
 
 def perplexity_table(results: dict[str, dict[str, dict]]) -> str:
     """Rows: models; columns: languages."""
     langs = sorted({lang for by_lang in results.values() for lang in by_lang})
     rows = [[model, *(f"{by_lang[lang]['pseudo_perplexity']:.2f}" if lang in by_lang else "–" for lang in langs)] for model, by_lang in results.items()]
-    return _markdown(["model", *langs], rows)
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(row) + " |" for row in rows)]) + "\n"
+    return markdown_table(["model", *langs], rows) + "\n"
 
 
 def write_report(out: Path, name: str) -> Path:

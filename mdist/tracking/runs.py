@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from mdist.errors import TrackingUnreachableError
+from mdist.markdown import markdown_table
 from mdist.tracking.journal import Journal, journals
 from mdist.tracking.sender import send_pending, unreachable
 from mdist.tracking.tracker import client_for
@@ -75,9 +76,7 @@ def runs_table(client, experiments: list[str] | None = None, tags: dict[str, str
 
 
 def markdown(rows: list[dict[str, str]], columns: list[str] = COLUMNS) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(columns, ([row[c] for c in columns] for row in rows)) + "\n"
 
 
 def plot_losses(client, run_ids: list[str], pattern: str, out: Path) -> int:

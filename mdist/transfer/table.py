@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 
 from mdist.errors import DataError
+from mdist.markdown import markdown_table
 from mdist.tracking import ARTIFACTS_DIR, QUEUE_DIR
 from mdist.transfer.outputs import RESULT_FILE
 from mdist.transfer.tasks import TASKS
@@ -98,11 +99,6 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def _average_header(results: list[tuple[Path, dict]]) -> str:
     metrics = sorted({r["metric"] for _, r in results})
     return "Average" if len(metrics) == 1 else f"Average ({' and '.join(METRIC_NAMES.get(m, m) for m in metrics)} mixed)"
@@ -117,7 +113,7 @@ def zero_shot_table(results: list[tuple[Path, dict]]) -> str:
         means = [statistics.mean(cells[c]) for c in columns if c in cells]
         average = f"{statistics.mean(means):.3f}" + ("" if len(means) == len(columns) else f" ({len(means)} of {len(columns)} cells)")
         rows.append([name, *(_cell(cells.get(c, [])) for c in columns), average])
-    return _markdown(["model · strategy", *(f"{t.upper()} {lang}" for t, lang in columns), _average_header(results)], rows)
+    return markdown_table(["model · strategy", *(f"{t.upper()} {lang}" for t, lang in columns), _average_header(results)], rows)
 
 
 def few_shot_table(results: list[tuple[Path, dict]]) -> str | None:
@@ -128,7 +124,7 @@ def few_shot_table(results: list[tuple[Path, dict]]) -> str | None:
     grid = _grid(with_shots, lambda r: {0: r["zero_shot"][r["metric"]], **{int(k): s[r["metric"]] for k, s in r["few_shot"].items()}})
     header = ["model · strategy", *(f"{t.upper()} {lang} k={k}" for (t, lang), kk in ks.items() for k in [0, *kk])]
     rows = [[name, *(_cell([run[k] for run in cells.get(c, []) if k in run]) for c, kk in ks.items() for k in [0, *kk])] for name, cells in grid.items()]
-    return _markdown(header, rows)
+    return markdown_table(header, rows)
 
 
 def transfer_tables(runs_dir: Path) -> str:
