@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from mdist.markdown import markdown_header, markdown_row, markdown_table  # the tables of mdist's own outputs
 from mdist.tracking.facts import source_commit as git_commit  # one implementation for runs and benchmarks
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -30,18 +31,8 @@ def device_name(device: str = "cuda") -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
-def markdown_row(cells: Iterable) -> str:
-    return "| " + " | ".join(str(cell) for cell in cells) + " |"
-
-
-def markdown_header(header: Sequence[str]) -> str:
-    """Header line and separator, without a trailing newline."""
-    return markdown_row(header) + "\n|" + "---|" * len(header)
-
-
 def append_table(title: str, header: Sequence[str], rows: Iterable[Iterable], path: Path = RESULTS) -> Path:
     """Append `### title` and a markdown table of `rows` (cells in `header` order) to `path`."""
-    lines = "\n".join(markdown_row(row) for row in rows)
     with path.open("a", encoding="utf-8") as f:
-        f.write(f"\n### {title}\n\n{markdown_header(header)}\n{lines}\n")
+        f.write(f"\n### {title}\n\n{markdown_table(header, rows)}\n")
     return path

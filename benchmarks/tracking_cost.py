@@ -36,9 +36,14 @@ from recording import append_table, device_name, git_commit, markdown_header, ma
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # mlflow_server: the real server the tests use
-MODES = ("untracked", "sqlite", "server", "server, no jobs", "untracked, 1 core", "server on the other core")
-BASELINE = {"untracked, 1 core": "untracked, 1 core", "server on the other core": "untracked, 1 core"}  # else "untracked"
+# mode: (tracking, pinned: one training thread on TRAINING_CORE, a server on SERVER_CORE), ratios against its baseline
+MODES = {"untracked": ("untracked", False), "sqlite": ("sqlite", False), "server": ("server", False), "server, no jobs": ("server", False),
+         "untracked, 1 core": ("untracked", True), "server on the other core": ("server", True)}
 TRAINING_CORE, SERVER_CORE = 0, 1
+
+
+def baseline(mode: str) -> str:
+    return "untracked, 1 core" if MODES[mode][1] else "untracked"
 HEADER = ("date (UTC)", "device", "commit", "steps", "log_every", "tracking", "run s", "loop s", "process cpu s", "server cpu s", "run ratio",
           "loop ratio", "cpu ratio", "target ≤ 1.10")
 
@@ -62,8 +67,8 @@ def measure(mode: str, steps: int, log_every: int, out: Path) -> dict:
     from mdist.engine import free_port
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    pinned = mode in BASELINE
-    server = Server(out.with_name(out.name + "-server"), free_port(), jobs=mode == "server").start() if mode.startswith("server") else None
+    tracking, pinned = MODES[mode]
+    server = Server(out.with_name(out.name + "-server"), free_port(), jobs=mode == "server").start() if tracking == "server" else None
     if server is not None:
         if pinned:
             for proc in server.processes():
@@ -72,7 +77,7 @@ def measure(mode: str, steps: int, log_every: int, out: Path) -> dict:
         env["MLFLOW_TRACKING_URI"] = server.uri
         server_before = server.cpu_seconds()
     try:
-        got = _child_run(mode, steps, log_every, out, env, pinned)
+        got = _child_run(tracking, steps, log_every, out, env, pinned)
         if server is not None:
             got["server"] = server.cpu_seconds() - server_before
     finally:
@@ -81,8 +86,7 @@ def measure(mode: str, steps: int, log_every: int, out: Path) -> dict:
     return got
 
 
-def _child_run(mode: str, steps: int, log_every: int, out: Path, env: dict[str, str], pinned: bool) -> dict:
-    tracking = "untracked" if mode.startswith("untracked") else mode.split(",")[0].split(" ")[0]
+def _child_run(tracking: str, steps: int, log_every: int, out: Path, env: dict[str, str], pinned: bool) -> dict:
     args = [sys.executable, __file__, "--row", tracking, "--steps", str(steps), "--log-every", str(log_every), "--out", str(out)]
     if pinned:  # one training thread on its own core
         args, env = ["taskset", "-c", str(TRAINING_CORE), *args], {**env, "OMP_NUM_THREADS": "1"}
@@ -90,7 +94,7 @@ def _child_run(mode: str, steps: int, log_every: int, out: Path, env: dict[str, 
     done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=out.parent)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
-        raise RuntimeError(f"{mode} log_every={log_every} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{tracking} log_every={log_every} failed:\n{done.stderr[-3000:]}")
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime  # the whole process, imports too
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "cpu": cpu}
 
@@ -101,7 +105,7 @@ def main():
     parser.add_argument("--log-every", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--repeats", type=int, default=1, help="rounds per row (the median is reported)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
-    parser.add_argument("--row", choices=("untracked", "sqlite", "server"), help=argparse.SUPPRESS)  # one run, in a child process
+    parser.add_argument("--row", choices=sorted({tracking for tracking, _ in MODES.values()}), help=argparse.SUPPRESS)  # one run, in a child process
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:
@@ -122,11 +126,11 @@ def main():
                     times[mode].append(measure(mode, args.steps, log_every, tmp / f"{mode.replace(', ', '-').replace(' ', '-')}-{log_every}-{round_}"))
             med = {mode: {key: statistics.median(t.get(key, 0.0) for t in times[mode]) for key in ("run", "loop", "cpu", "server")} for mode in MODES}
             for mode in MODES:
-                got, base = med[mode], med[BASELINE.get(mode, "untracked")]
+                got, base = med[mode], med[baseline(mode)]
                 ratio = got["run"] / base["run"]
                 row = [stamp, device, revision, args.steps, log_every, mode, f"{got['run']:.1f}", f"{got['loop']:.1f}", f"{got['cpu']:.1f}",
-                       f"{got['server']:.1f}" if mode.startswith("server") else "", f"{ratio:.3f}", f"{got['loop'] / base['loop']:.3f}",
-                       f"{got['cpu'] / base['cpu']:.3f}", "" if mode.startswith("untracked") else ("met" if ratio <= 1.10 else "missed")]
+                       f"{got['server']:.1f}" if MODES[mode][0] == "server" else "", f"{ratio:.3f}", f"{got['loop'] / base['loop']:.3f}",
+                       f"{got['cpu'] / base['cpu']:.3f}", "" if MODES[mode][0] == "untracked" else ("met" if ratio <= 1.10 else "missed")]
                 print(markdown_row(row), flush=True)
                 rows.append(row)
     if not args.no_record:
