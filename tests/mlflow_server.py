@@ -3,7 +3,10 @@ stopped by its pid (tests/test_tracking_server.py, benchmarks/tracking_cost.py).
 
 MLflow 3 servers also start a job runner with seven `huey` consumers by default (for its GenAI
 features, which mdist does not use): about 14 s of CPU in their first seconds, then about 2.5 % of
-a core polling; `jobs=False` starts the server without them (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false)."""
+a core polling; `jobs=False` starts the server without them (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false).
+`nice` starts it as `nice -n N mlflow server` would from the caller's shell: in the caller's session
+(its own process group, so that `stop` can kill it whole), since with the kernel's autogroup
+scheduling a nice value only ranks processes of one session against each other."""
 from __future__ import annotations
 
 import os
@@ -21,18 +24,18 @@ MLFLOW = Path(sys.executable).parent / "mlflow"
 
 class Server:
     """`mlflow server` on 127.0.0.1:port with a sqlite store in `root`; start / stop keep port and store.
-    `jobs`: whether it runs MLflow's job runner (MLflow's default: yes)."""
+    `jobs`: whether it runs MLflow's job runner (MLflow's default: yes); `nice`: its nice value."""
 
-    def __init__(self, root: Path, port: int, jobs: bool = False):
-        self.root, self.port, self.proc, self.jobs = root, port, None, jobs
+    def __init__(self, root: Path, port: int, jobs: bool = False, nice: int = 0):
+        self.root, self.port, self.proc, self.jobs, self.nice = root, port, None, jobs, nice
         self.uri = f"http://127.0.0.1:{port}"
 
     def start(self) -> "Server":
         self.root.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{self.root / 'store.db'}", "--artifacts-destination",
+            ["nice", "-n", str(self.nice), str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{self.root / 'store.db'}", "--artifacts-destination",
              str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=(self.root / "server.log").open("ab"), start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=(self.root / "server.log").open("ab"), process_group=0,
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(self.jobs).lower()},
         )
         deadline = time.time() + 90

@@ -4,12 +4,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mdist.engine import without_launcher_variables
 from mdist.memory import KEPT
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -92,6 +94,28 @@ def test_recording_appends_one_table(benchmark_module, tmp_path):
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", recording.utc_stamp())
     path = recording.append_table("T", ("a", "b"), [[1, "x"], [2, "y"]], path=tmp_path / "R.md")
     assert path.read_text() == "\n### T\n\n| a | b |\n|---|---|\n| 1 | x |\n| 2 | y |\n"
+
+
+def test_tracking_cost_ratios_pair_each_run_with_its_rounds_baseline(benchmark_module):
+    tracking_cost = benchmark_module("tracking_cost")
+    times = {"untracked": [{"run": 11.0, "loop": 10.0, "cpu": 20.0}, {"run": 21.0, "loop": 20.0, "cpu": 40.0}, {"run": 11.0, "loop": 10.0, "cpu": 20.0}],
+             "sqlite": [{"run": 12.0, "loop": 10.5, "cpu": 21.0}, {"run": 23.0, "loop": 21.0, "cpu": 41.0}, {"run": 13.0, "loop": 12.0, "cpu": 22.0}]}
+    rows = {row[5]: row for row in tracking_cost.table_rows(times, ["d", "dev", "c", 400, 1])}
+    # per round 1.05, 1.05, 1.20: median 1.05 (the ratio of the medians, 12.0 / 10.0, would say 1.20)
+    assert rows["sqlite"][6:] == [3, "13.0", "12.0", "22.0", "", "1.050", "1.050–1.200", f"{statistics.median([12 / 11, 23 / 21, 13 / 11]):.3f}", "met"]
+    assert rows["untracked"][11:] == ["1.000", "", "1.000", ""]
+    times["sqlite"][1]["loop"] = 23.0  # round 2 at 1.15: the median round is over the target
+    assert tracking_cost.table_rows(times, ["d", "dev", "c", 400, 1])[1][-1] == "missed"
+
+
+def test_tracking_cost_smoke_runs_a_niced_server_row():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "tracking_cost.py"), "--steps", "3", "--rounds", "1", "--log-every", "1",
+                           "--modes", "server, no jobs, nice 19", "--no-record"], capture_output=True, text=True, timeout=300,
+                          env=without_launcher_variables(os.environ))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if re.match(r"\| \d{4}-", line)]
+    assert [cells[5].strip() for cells in rows] == ["untracked", "server, no jobs, nice 19"]
+    assert float(rows[1][10]) > 0  # the server answered this run's requests
 
 
 def test_memory_model_zero3_measurement_matches_the_model(benchmark_module):
